@@ -1,0 +1,237 @@
+"""The `robust` command: parses arguments, calls library functions, prints results.
+
+Every command is a thin wrapper; user-facing errors (`RobustError`) become one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgressBar
+from rich.table import Table
+
+from robust.errors import RobustError
+
+app = typer.Typer(
+    help="vlp-robust: adversarial-robustness evaluation for vision-language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+world_app = typer.Typer(help="The embedded synthetic world.", no_args_is_help=True)
+zoo_app = typer.Typer(help="The toy zoo of tiny victims.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+app.add_typer(zoo_app, name="zoo")
+
+console = Console()
+error_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RichProgress:
+    """Renders library progress tasks as rich progress bars on stderr."""
+
+    def __init__(self, bar: RichProgressBar) -> None:
+        self._bar = bar
+
+    def task(self, description: str, total: int) -> _RichTask:
+        return _RichTask(self._bar, description, total)
+
+
+class _RichTask:
+    def __init__(self, bar: RichProgressBar, description: str, total: int) -> None:
+        self._bar = bar
+        self._description = description
+        self._total = total
+        self._id: Any = None
+
+    def __enter__(self) -> _RichTask:
+        self._id = self._bar.add_task(self._description, total=self._total)
+        return self
+
+    def advance(self, amount: int = 1) -> None:
+        self._bar.advance(self._id, amount)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.remove_task(self._id)
+
+
+def progress_bar() -> RichProgressBar:
+    """Bars for work that takes more than a second; transient so tables stay readable."""
+    return RichProgressBar(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=error_console,
+        transient=True,
+    )
+
+
+def user_errors(command: F) -> F:
+    """Turn a RobustError into one clear line and exit code 2; nothing else is swallowed."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RobustError as error:
+            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_retrieval_table(title: str, rows: list[dict]) -> None:
+    """Print per-victim R@K rows as percentages."""
+    from robust.eval.retrieval import METRIC_NAMES
+
+    table = Table(title=title)
+    table.add_column("victim", style="bold")
+    for metric in METRIC_NAMES:
+        table.add_column(metric.replace("_", " ").upper(), justify="right")
+    for row in rows:
+        table.add_row(row["victim"], *(f"{100 * row[m]:.1f}" for m in METRIC_NAMES))
+    console.print(table)
+
+
+@app.command("victims")
+@user_errors
+def victims_command() -> None:
+    """List every registered victim with its family, resolution, capabilities and weights."""
+    from robust.victims.zoo import list_victims, weights_present
+
+    table = Table(title="Registered victims")
+    for column in ("name", "family", "resolution", "capabilities", "weights", "spec"):
+        table.add_column(column)
+    for entry in list_victims():
+        present = "[green]present[/]" if weights_present(entry) else "[yellow]missing[/]"
+        table.add_row(
+            entry.name,
+            entry.family,
+            str(entry.image_size),
+            ",".join(entry.capabilities),
+            present,
+            entry.spec,
+        )
+    console.print(table)
+    console.print(
+        "Any other model: open_clip:ARCH@TAG|FILE, open_clip:local-dir:DIR, hf-clip:ID|DIR",
+        highlight=False,
+    )
+
+
+@world_app.command("export")
+@user_errors
+def world_export_command(
+    directory: Annotated[Path, typer.Argument(help="Folder to write images + json into.")],
+    split: Annotated[str, typer.Option(help="World split to export.")] = "test-1k",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    count: Annotated[int | None, typer.Option(help="Export only the first N images.")] = None,
+) -> None:
+    """Write a world split as PNGs plus a Karpathy-style json (readable as karpathy:DIR:JSON)."""
+    from robust.data.karpathy import export_dataset
+    from robust.data.world import generate_world
+
+    try:
+        dataset = generate_world(split, seed=seed, size=size, count=count)
+    except ValueError as error:
+        raise RobustError(str(error)) from None
+    with progress_bar() as bar:
+        annotation = export_dataset(dataset, directory, progress=RichProgress(bar))
+    console.print(
+        f"wrote {dataset.num_images} images and {dataset.num_captions} captions; read it back "
+        f"with --dataset karpathy:{directory}:{annotation}",
+        highlight=False,
+    )
+
+
+@zoo_app.command("train")
+@user_errors
+def zoo_train_command(
+    name: Annotated[str, typer.Argument(help="Zoo member, e.g. toy-clip-vit.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: the shipped zoo).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the recipe's seed.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    train_images: Annotated[
+        int | None, typer.Option(help="Train on the first N world-train images.")
+    ] = None,
+) -> None:
+    """Train a toy victim on world train with the project's own recipe and save it."""
+    from robust.zoo.train import train_zoo_member
+
+    with progress_bar() as bar:
+        report = train_zoo_member(
+            name,
+            out,
+            seed=seed,
+            epochs=epochs,
+            train_images=train_images,
+            progress=RichProgress(bar),
+        )
+    console.print(
+        f"trained {report.name}: {report.steps} steps in {report.seconds:.0f}s, "
+        f"final loss {report.final_loss:.3f}; saved to {report.output_dir}",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    victim: Annotated[list[str], typer.Option("--victim", help="Victim name or spec (repeat).")],
+    dataset: Annotated[str, typer.Option(help="world, world:SPLIT or karpathy:ROOT:JSON.")] = (
+        "world"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N images.")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory for the results store.")] = Path(
+        "runs/eval"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Clean image-text retrieval (TR/IR R@1/5/10) of each victim; writes the store."""
+    from robust.data import load_dataset
+    from robust.harness.evaluate import evaluate_victims
+
+    if batch_size <= 0:
+        raise RobustError(f"--batch-size must be positive, got {batch_size}")
+    data = load_dataset(dataset, limit=limit)
+    with progress_bar() as bar:
+        evaluation = evaluate_victims(
+            victim, data, out, batch_size=batch_size, device=device, progress=RichProgress(bar)
+        )
+    print_retrieval_table(f"Clean retrieval on {data.name} (R@K, %)", evaluation.rows())
+    console.print(f"results: {out / 'results.sqlite'} (run {evaluation.run_id})", highlight=False)
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+) -> None:
+    """Run the suite's main job on the embedded world with the toy zoo."""
+    from robust.harness.demo import run_demo
+
+    with progress_bar() as bar:
+        evaluation = run_demo(out, progress=RichProgress(bar))
+    print_retrieval_table(
+        f"Clean retrieval of the toy zoo on world {evaluation.split} (R@K, %)", evaluation.rows()
+    )
+    console.print(f"results: {out / 'results.sqlite'} (run {evaluation.run_id})", highlight=False)
+
+
+def main() -> None:
+    """Entry point for `python -m robust`."""
+    app()

@@ -1,0 +1,44 @@
+"""Datasets: the embedded world, Karpathy-format real data, and the resize step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from robust.data.dataset import CaptionDataset
+from robust.errors import RobustError
+
+DATASET_FORMS = "world, world:SPLIT, or karpathy:ROOT:ANNOTATION.json"
+
+
+def load_dataset(spec: str, *, limit: int | None = None) -> CaptionDataset:
+    """Open a dataset named on the command line or in a spec file.
+
+    `world` is world test-1k; `world:SPLIT` any world split; `karpathy:ROOT:JSON` real
+    Flickr30k/MSCOCO (or an exported world) in the ALBEF json layout.
+    """
+    from robust.data.karpathy import load_karpathy
+    from robust.data.world import SPLITS, generate_world
+
+    if limit is not None and limit <= 0:
+        raise RobustError(f"--limit must be a positive number of images, got {limit}")
+    kind, _, rest = spec.partition(":")
+    if kind == "world":
+        split = rest or "test-1k"
+        if split not in SPLITS:
+            raise RobustError(f"unknown world split {split!r}; choose one of {', '.join(SPLITS)}")
+        if limit is None or limit >= SPLITS[split]:
+            return generate_world(split)
+        # generate only what is used, named as CaptionDataset.subset names a prefix
+        return replace(generate_world(split, count=limit), name=f"world:{split}[:{limit}]")
+    if kind == "karpathy":
+        root, sep, annotation = rest.partition(":")
+        if not sep or not root or not annotation:
+            raise RobustError(
+                f"dataset {spec!r} must look like karpathy:ROOT:ANNOTATION.json "
+                "(image root folder, then the ALBEF-style json)"
+            )
+        return load_karpathy(root, annotation).subset(limit)
+    raise RobustError(f"unknown dataset {spec!r}; use {DATASET_FORMS}")
+
+
+__all__ = ["DATASET_FORMS", "CaptionDataset", "load_dataset"]

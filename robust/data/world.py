@@ -1,0 +1,296 @@
+"""The embedded world: a deterministic, offline image-caption dataset of coloured shapes.
+
+Each image holds one to three shapes (shape, colour, size, grid position) on a textured
+background and comes with five paraphrased captions and its attribute labels. Every image
+is drawn from its own generator seeded by `(seed, split, index)`, so any image can be
+regenerated alone and the same seed always gives byte-identical pixels and captions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from robust.data.dataset import ArrayImages, CaptionDataset
+
+SPLITS: dict[str, int] = {"train": 20_000, "val": 1_000, "test-1k": 1_000, "test-5k": 5_000}
+_SPLIT_CODES = {"train": 1, "val": 2, "test-1k": 3, "test-5k": 4}
+
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (35, 165, 55),
+    "blue": (35, 75, 215),
+    "yellow": (240, 215, 35),
+    "purple": (135, 55, 185),
+    "orange": (245, 135, 25),
+    "pink": (245, 135, 195),
+    "cyan": (35, 200, 215),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (236, 236, 232),
+    "gray": (128, 128, 128),
+    "black": (22, 22, 26),
+}
+BACKGROUND_STYLES = ("flat", "gradient", "noise")
+SIZES = ("small", "large")
+POSITIONS = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+OBJECT_COUNT_WEIGHTS = (0.3, 0.4, 0.3)
+CAPTIONS_PER_IMAGE = 5
+
+_SHAPE_WORDS = {
+    "circle": ("circle", "disc", "round dot"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle",),
+    "star": ("star",),
+    "diamond": ("diamond", "rhombus"),
+    "cross": ("cross", "plus sign"),
+}
+_SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+_POSITION_PHRASES = {
+    "top left": ("in the top left corner", "at the upper left", "in the top left"),
+    "top": ("at the top", "at the top center", "near the top edge"),
+    "top right": ("in the top right corner", "at the upper right", "in the top right"),
+    "left": ("on the left", "at the left side", "on the left edge"),
+    "center": ("in the center", "in the middle", "at the center"),
+    "right": ("on the right", "at the right side", "on the right edge"),
+    "bottom left": ("in the bottom left corner", "at the lower left", "in the bottom left"),
+    "bottom": ("at the bottom", "at the bottom center", "near the bottom edge"),
+    "bottom right": ("in the bottom right corner", "at the lower right", "in the bottom right"),
+}
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+_SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class WorldObject:
+    """One drawn shape and the attributes its captions talk about."""
+
+    shape: str
+    color: str
+    size: str
+    row: int
+    col: int
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.row][self.col]
+
+    def label(self) -> dict:
+        return {
+            "shape": self.shape,
+            "color": self.color,
+            "size": self.size,
+            "position": self.position,
+            "row": self.row,
+            "col": self.col,
+        }
+
+
+@dataclass(frozen=True)
+class WorldScene:
+    """Everything needed to draw and caption one image."""
+
+    objects: tuple[WorldObject, ...]
+    background: str
+    background_style: str
+
+    def label(self) -> dict:
+        return {
+            "background": self.background,
+            "background_style": self.background_style,
+            "count": len(self.objects),
+            "objects": [obj.label() for obj in self.objects],
+        }
+
+
+def generate_world(
+    split: str = "test-1k", *, seed: int = 0, size: int = 64, count: int | None = None
+) -> CaptionDataset:
+    """The world split as a CaptionDataset (images in memory, labels attached).
+
+    `count` generates only the first `count` images of the split; image `i` is the same
+    whatever `count` is.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown world split {split!r}; choose one of {', '.join(SPLITS)}")
+    if size < 16:
+        raise ValueError(f"world image size must be at least 16 pixels, got {size}")
+    total = SPLITS[split] if count is None else count
+    if not 0 < total <= SPLITS[split]:
+        raise ValueError(f"count must be in 1..{SPLITS[split]} for split {split!r}, got {count}")
+
+    pixels = np.empty((total, size, size, 3), dtype=np.uint8)
+    captions: list[str] = []
+    caption_image: list[int] = []
+    labels: list[dict] = []
+    for index in range(total):
+        rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
+        scene = sample_scene(rng)
+        pixels[index] = render_scene(scene, size, rng)
+        for caption in caption_scene(scene, rng):
+            captions.append(caption)
+            caption_image.append(index)
+        labels.append(scene.label())
+    return CaptionDataset(
+        name=f"world:{split}",
+        images=ArrayImages(pixels),
+        image_ids=tuple(f"world-{split}-{i:05d}" for i in range(total)),
+        captions=tuple(captions),
+        caption_image=np.asarray(caption_image, dtype=np.int64),
+        labels=tuple(labels),
+    )
+
+
+def sample_scene(rng: np.random.Generator) -> WorldScene:
+    """Draw the attributes of one image: object count, distinct cells, background."""
+    count = int(rng.choice(3, p=OBJECT_COUNT_WEIGHTS)) + 1
+    cells = rng.choice(9, size=count, replace=False)
+    objects = tuple(
+        WorldObject(
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            color=tuple(COLORS)[int(rng.integers(len(COLORS)))],
+            size=SIZES[int(rng.integers(len(SIZES)))],
+            row=int(cell) // 3,
+            col=int(cell) % 3,
+        )
+        for cell in cells
+    )
+    background = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
+    style = BACKGROUND_STYLES[int(rng.integers(len(BACKGROUND_STYLES)))]
+    return WorldScene(objects=objects, background=background, background_style=style)
+
+
+def render_scene(scene: WorldScene, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw the scene supersampled, downsample with a box filter, add background texture."""
+    canvas = size * _SUPERSAMPLE
+    base = np.array(BACKGROUNDS[scene.background], dtype=np.float64)
+    base = np.clip(base + rng.uniform(-14, 14, size=3), 0, 255)
+    background = np.broadcast_to(base, (canvas, canvas, 3)).copy()
+    if scene.background_style == "gradient":
+        ramp = np.linspace(-1.0, 1.0, canvas)[:, None, None] * rng.uniform(18, 36)
+        background += ramp if rng.random() < 0.5 else ramp.transpose(1, 0, 2)
+    image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    cell = canvas / 3
+    for obj in scene.objects:
+        radius = cell * (0.22 if obj.size == "small" else 0.40) * rng.uniform(0.92, 1.08)
+        slack = cell / 2 - radius
+        cx = (obj.col + 0.5) * cell + rng.uniform(-slack, slack) * 0.6
+        cy = (obj.row + 0.5) * cell + rng.uniform(-slack, slack) * 0.6
+        color = np.clip(np.array(COLORS[obj.color]) + rng.integers(-12, 13, size=3), 0, 255)
+        _draw_shape(draw, obj.shape, cx, cy, radius, tuple(int(c) for c in color))
+    small = image.resize((size, size), Image.Resampling.BOX)
+    pixels = np.asarray(small, dtype=np.float64)
+    if scene.background_style == "noise":
+        pixels = pixels + rng.normal(0.0, 7.0, size=pixels.shape)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    cx: float,
+    cy: float,
+    radius: float,
+    color: tuple[int, ...],
+) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=color)
+    elif shape == "square":
+        half = radius * 0.86
+        draw.rectangle([cx - half, cy - half, cx + half, cy + half], fill=color)
+    elif shape == "triangle":
+        draw.polygon(_regular_polygon(cx, cy + radius * 0.15, radius * 1.1, 3), fill=color)
+    elif shape == "diamond":
+        draw.polygon(_regular_polygon(cx, cy, radius, 4), fill=color)
+    elif shape == "star":
+        draw.polygon(_star(cx, cy, radius), fill=color)
+    elif shape == "cross":
+        arm = radius * 0.34
+        draw.rectangle([cx - radius, cy - arm, cx + radius, cy + arm], fill=color)
+        draw.rectangle([cx - arm, cy - radius, cx + arm, cy + radius], fill=color)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _regular_polygon(cx: float, cy: float, radius: float, sides: int) -> list[tuple[float, float]]:
+    angles = -np.pi / 2 + 2 * np.pi * np.arange(sides) / sides
+    return [(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in angles]
+
+
+def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+    angles = -np.pi / 2 + np.pi * np.arange(10) / 5
+    radii = np.where(np.arange(10) % 2 == 0, radius, radius * 0.45)
+    return [(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles, strict=True)]
+
+
+def caption_scene(scene: WorldScene, rng: np.random.Generator) -> list[str]:
+    """Five distinct paraphrases; each names every object's colour and shape."""
+    captions: list[str] = []
+    attempts = 0
+    while len(captions) < CAPTIONS_PER_IMAGE:
+        caption = _one_caption(scene, rng)
+        attempts += 1
+        if caption not in captions or attempts > 50:
+            captions.append(caption)
+    return captions
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _object_phrase(obj: WorldObject, rng: np.random.Generator, *, with_position: bool) -> str:
+    words = []
+    if rng.random() < 0.75:
+        words.append(_pick(rng, _SIZE_WORDS[obj.size]))
+    words.append(obj.color)
+    words.append(_pick(rng, _SHAPE_WORDS[obj.shape]))
+    phrase = " ".join(words)
+    article = "an" if phrase[0] in "aeiou" else "a"
+    phrase = f"{article} {phrase}"
+    if with_position:
+        phrase = f"{phrase} {_pick(rng, _POSITION_PHRASES[obj.position])}"
+    return phrase
+
+
+def _join(phrases: list[str]) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _one_caption(scene: WorldScene, rng: np.random.Generator) -> str:
+    order = rng.permutation(len(scene.objects))
+    with_position = rng.random() < 0.85
+    phrases = [_object_phrase(scene.objects[i], rng, with_position=with_position) for i in order]
+    body = _join(phrases)
+    background = scene.background
+    count = len(scene.objects)
+    if count == 1:
+        templates = (
+            "{body}",
+            "an image of {body}",
+            "there is {body}",
+            "{body} on a {bg} background",
+            "a picture showing {body}",
+            "{body} against a {bg} backdrop",
+        )
+    else:
+        templates = (
+            "{body}",
+            "{n} shapes: {body}",
+            "an image with {body}",
+            "{body} on a {bg} background",
+            "a picture of {n} objects, {body}",
+            "{body} against a {bg} backdrop",
+        )
+    template = _pick(rng, templates)
+    return template.format(body=body, bg=background, n=_COUNT_WORDS[count])

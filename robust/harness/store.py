@@ -1,0 +1,676 @@
+"""SQLite results store: one file per run directory holding runs, metrics and per-query ranks.
+
+The store is the single source of truth for the report and for resuming: a cell whose metrics
+are present is never recomputed, and per-query ranks are kept so any retrieval metric can be
+recomputed later without re-running models.
+
+Key columns that may be absent (attack, source, target, defense) are stored as '' because
+SQLite treats NULLs as distinct inside UNIQUE constraints, which would break upserts; callers
+only ever see None. NaN metric values are stored as SQL NULL (SQLite cannot store NaN) and
+come back as NaN.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import sqlite3
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
+from types import TracebackType
+from typing import Any, Final
+
+import numpy as np
+
+from robust.errors import RobustError
+
+SCHEMA_VERSION: Final[int] = 1
+STORE_FILENAME: Final[str] = "results.sqlite"
+DEFAULT_TIMEOUT_S: Final[float] = 30.0
+
+DIRECTIONS: Final[frozenset[str]] = frozenset({"tr", "ir"})
+REQUIRED_KEYS: Final[tuple[str, ...]] = ("victim", "dataset", "split")
+OPTIONAL_KEYS: Final[tuple[str, ...]] = ("attack", "source", "target", "defense")
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+class StoreError(RobustError):
+    """A results store cannot be opened or used; the message is one line naming the fix."""
+
+
+class StoreSchemaError(StoreError):
+    """The store file was written by an incompatible schema version."""
+
+
+class _Absent(enum.Enum):
+    ABSENT = "ABSENT"
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Final = _Absent.ABSENT
+"""Filter value meaning "this optional column is absent (None)", since None means no filter."""
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One scalar result, e.g. R@1 of `target` on adversarial examples of (`attack`, `source`)."""
+
+    victim: str
+    dataset: str
+    split: str
+    metric: str
+    value: float
+    attack: str | None = None
+    source: str | None = None
+    target: str | None = None
+    defense: str | None = None
+
+
+_METRIC_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in fields(MetricRow))
+_METRIC_ORDER: Final[str] = (
+    "run_id, victim, dataset, split, attack, source, target, defense, metric"
+)
+
+_SCHEMA_SQL: Final[str] = """
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE runs (
+    run_id INTEGER PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    seeds TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    git_commit TEXT,
+    git_dirty INTEGER,
+    hardware TEXT NOT NULL
+);
+CREATE TABLE metrics (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    victim TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    split TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    attack TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    target TEXT NOT NULL DEFAULT '',
+    defense TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, victim, dataset, split, metric, attack, source, target, defense)
+);
+CREATE INDEX metrics_cell ON metrics
+    (run_id, victim, dataset, split, attack, source, target, defense);
+CREATE TABLE query_results (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    victim TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    split TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('tr', 'ir')),
+    attack TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    target TEXT NOT NULL DEFAULT '',
+    defense TEXT NOT NULL DEFAULT '',
+    ranks BLOB NOT NULL,
+    count INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, victim, dataset, split, direction, attack, source, target, defense)
+);
+"""
+
+
+class ResultStore:
+    """Read/write access to one run directory's SQLite results file.
+
+    Several stores (threads or processes) may open the same file: WAL mode lets readers
+    proceed while one writer commits, and writers wait up to `timeout` seconds for each other.
+    """
+
+    def __init__(self, path: Path | str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot create the results directory ({exc}); "
+                "choose a writable run directory"
+            ) from exc
+        _check_is_sqlite_file(self.path)
+        self._conn: sqlite3.Connection | None = None
+        try:
+            # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE) so a write
+            # never has to upgrade a read lock, which SQLite refuses without waiting.
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            _ensure_schema(conn, self.path)
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _open_error(self.path, exc) from exc
+        self._conn = conn
+
+    @classmethod
+    def in_run_dir(cls, run_dir: Path | str, *, timeout: float = DEFAULT_TIMEOUT_S) -> ResultStore:
+        """Open the store at the conventional file name inside a run directory."""
+        return cls(Path(run_dir) / STORE_FILENAME, timeout=timeout)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        return f"ResultStore({str(self.path)!r}, {state})"
+
+    @property
+    def journal_mode(self) -> str:
+        """SQLite journal mode of this connection ('wal' unless the filesystem refused it)."""
+        return str(self._connection().execute("PRAGMA journal_mode").fetchone()[0])
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        spec: Mapping[str, Any],
+        seeds: Mapping[str, Any],
+        provenance: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Record a new run with its spec, seeds and provenance; returns its run id."""
+        if provenance is None:
+            from robust.harness.provenance import collect_provenance
+
+            provenance = collect_provenance()
+        git_dirty = provenance.get("git_dirty")
+        row = (
+            _now(),
+            _to_json(spec, "spec"),
+            _to_json(seeds, "seeds"),
+            _to_json(provenance.get("versions", {}), "provenance versions"),
+            provenance.get("git_commit"),
+            None if git_dirty is None else int(bool(git_dirty)),
+            _to_json(provenance.get("hardware", {}), "provenance hardware"),
+        )
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (created_at, spec, seeds, versions, git_commit, git_dirty,"
+                " hardware) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            run_id = cursor.lastrowid
+        assert run_id is not None
+        return int(run_id)
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        """Everything recorded about a run when it started (spec, seeds, provenance)."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT run_id, created_at, spec, seeds, versions, git_commit, git_dirty,"
+                " hardware FROM runs WHERE run_id = ?",
+                (int(run_id),),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise KeyError(f"run {run_id} does not exist in {self.path}")
+        return {
+            "run_id": row[0],
+            "created_at": row[1],
+            "spec": json.loads(row[2]),
+            "seeds": json.loads(row[3]),
+            "versions": json.loads(row[4]),
+            "git_commit": row[5],
+            "git_dirty": None if row[6] is None else bool(row[6]),
+            "hardware": json.loads(row[7]),
+        }
+
+    def run_ids(self) -> list[int]:
+        """All run ids in the store, oldest first."""
+        rows = self._connection().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
+        return [int(r[0]) for r in rows]
+
+    def latest_run_id(self) -> int | None:
+        """The most recently started run, or None for an empty store (what resume picks up)."""
+        row = self._connection().execute("SELECT MAX(run_id) FROM runs").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def write_metrics(self, run_id: int, rows: Iterable[MetricRow]) -> None:
+        """Insert or replace metric rows in one transaction, so a cell is stored whole or not."""
+        created_at = _now()
+        params = [_metric_params(int(run_id), row, created_at) for row in rows]
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.executemany(
+                "INSERT INTO metrics (run_id, victim, dataset, split, metric, value, attack,"
+                " source, target, defense, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, victim, dataset, split, metric, attack, source, target,"
+                " defense) DO UPDATE SET value = excluded.value,"
+                " created_at = excluded.created_at",
+                params,
+            )
+
+    def metrics(self, run_id: int | None = None, **filters: Any) -> list[MetricRow]:
+        """Metric rows matching all filters, in a deterministic order.
+
+        A filter value of None means "any"; ABSENT matches rows where an optional column is
+        absent; a list/tuple/set matches any of its values.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            params.append(int(run_id))
+        for column, wanted in filters.items():
+            if column not in _METRIC_FIELDS:
+                allowed = ", ".join(("run_id", *_METRIC_FIELDS))
+                raise TypeError(f"unknown metrics filter {column!r}; filter on one of {allowed}")
+            if wanted is None:
+                continue
+            values = (
+                list(wanted)
+                if isinstance(wanted, Collection) and not isinstance(wanted, str)
+                else [wanted]
+            )
+            if not values:
+                return []
+            encoded = [_filter_value(column, value) for value in values]
+            if len(encoded) == 1:
+                clauses.append(f"{column} IS ?")
+            else:
+                clauses.append(f"{column} IN ({', '.join('?' * len(encoded))})")
+            params.extend(encoded)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            "SELECT victim, dataset, split, metric, value, attack, source, target, defense"
+            f" FROM metrics{where} ORDER BY {_METRIC_ORDER}"
+        )
+        return [_metric_row(r) for r in self._connection().execute(sql, params)]
+
+    def has_metrics(
+        self,
+        run_id: int,
+        victim: str,
+        dataset: str,
+        split: str,
+        attack: str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        defense: str | None = None,
+        *,
+        metric_names: Iterable[str] | None = None,
+    ) -> bool:
+        """Whether a cell already has results, so a resumed run can skip it.
+
+        Here None means the column is absent (an exact cell key, not a wildcard). With
+        `metric_names`, every named metric must be present.
+        """
+        key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        sql = (
+            "SELECT DISTINCT metric FROM metrics WHERE run_id = ? AND victim = ? AND dataset = ?"
+            " AND split = ? AND attack = ? AND source = ? AND target = ? AND defense = ?"
+        )
+        present = {r[0] for r in self._connection().execute(sql, (int(run_id), *key))}
+        if metric_names is None:
+            return bool(present)
+        return set(metric_names) <= present
+
+    # -- per-query ranks -------------------------------------------------------------------
+
+    def write_query_ranks(
+        self,
+        run_id: int,
+        *,
+        victim: str,
+        dataset: str,
+        split: str,
+        direction: str,
+        ranks: np.ndarray,
+        attack: str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        defense: str | None = None,
+    ) -> None:
+        """Store the rank of the correct item for every query (0 = top), replacing any old."""
+        _check_direction(direction)
+        key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        blob, count = _encode_ranks(ranks)
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                "INSERT INTO query_results (run_id, victim, dataset, split, attack, source,"
+                " target, defense, direction, ranks, count, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, victim, dataset, split, direction, attack, source,"
+                " target, defense) DO UPDATE SET ranks = excluded.ranks,"
+                " count = excluded.count, created_at = excluded.created_at",
+                (int(run_id), *key, direction, blob, count, _now()),
+            )
+
+    def query_ranks(
+        self,
+        run_id: int,
+        *,
+        victim: str,
+        dataset: str,
+        split: str,
+        direction: str,
+        attack: str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        defense: str | None = None,
+    ) -> np.ndarray:
+        """The stored per-query ranks as an int64 array; KeyError if never written."""
+        _check_direction(direction)
+        key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        row = (
+            self._connection()
+            .execute(
+                "SELECT ranks, count FROM query_results WHERE run_id = ? AND victim = ?"
+                " AND dataset = ? AND split = ? AND attack = ? AND source = ? AND target = ?"
+                " AND defense = ? AND direction = ?",
+                (int(run_id), *key, direction),
+            )
+            .fetchone()
+        )
+        if row is None:
+            described = _describe_key(
+                run_id, victim, dataset, split, attack, source, target, defense, direction
+            )
+            raise KeyError(f"no query ranks stored for {described} in {self.path}")
+        blob, count = row
+        if len(blob) != 4 * count:
+            raise StoreError(
+                f"{self.path}: query ranks for run {run_id} are corrupt "
+                f"({len(blob)} bytes for {count} queries); recompute them in a fresh run"
+            )
+        return np.frombuffer(blob, dtype="<i4").astype(np.int64)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self.path}: results store is closed; open a new ResultStore")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        conn = self._connection()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+
+    def _require_run(self, conn: sqlite3.Connection, run_id: int) -> None:
+        found = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (int(run_id),)).fetchone()
+        if found is None:
+            raise KeyError(f"run {run_id} does not exist in {self.path}; call start_run() first")
+
+
+# -- schema ----------------------------------------------------------------------------------
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {r[0] for r in rows}
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in an empty file, or check an existing one is ours and current."""
+    if not _table_names(conn):
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            # Another process may have created it while we waited for the lock.
+            if not _table_names(conn):
+                for statement in _SCHEMA_SQL.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("created_by", f"vlp-robust {_own_version()}"),
+                    ],
+                )
+    if "meta" not in _table_names(conn):
+        raise StoreError(
+            f"{path} is an SQLite database but not a vlp-robust results store (no meta table); "
+            "point at a run directory's results file or use a fresh run directory"
+        )
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    found = meta.get("schema_version")
+    if found != str(SCHEMA_VERSION):
+        written_by = f" (written by {meta['created_by']})" if "created_by" in meta else ""
+        raise StoreSchemaError(
+            f"{path}: results store schema version {found if found is not None else 'missing'}"
+            f"{written_by}, this vlp-robust expects {SCHEMA_VERSION}; re-run into a fresh run "
+            "directory or use a matching vlp-robust version"
+        )
+
+
+_SQLITE_HEADER: Final[bytes] = b"SQLite format 3\x00"
+
+
+def _check_is_sqlite_file(path: Path) -> None:
+    """Refuse non-database files up front: SQLite would silently overwrite a short one."""
+    if path.is_dir():
+        raise StoreError(
+            f"{path} is a directory, not a results file; "
+            f"pass the file path or use ResultStore.in_run_dir() ({STORE_FILENAME})"
+        )
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(
+            f"{path}: cannot read the results store ({_one_line(str(exc))}); check permissions"
+        ) from exc
+    if header and header != _SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not a vlp-robust results store (not an SQLite database); "
+            "point at a run directory's results file or move this file away"
+        )
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    name = getattr(exc, "sqlite_errorname", "")
+    detail = _one_line(str(exc))
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return StoreError(
+            f"{path} is not a vlp-robust results store ({detail}); "
+            "point at a run directory's results file or move this file away"
+        )
+    if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return StoreError(
+            f"{path}: results store is locked by another process ({detail}); "
+            "wait for it to finish or use a different run directory"
+        )
+    return StoreError(
+        f"{path}: cannot open the results store ({detail}); "
+        "check the path is a writable file in a run directory"
+    )
+
+
+def _own_version() -> str:
+    try:
+        from robust import __version__
+    except Exception:
+        return "unknown"
+    return str(__version__)
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _to_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} cannot be stored as JSON ({exc}); pass plain data") from exc
+
+
+def _required(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional(name: str, value: Any) -> str:
+    """Encode an optional key column: None/ABSENT become '' (see module docstring)."""
+    if value is None or value is ABSENT:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+    return value
+
+
+def _cell_key(
+    victim: str,
+    dataset: str,
+    split: str,
+    attack: str | None,
+    source: str | None,
+    target: str | None,
+    defense: str | None,
+) -> tuple[str, ...]:
+    return (
+        _required("victim", victim),
+        _required("dataset", dataset),
+        _required("split", split),
+        _optional("attack", attack),
+        _optional("source", source),
+        _optional("target", target),
+        _optional("defense", defense),
+    )
+
+
+def _metric_params(run_id: int, row: MetricRow, created_at: str) -> tuple[Any, ...]:
+    if not isinstance(row, MetricRow):
+        raise TypeError(f"write_metrics expects MetricRow items, got {type(row).__name__}")
+    try:
+        value = float(row.value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metric value must be a number, got {row.value!r} in {row}") from exc
+    victim, dataset, split, attack, source, target, defense = _cell_key(
+        row.victim, row.dataset, row.split, row.attack, row.source, row.target, row.defense
+    )
+    metric = _required("metric", row.metric)
+    return (
+        run_id,
+        victim,
+        dataset,
+        split,
+        metric,
+        None if math.isnan(value) else value,
+        attack,
+        source,
+        target,
+        defense,
+        created_at,
+    )
+
+
+def _metric_row(record: tuple[Any, ...]) -> MetricRow:
+    victim, dataset, split, metric, value, attack, source, target, defense = record
+    return MetricRow(
+        victim=victim,
+        dataset=dataset,
+        split=split,
+        metric=metric,
+        value=math.nan if value is None else float(value),
+        attack=attack or None,
+        source=source or None,
+        target=target or None,
+        defense=defense or None,
+    )
+
+
+def _filter_value(column: str, value: Any) -> Any:
+    if column in OPTIONAL_KEYS:
+        return _optional(column, value)
+    if value is ABSENT:
+        raise ValueError(f"{column} is never absent; ABSENT only applies to {OPTIONAL_KEYS}")
+    if column == "value":
+        number = float(value)
+        return None if math.isnan(number) else number
+    return _required(column, value)
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"direction must be 'tr' (image->text) or 'ir' (text->image), got {direction!r}"
+        )
+
+
+def _encode_ranks(ranks: np.ndarray) -> tuple[bytes, int]:
+    """int32 little-endian bytes: compact and readable on any machine."""
+    array = np.asarray(ranks)
+    if array.ndim != 1:
+        raise ValueError(f"ranks must be a 1-D array (one rank per query), got shape {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"ranks must be an integer array, got dtype {array.dtype}")
+    if array.size and (int(array.min()) < _INT32_MIN or int(array.max()) > _INT32_MAX):
+        raise ValueError("ranks must fit in int32")
+    return array.astype("<i4").tobytes(), int(array.size)
+
+
+def _describe_key(run_id: int, *parts: str | None) -> str:
+    names = ("victim", "dataset", "split", "attack", "source", "target", "defense", "direction")
+    described = ", ".join(
+        f"{name}={value!r}" for name, value in zip(names, parts, strict=True) if value is not None
+    )
+    return f"run {run_id} ({described})"

@@ -1,0 +1,157 @@
+"""The victim registry: known names, spec strings, and `load_victim`.
+
+Names map to spec strings (`open_clip:ViT-B-16-quickgelu@openai`, `hf-clip:<id or dir>`,
+`open_clip:local-dir:<dir>`); each spec prefix maps to the family loader that reads it. The
+toy zoo goes through exactly the same loaders as real checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from robust.errors import RobustError, UnknownVictimError
+from robust.victims.base import Victim
+from robust.zoo import ZOO_DIR
+
+Loader = Callable[[str, str | None], Victim]
+
+
+@dataclass(frozen=True)
+class VictimEntry:
+    """A named victim: what it is and where its weights come from."""
+
+    name: str
+    spec: str
+    family: str
+    image_size: int
+    capabilities: tuple[str, ...]
+    description: str
+
+
+def _open_clip(arg: str, name: str | None) -> Victim:
+    from robust.victims.openclip import OpenClipVictim
+
+    return OpenClipVictim.from_spec(arg, name)
+
+
+def _hf_clip(arg: str, name: str | None) -> Victim:
+    from robust.victims.hf_clip import HFClipVictim
+
+    return HFClipVictim.from_spec(arg, name)
+
+
+LOADERS: dict[str, Loader] = {"open_clip": _open_clip, "hf-clip": _hf_clip}
+
+KNOWN_VICTIMS: dict[str, VictimEntry] = {
+    entry.name: entry
+    for entry in (
+        VictimEntry(
+            "clip-vit-b16",
+            "open_clip:ViT-B-16-quickgelu@openai",
+            "clip",
+            224,
+            ("itc",),
+            "OpenAI CLIP ViT-B/16 (SGA's CLIP-ViT)",
+        ),
+        VictimEntry(
+            "clip-rn101",
+            "open_clip:RN101-quickgelu@openai",
+            "clip",
+            224,
+            ("itc",),
+            "OpenAI CLIP ResNet-101 (SGA's CLIP-CNN)",
+        ),
+        VictimEntry(
+            "clip-vit-b32",
+            "open_clip:ViT-B-32-quickgelu@openai",
+            "clip",
+            224,
+            ("itc",),
+            "OpenAI CLIP ViT-B/32 (AnyAttack's encoder)",
+        ),
+        VictimEntry(
+            "clip-vit-l14",
+            "open_clip:ViT-L-14-quickgelu@openai",
+            "clip",
+            224,
+            ("itc",),
+            "OpenAI CLIP ViT-L/14",
+        ),
+        VictimEntry(
+            "toy-clip-vit",
+            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-vit'}",
+            "clip",
+            64,
+            ("itc",),
+            "toy zoo: tiny open_clip ViT trained on the world",
+        ),
+        VictimEntry(
+            "toy-clip-rn",
+            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-rn'}",
+            "clip",
+            64,
+            ("itc",),
+            "toy zoo: tiny open_clip ModifiedResNet trained on the world",
+        ),
+    )
+}
+
+
+def resolve_spec(name_or_spec: str | dict) -> tuple[str, str | None]:
+    """(spec string, display name) for a registered name, a spec string or a spec dict."""
+    if isinstance(name_or_spec, dict):
+        if "spec" not in name_or_spec:
+            raise UnknownVictimError(
+                f"victim dict {name_or_spec!r} has no 'spec' key; write "
+                "{'name': ..., 'spec': 'open_clip:ARCH@TAG'}"
+            )
+        spec = str(name_or_spec["spec"])
+        return resolve_spec(spec)[0], name_or_spec.get("name") or spec
+    text = str(name_or_spec).strip()
+    if text in KNOWN_VICTIMS:
+        return KNOWN_VICTIMS[text].spec, text
+    prefix, sep, _ = text.partition(":")
+    if sep and prefix in LOADERS:
+        return text, text
+    raise UnknownVictimError(
+        f"unknown victim {text!r}; use one of {', '.join(KNOWN_VICTIMS)} or a spec "
+        f"({', '.join(p + ':...' for p in LOADERS)}); `robust victims` lists them"
+    )
+
+
+def load_victim(name_or_spec: str | dict, *, device: str = "cpu") -> Victim:
+    """Build a victim by registered name or spec, in eval mode on `device`."""
+    spec, display = resolve_spec(name_or_spec)
+    prefix, _, arg = spec.partition(":")
+    if not arg:
+        raise UnknownVictimError(f"victim spec {spec!r} is empty after '{prefix}:'")
+    victim = LOADERS[prefix](arg, display)
+    return victim.to(device).eval()
+
+
+def weights_present(entry: VictimEntry) -> bool:
+    """Whether `load_victim(entry.name)` would find its weights on this machine."""
+    from robust.victims.weights import find_hf_model_dir, find_open_clip_weights
+
+    prefix, _, arg = entry.spec.partition(":")
+    try:
+        if prefix == "open_clip" and arg.startswith("local-dir:"):
+            folder = Path(arg[len("local-dir:") :])
+            return (folder / "open_clip_config.json").is_file() and any(
+                folder.glob("*.safetensors")
+            )
+        if prefix == "open_clip":
+            arch, _, tag = arg.partition("@")
+            return find_open_clip_weights(arch, tag, (entry.name,))[0] is not None
+        if prefix == "hf-clip":
+            return find_hf_model_dir(arg, (entry.name,))[0] is not None
+    except RobustError:
+        return False
+    return False
+
+
+def list_victims() -> list[VictimEntry]:
+    """Every registered victim, in registry order."""
+    return list(KNOWN_VICTIMS.values())

@@ -1,0 +1,76 @@
+"""Recipes for the toy zoo: architecture and training settings of each member."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+WORLD_IMAGE_SIZE = 64
+TEXT_CFG = {"context_length": 40, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """A tiny open_clip model and the contrastive schedule that trains it on world train."""
+
+    name: str
+    model_cfg: dict
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    train_images: int | None = None
+    # Saved in fp16 (as OpenAI's own CLIP release is) to keep the shipped file small; the
+    # model is rebuilt in fp32 on load.
+    save_dtype: str = "float16"
+    preprocess_cfg: dict = field(
+        default_factory=lambda: {
+            "size": WORLD_IMAGE_SIZE,
+            "mode": "RGB",
+            "mean": list(OPENAI_CLIP_MEAN),
+            "std": list(OPENAI_CLIP_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        }
+    )
+
+    def config(self) -> dict:
+        return asdict(self)
+
+
+RECIPES: dict[str, ClipRecipe] = {
+    "toy-clip-vit": ClipRecipe(
+        name="toy-clip-vit",
+        model_cfg={
+            "embed_dim": 64,
+            "quick_gelu": True,
+            "vision_cfg": {
+                "image_size": WORLD_IMAGE_SIZE,
+                "layers": 4,
+                "width": 96,
+                "patch_size": 8,
+                "head_width": 32,
+                "mlp_ratio": 3.0,
+            },
+            "text_cfg": dict(TEXT_CFG),
+        },
+    ),
+    "toy-clip-rn": ClipRecipe(
+        name="toy-clip-rn",
+        model_cfg={
+            "embed_dim": 64,
+            "quick_gelu": True,
+            "vision_cfg": {
+                "image_size": WORLD_IMAGE_SIZE,
+                "layers": [1, 1, 1, 1],
+                "width": 16,
+                "patch_size": None,
+                "head_width": 32,
+            },
+            "text_cfg": dict(TEXT_CFG),
+        },
+    ),
+}

@@ -1,0 +1,147 @@
+"""The project's own training code for the toy zoo (`robust zoo train NAME`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robust.data.dataset import CaptionDataset
+from robust.errors import RobustError
+from robust.progress import Progress, ensure_progress
+from robust.zoo import ZOO_DIR
+from robust.zoo.recipes import RECIPES, ClipRecipe
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a training run did: where it saved, how long it took, its final loss."""
+
+    name: str
+    output_dir: Path
+    seconds: float
+    steps: int
+    final_loss: float
+    recipe: dict
+
+
+def recipe_for(name: str) -> ClipRecipe:
+    """The recipe of a zoo member, or one clear error naming the members."""
+    if name not in RECIPES:
+        raise RobustError(f"no zoo recipe named {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def train_zoo_member(
+    name: str,
+    output_dir: Path | None = None,
+    *,
+    seed: int | None = None,
+    epochs: int | None = None,
+    train_images: int | None = None,
+    dataset: CaptionDataset | None = None,
+    progress: Progress | None = None,
+) -> TrainReport:
+    """Train one toy victim on world train and save it in its family's real format."""
+    recipe = recipe_for(name)
+    overrides = {
+        k: v
+        for k, v in {"seed": seed, "epochs": epochs, "train_images": train_images}.items()
+        if v is not None
+    }
+    recipe = replace(recipe, **overrides)
+    if recipe.epochs <= 0:
+        raise RobustError(f"epochs must be positive, got {recipe.epochs}")
+    output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
+    return train_clip(recipe, output_dir, dataset=dataset, progress=progress)
+
+
+def train_clip(
+    recipe: ClipRecipe,
+    output_dir: Path,
+    *,
+    dataset: CaptionDataset | None = None,
+    progress: Progress | None = None,
+) -> TrainReport:
+    """Symmetric InfoNCE on (image, one random caption) pairs; saves an open_clip local-dir."""
+    import open_clip
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from robust.data.world import generate_world
+    from robust.victims.openclip import save_local_dir
+
+    progress = ensure_progress(progress)
+    torch.manual_seed(recipe.seed)
+    generator = np.random.default_rng(recipe.seed)
+    if dataset is None:
+        dataset = generate_world("train", count=recipe.train_images)
+    pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
+    tokenizer = SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
+    tokens = tokenizer(list(dataset.captions))
+    image_captions = [np.asarray(c) for c in dataset.image_captions]
+
+    model = CLIP(**recipe.model_cfg)
+    model.train()
+    mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=recipe.learning_rate,
+        betas=(0.9, 0.98),
+    )
+    num_images = pixels.shape[0]
+    steps_per_epoch = num_images // recipe.batch_size
+    total_steps = steps_per_epoch * recipe.epochs
+    warmup = max(1, int(recipe.warmup_fraction * total_steps))
+
+    def learning_rate(step: int) -> float:
+        if step < warmup:
+            return recipe.learning_rate * (step + 1) / warmup
+        progress_fraction = (step - warmup) / max(1, total_steps - warmup)
+        return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * progress_fraction))
+
+    start = time.perf_counter()
+    step = 0
+    loss_value = float("nan")
+    with progress.task(f"train {recipe.name}", total_steps) as task:
+        for _ in range(recipe.epochs):
+            order = generator.permutation(num_images)
+            for batch_start in range(0, steps_per_epoch * recipe.batch_size, recipe.batch_size):
+                indices = order[batch_start : batch_start + recipe.batch_size]
+                chosen = [int(generator.choice(image_captions[i])) for i in indices]
+                images = (pixels[indices].float() / 255.0 - mean) / std
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step)
+                image_features = F.normalize(model.encode_image(images), dim=-1)
+                text_features = F.normalize(model.encode_text(tokens[chosen]), dim=-1)
+                logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
+                targets = torch.arange(len(indices))
+                loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                loss_value = float(loss.detach())
+                step += 1
+                task.advance()
+    seconds = time.perf_counter() - start
+
+    model.eval()
+    dtype = getattr(torch, recipe.save_dtype)
+    saved = model.to(dtype)
+    save_local_dir(saved, recipe.model_cfg, recipe.preprocess_cfg, output_dir)
+    del open_clip  # imported for its side effect of registering open_clip's configs
+    return TrainReport(recipe.name, output_dir, seconds, step, loss_value, recipe.config())

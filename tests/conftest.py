@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny models written in the real checkpoint formats, small world splits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_OPEN_CLIP_CFG = {
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+TINY_PREPROCESS = {
+    "size": 32,
+    "mode": "RGB",
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+
+
+@pytest.fixture(scope="session")
+def world_small():
+    """The first 40 images of world test-1k."""
+    from robust.data.world import generate_world
+
+    return generate_world("test-1k", count=40)
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny open_clip ViT saved as an open_clip local-dir."""
+    from open_clip.model import CLIP
+
+    from robust.victims.openclip import save_local_dir
+
+    torch.manual_seed(0)
+    model = CLIP(**TINY_OPEN_CLIP_CFG).eval()
+    folder = tmp_path_factory.mktemp("tiny-open-clip")
+    return save_local_dir(model, TINY_OPEN_CLIP_CFG, TINY_PREPROCESS, folder)
+
+
+def write_clip_bpe_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """vocab.json + merges.txt for HF CLIPTokenizer from open_clip's bundled BPE (offline)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    vocab = folder / "vocab.json"
+    merges = folder / "merges.txt"
+    vocab.write_text(json.dumps(bpe.encoder))
+    ranked = sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])
+    merges.write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for (a, b), _ in ranked) + "\n")
+    return vocab, merges
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip_dir(tmp_path_factory) -> Path:
+    """A tiny transformers CLIPModel + tokenizer + processor config saved with save_pretrained."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-hf-clip")
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": 49408,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).eval().save_pretrained(folder)
+    vocab, merges = write_clip_bpe_tokenizer_files(folder)
+    CLIPTokenizer(vocab_file=str(vocab), merges_file=str(merges)).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "image_mean": TINY_PREPROCESS["mean"],
+                "image_std": TINY_PREPROCESS["std"],
+                "crop_size": {"height": 32, "width": 32},
+                "size": {"shortest_edge": 32},
+                "do_center_crop": True,
+            }
+        )
+    )
+    return folder

@@ -1,0 +1,128 @@
+"""Each CLI command end to end on the world, including its one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from robust.cli import app
+from robust.harness.store import ResultStore
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], result.output
+
+
+def test_victims_lists_names_families_and_weights():
+    result = invoke("victims")
+    assert result.exit_code == 0, result.output
+    for fragment in ("clip-vit-b16", "clip-rn101", "toy-clip-vit", "toy-clip-rn", "missing"):
+        assert fragment in result.output
+
+
+def test_world_export_then_eval_reads_it_back(tmp_path, tiny_open_clip_dir):
+    export_dir = tmp_path / "world"
+    result = invoke("world", "export", str(export_dir), "--split", "val", "--count", "12")
+    assert result.exit_code == 0, result.output
+    annotation = export_dir / "annotations.json"
+    assert annotation.is_file() and len(list((export_dir / "images").glob("*.png"))) == 12
+
+    run_dir = tmp_path / "run"
+    result = invoke(
+        "eval",
+        "--victim",
+        f"open_clip:local-dir:{tiny_open_clip_dir}",
+        "--dataset",
+        f"karpathy:{export_dir}:{annotation}",
+        "--limit",
+        "10",
+        "--out",
+        str(run_dir),
+    )
+    assert result.exit_code == 0, result.output
+    assert "TR R1" in result.output
+    with ResultStore.in_run_dir(run_dir) as store:
+        rows = store.metrics(store.latest_run_id())
+        assert {row.metric for row in rows} >= {"tr_r1", "ir_r1", "r_mean"}
+        ranks = store.query_ranks(
+            store.latest_run_id(),
+            victim=f"open_clip:local-dir:{tiny_open_clip_dir}",
+            dataset="annotations",
+            split="test[:10]",
+            direction="tr",
+        )
+        assert ranks.shape == (10,)
+        tr_r1 = next(r.value for r in rows if r.metric == "tr_r1")
+        assert tr_r1 == pytest.approx(float(np.mean(ranks < 1)))
+
+
+def test_eval_world_with_limit_writes_store(tmp_path, tiny_open_clip_dir):
+    result = invoke(
+        "eval",
+        "--victim",
+        f"open_clip:local-dir:{tiny_open_clip_dir}",
+        "--dataset",
+        "world:val",
+        "--limit",
+        "8",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    with ResultStore.in_run_dir(tmp_path) as store:
+        info = store.run_info(store.latest_run_id())
+        assert info["spec"]["dataset"] == "world:val[:8]"
+        assert info["versions"]["torch"]
+
+
+def test_zoo_train_writes_a_loadable_open_clip_folder(tmp_path):
+    out = tmp_path / "toy"
+    result = invoke(
+        "zoo", "train", "toy-clip-vit", "--out", str(out), "--epochs", "1", "--train-images", "256"
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "open_clip_config.json").is_file()
+    assert (out / "open_clip_model.safetensors").is_file()
+    import robust
+
+    victim = robust.load_victim(f"open_clip:local-dir:{out}")
+    assert victim.image_size == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("eval", "--victim", "clip-vit-b17"), ("unknown victim", "clip-vit-b17")),
+        (("eval", "--victim", "toy-clip-vit", "--dataset", "imagenet"), ("unknown dataset",)),
+        (("eval", "--victim", "toy-clip-vit", "--dataset", "world:test-2k"), ("world split",)),
+        (("eval", "--victim", "toy-clip-vit", "--limit", "0"), ("--limit",)),
+        (
+            ("eval", "--victim", "toy-clip-vit", "--dataset", "karpathy:/nonexistent:/no.json"),
+            ("/no.json",),
+        ),
+        (("zoo", "train", "toy-imaginary"), ("no zoo recipe",)),
+        (("world", "export", "/tmp/x", "--split", "nope"), ("unknown world split",)),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, fragments):
+    assert_one_line_error(invoke(*args), *fragments)
+
+
+def test_demo_prints_the_clean_table_and_writes_the_store(tmp_path):
+    result = invoke("demo", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "toy-clip-vit" in result.output and "toy-clip-rn" in result.output
+    with ResultStore.in_run_dir(tmp_path) as store:
+        rows = store.metrics(store.latest_run_id(), metric="tr_r1")
+        assert {row.victim for row in rows} == {"toy-clip-vit", "toy-clip-rn"}

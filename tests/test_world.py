@@ -1,0 +1,104 @@
+"""The embedded world: determinism, captions that describe the image, labels, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robust.data.world import (
+    CAPTIONS_PER_IMAGE,
+    COLORS,
+    SHAPES,
+    SPLITS,
+    generate_world,
+)
+
+
+def test_same_seed_gives_byte_identical_output():
+    first = generate_world("test-1k", count=30)
+    second = generate_world("test-1k", count=30)
+    assert first.images.pixels.tobytes() == second.images.pixels.tobytes()
+    assert first.captions == second.captions
+    assert first.labels == second.labels
+
+
+def test_images_do_not_depend_on_how_many_are_generated():
+    few = generate_world("val", count=5)
+    more = generate_world("val", count=20)
+    assert np.array_equal(few.images.pixels, more.images.pixels[:5])
+    assert few.captions == more.captions[: few.num_captions]
+
+
+def test_seed_and_split_change_the_content():
+    base = generate_world("test-1k", count=10)
+    other_seed = generate_world("test-1k", count=10, seed=1)
+    other_split = generate_world("test-5k", count=10)
+    assert not np.array_equal(base.images.pixels, other_seed.images.pixels)
+    assert not np.array_equal(base.images.pixels, other_split.images.pixels)
+
+
+def test_shape_size_and_caption_layout():
+    world = generate_world("test-1k", count=25, size=48)
+    assert world.images.pixels.shape == (25, 48, 48, 3)
+    assert world.images.pixels.dtype == np.uint8
+    assert world.num_captions == 25 * CAPTIONS_PER_IMAGE
+    assert all(len(group) == CAPTIONS_PER_IMAGE for group in world.image_captions)
+    assert world.name == "world:test-1k"
+
+
+def test_every_caption_names_every_object_colour_and_each_image_has_distinct_captions(
+    world_small,
+):
+    for index, label in enumerate(world_small.labels):
+        captions = world_small.captions_of([index])[0]
+        assert len(set(captions)) == CAPTIONS_PER_IMAGE
+        assert 1 <= label["count"] <= 3 and label["count"] == len(label["objects"])
+        for caption in captions:
+            for obj in label["objects"]:
+                assert obj["color"] in caption.split()
+
+
+def test_labels_cover_the_attribute_vocabulary():
+    world = generate_world("test-1k", count=400)
+    objects = [obj for label in world.labels for obj in label["objects"]]
+    assert {obj["shape"] for obj in objects} == set(SHAPES)
+    assert {obj["color"] for obj in objects} == set(COLORS)
+    assert {label["count"] for label in world.labels} == {1, 2, 3}
+    cells = {(obj["row"], obj["col"]) for obj in objects}
+    assert len(cells) == 9
+
+
+def test_object_colours_are_drawn_where_the_label_says(world_small):
+    """The pixel at the centre of a large object's cell has roughly the object's colour."""
+    checked = 0
+    for index, label in enumerate(world_small.labels):
+        for obj in label["objects"]:
+            if obj["size"] != "large" or obj["shape"] in {"star", "triangle", "cross"}:
+                continue
+            y = int((obj["row"] + 0.5) * 64 / 3)
+            x = int((obj["col"] + 0.5) * 64 / 3)
+            pixel = world_small.images.pixels[index, y, x].astype(int)
+            distance = np.abs(pixel - np.array(COLORS[obj["color"]])).max()
+            assert distance < 60, (index, obj, pixel)
+            checked += 1
+    assert checked > 5
+
+
+def test_most_test_images_are_told_apart_by_their_captions():
+    world = generate_world("test-1k")
+    assert world.num_images == SPLITS["test-1k"] and world.num_captions == 5000
+    assert len(set(world.captions)) > 0.95 * world.num_captions
+    signatures = {
+        tuple(sorted((o["color"], o["shape"], o["position"]) for o in label["objects"]))
+        for label in world.labels
+    }
+    assert len(signatures) > 0.8 * world.num_images
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="unknown world split"):
+        generate_world("test-2k")
+    with pytest.raises(ValueError, match="count must be"):
+        generate_world("val", count=0)
+    with pytest.raises(ValueError, match="at least 16"):
+        generate_world("val", size=8)
