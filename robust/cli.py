@@ -96,10 +96,12 @@ def print_retrieval_table(title: str, rows: list[dict]) -> None:
 
     table = Table(title=title)
     table.add_column("victim", style="bold")
+    table.add_column("scoring")
     for metric in METRIC_NAMES:
         table.add_column(metric.replace("_", " ").upper(), justify="right")
     for row in rows:
-        table.add_row(row["victim"], *(f"{100 * row[m]:.1f}" for m in METRIC_NAMES))
+        scoring = "ITC" if row["scoring"] == "itc" else "ITM re-ranked"
+        table.add_row(row["victim"], scoring, *(f"{100 * row[m]:.1f}" for m in METRIC_NAMES))
     console.print(table)
 
 
@@ -199,21 +201,77 @@ def eval_command(
         "runs/eval"
     ),
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    k_test: Annotated[
+        int | None,
+        typer.Option(help="ITM re-ranking depth for fusion victims (default 128, COCO 256)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
-    """Clean image-text retrieval (TR/IR R@1/5/10) of each victim; writes the store."""
+    """Clean image-text retrieval (TR/IR R@1/5/10) of each victim; writes the store.
+
+    Fusion victims (ALBEF, TCL, BLIP) get two rows: ITC alone and ITM re-ranked.
+    """
     from robust.data import load_dataset
     from robust.harness.evaluate import evaluate_victims
 
     if batch_size <= 0:
         raise RobustError(f"--batch-size must be positive, got {batch_size}")
+    if k_test is not None and k_test <= 0:
+        raise RobustError(f"--k-test must be positive, got {k_test}")
     data = load_dataset(dataset, limit=limit)
     with progress_bar() as bar:
         evaluation = evaluate_victims(
-            victim, data, out, batch_size=batch_size, device=device, progress=RichProgress(bar)
+            victim,
+            data,
+            out,
+            batch_size=batch_size,
+            k_test=k_test,
+            device=device,
+            progress=RichProgress(bar),
         )
     print_retrieval_table(f"Clean retrieval on {data.name} (R@K, %)", evaluation.rows())
     console.print(f"results: {out / 'results.sqlite'} (run {evaluation.run_id})", highlight=False)
+
+
+@app.command("caption")
+@user_errors
+def caption_command(
+    victim: Annotated[str, typer.Option("--victim", help="Captioner name or spec.")],
+    dataset: Annotated[str, typer.Option(help="world, world:SPLIT or karpathy:ROOT:JSON.")] = (
+        "world"
+    ),
+    limit: Annotated[int | None, typer.Option(help="Caption the first N images.")] = None,
+    show: Annotated[int, typer.Option(help="How many captions to print.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per generate call.")] = 32,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Generate captions and score them against the references (BLEU-1..4, ROUGE-L, CIDEr)."""
+    from robust.data import load_dataset
+    from robust.eval.caption_eval import evaluate_captioning
+    from robust.victims.zoo import load_victim
+
+    if batch_size <= 0:
+        raise RobustError(f"--batch-size must be positive, got {batch_size}")
+    data = load_dataset(dataset, limit=limit)
+    captioner = load_victim(victim, device=device)
+    with progress_bar() as bar:
+        evaluation = evaluate_captioning(
+            captioner, data, batch_size=batch_size, progress=RichProgress(bar)
+        )
+    examples = Table(title=f"{captioner.name} on {data.name}")
+    examples.add_column("image")
+    examples.add_column("generated")
+    examples.add_column("first reference")
+    for index in range(min(show, data.num_images)):
+        examples.add_row(
+            data.image_ids[index], evaluation.captions[index], data.captions_of([index])[0][0]
+        )
+    console.print(examples)
+    scores = Table(title="Caption metrics")
+    for name in evaluation.metrics:
+        scores.add_column(name, justify="right")
+    scores.add_row(*(f"{value:.3f}" for value in evaluation.metrics.values()))
+    console.print(scores)
 
 
 @app.command("demo")

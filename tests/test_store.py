@@ -406,3 +406,27 @@ def test_provenance_reads_git_commit(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert prov["git_dirty"] is False
     (tmp_path / "a.txt").write_text("b")
     assert collect_provenance(cwd=tmp_path)["git_dirty"] is True
+
+
+def test_scoring_keeps_itc_and_reranked_results_apart(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run({}, {})
+        keys = {"victim": "toy-albef", "dataset": "world", "split": "test-1k"}
+        store.write_metrics(
+            run,
+            [
+                MetricRow(metric="tr_r1", value=0.5, **keys),
+                MetricRow(metric="tr_r1", value=0.7, scoring="rerank", **keys),
+            ],
+        )
+        store.write_query_ranks(run, direction="tr", ranks=np.array([0, 3]), **keys)
+        store.write_query_ranks(
+            run, direction="tr", ranks=np.array([0, 0]), scoring="rerank", **keys
+        )
+        assert [r.value for r in store.metrics(run, scoring="rerank")] == [0.7]
+        assert [r.value for r in store.metrics(run, scoring="itc")] == [0.5]
+        assert store.query_ranks(run, direction="tr", **keys).tolist() == [0, 3]
+        reranked = store.query_ranks(run, direction="tr", scoring="rerank", **keys)
+        assert reranked.tolist() == [0, 0]
+        assert store.has_metrics(run, **keys, scoring="rerank")
+        assert not store.has_metrics(run, **keys, scoring="other")

@@ -41,7 +41,7 @@ POSITIONS = (
     ("left", "center", "right"),
     ("bottom left", "bottom", "bottom right"),
 )
-OBJECT_COUNT_WEIGHTS = (0.3, 0.4, 0.3)
+OBJECT_COUNT_WEIGHTS = (0.2, 0.4, 0.4)
 CAPTIONS_PER_IMAGE = 5
 
 _SHAPE_WORDS = {
@@ -249,7 +249,7 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
 
 def _object_phrase(obj: WorldObject, rng: np.random.Generator, *, with_position: bool) -> str:
     words = []
-    if rng.random() < 0.75:
+    if rng.random() < 0.85:
         words.append(_pick(rng, _SIZE_WORDS[obj.size]))
     words.append(obj.color)
     words.append(_pick(rng, _SHAPE_WORDS[obj.shape]))
@@ -269,7 +269,7 @@ def _join(phrases: list[str]) -> str:
 
 def _one_caption(scene: WorldScene, rng: np.random.Generator) -> str:
     order = rng.permutation(len(scene.objects))
-    with_position = rng.random() < 0.85
+    with_position = rng.random() < 0.95
     phrases = [_object_phrase(scene.objects[i], rng, with_position=with_position) for i in order]
     body = _join(phrases)
     background = scene.background

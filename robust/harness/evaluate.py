@@ -7,25 +7,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robust.data.dataset import CaptionDataset
+from robust.errors import RobustError
+from robust.eval.rerank import evaluate_reranked
 from robust.eval.retrieval import RetrievalResult, evaluate_retrieval
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
-from robust.victims.zoo import load_victim
+from robust.victims.base import Victim
+from robust.victims.zoo import load_victim, resolve_spec
+
+ITC = "itc"
+RERANK = "rerank"
 
 
 @dataclass(frozen=True)
 class CleanEvaluation:
-    """Per-victim retrieval results of one run, in the order the victims were given."""
+    """Retrieval results of one run: per victim, ITC and (for fusion victims) re-ranked."""
 
     run_dir: Path
     run_id: int
     dataset: str
     split: str
-    results: dict[str, RetrievalResult] = field(default_factory=dict)
+    results: dict[tuple[str, str], RetrievalResult] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, float | str]]:
-        """One table row per victim: its name and every retrieval metric."""
-        return [{"victim": name, **result.metrics()} for name, result in self.results.items()]
+        """One table row per (victim, scoring): names and every retrieval metric."""
+        return [
+            {"victim": victim, "scoring": scoring, **result.metrics()}
+            for (victim, scoring), result in self.results.items()
+        ]
 
 
 def dataset_key(dataset: CaptionDataset) -> tuple[str, str]:
@@ -39,12 +48,35 @@ def dataset_key(dataset: CaptionDataset) -> tuple[str, str]:
     return base, (split if sep else "test") + bracket + limit
 
 
+def retrieval_results(
+    victim: Victim,
+    dataset: CaptionDataset,
+    *,
+    batch_size: int = 64,
+    k_test: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, RetrievalResult]:
+    """ITC results for every retrieval victim, plus ITM re-ranked ones for fusion victims."""
+    if "itc" not in victim.capabilities:
+        raise RobustError(
+            f"{victim.name} is a {'/'.join(sorted(victim.capabilities))} model without "
+            "image-text retrieval; evaluate captioners with `robust caption`"
+        )
+    if "itm" in victim.capabilities:
+        itc, reranked = evaluate_reranked(
+            victim, dataset, k_test=k_test, batch_size=batch_size, progress=progress
+        )
+        return {ITC: itc, RERANK: reranked}
+    return {ITC: evaluate_retrieval(victim, dataset, batch_size=batch_size, progress=progress)}
+
+
 def evaluate_victims(
     victims: Sequence[str],
     dataset: CaptionDataset,
     run_dir: Path,
     *,
     batch_size: int = 64,
+    k_test: int | None = None,
     device: str = "cpu",
     spec: dict | None = None,
     progress: Progress | None = None,
@@ -54,8 +86,6 @@ def evaluate_victims(
     Victims are loaded one at a time, so a bad name fails before any work and a large
     victim is freed before the next one loads.
     """
-    from robust.victims.zoo import resolve_spec
-
     for name in victims:  # fail fast on unknown names, before any evaluation runs
         resolve_spec(name)
     progress = ensure_progress(progress)
@@ -65,6 +95,7 @@ def evaluate_victims(
         "victims": list(victims),
         "dataset": dataset.name,
         "batch_size": batch_size,
+        "k_test": k_test,
     }
     run_dir = Path(run_dir)
     with ResultStore.in_run_dir(run_dir) as store:
@@ -72,14 +103,22 @@ def evaluate_victims(
         evaluation = CleanEvaluation(run_dir, run_id, dataset_name, split)
         for name in victims:
             victim = load_victim(name, device=device)
-            result = evaluate_retrieval(victim, dataset, batch_size=batch_size, progress=progress)
-            keys = {"victim": name, "dataset": dataset_name, "split": split}
-            store.write_query_ranks(run_id, direction="tr", ranks=result.tr_ranks, **keys)
-            store.write_query_ranks(run_id, direction="ir", ranks=result.ir_ranks, **keys)
-            store.write_metrics(
-                run_id,
-                [MetricRow(metric=m, value=v, **keys) for m, v in result.metrics().items()],
+            results = retrieval_results(
+                victim, dataset, batch_size=batch_size, k_test=k_test, progress=progress
             )
-            evaluation.results[name] = result
+            for scoring, result in results.items():
+                keys = {"victim": name, "dataset": dataset_name, "split": split}
+                for direction, ranks in (("tr", result.tr_ranks), ("ir", result.ir_ranks)):
+                    store.write_query_ranks(
+                        run_id, direction=direction, ranks=ranks, scoring=scoring, **keys
+                    )
+                store.write_metrics(
+                    run_id,
+                    [
+                        MetricRow(metric=m, value=v, scoring=scoring, **keys)
+                        for m, v in result.metrics().items()
+                    ],
+                )
+                evaluation.results[(name, scoring)] = result
             del victim
     return evaluation

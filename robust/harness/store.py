@@ -59,7 +59,11 @@ ABSENT: Final = _Absent.ABSENT
 
 @dataclass(frozen=True)
 class MetricRow:
-    """One scalar result, e.g. R@1 of `target` on adversarial examples of (`attack`, `source`)."""
+    """One scalar result, e.g. R@1 of `target` on adversarial examples of (`attack`, `source`).
+
+    `scoring` says how retrieval was ranked: "itc" (embedding similarity) or "rerank"
+    (ITC top-k re-scored by the victim's ITM head, fused per family).
+    """
 
     victim: str
     dataset: str
@@ -70,11 +74,12 @@ class MetricRow:
     source: str | None = None
     target: str | None = None
     defense: str | None = None
+    scoring: str = "itc"
 
 
 _METRIC_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in fields(MetricRow))
 _METRIC_ORDER: Final[str] = (
-    "run_id, victim, dataset, split, attack, source, target, defense, metric"
+    "run_id, victim, dataset, split, attack, source, target, defense, scoring, metric"
 )
 
 _SCHEMA_SQL: Final[str] = """
@@ -104,8 +109,9 @@ CREATE TABLE metrics (
     source TEXT NOT NULL DEFAULT '',
     target TEXT NOT NULL DEFAULT '',
     defense TEXT NOT NULL DEFAULT '',
+    scoring TEXT NOT NULL DEFAULT 'itc',
     created_at TEXT NOT NULL,
-    UNIQUE (run_id, victim, dataset, split, metric, attack, source, target, defense)
+    UNIQUE (run_id, victim, dataset, split, metric, attack, source, target, defense, scoring)
 );
 CREATE INDEX metrics_cell ON metrics
     (run_id, victim, dataset, split, attack, source, target, defense);
@@ -120,10 +126,11 @@ CREATE TABLE query_results (
     source TEXT NOT NULL DEFAULT '',
     target TEXT NOT NULL DEFAULT '',
     defense TEXT NOT NULL DEFAULT '',
+    scoring TEXT NOT NULL DEFAULT 'itc',
     ranks BLOB NOT NULL,
     count INTEGER NOT NULL,
     created_at TEXT NOT NULL,
-    UNIQUE (run_id, victim, dataset, split, direction, attack, source, target, defense)
+    UNIQUE (run_id, victim, dataset, split, direction, attack, source, target, defense, scoring)
 );
 """
 
@@ -274,9 +281,10 @@ class ResultStore:
             self._require_run(conn, run_id)
             conn.executemany(
                 "INSERT INTO metrics (run_id, victim, dataset, split, metric, value, attack,"
-                " source, target, defense, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " source, target, defense, scoring, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, victim, dataset, split, metric, attack, source, target,"
-                " defense) DO UPDATE SET value = excluded.value,"
+                " defense, scoring) DO UPDATE SET value = excluded.value,"
                 " created_at = excluded.created_at",
                 params,
             )
@@ -313,8 +321,8 @@ class ResultStore:
             params.extend(encoded)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            "SELECT victim, dataset, split, metric, value, attack, source, target, defense"
-            f" FROM metrics{where} ORDER BY {_METRIC_ORDER}"
+            "SELECT victim, dataset, split, metric, value, attack, source, target, defense,"
+            f" scoring FROM metrics{where} ORDER BY {_METRIC_ORDER}"
         )
         return [_metric_row(r) for r in self._connection().execute(sql, params)]
 
@@ -329,6 +337,7 @@ class ResultStore:
         target: str | None = None,
         defense: str | None = None,
         *,
+        scoring: str = "itc",
         metric_names: Iterable[str] | None = None,
     ) -> bool:
         """Whether a cell already has results, so a resumed run can skip it.
@@ -340,8 +349,10 @@ class ResultStore:
         sql = (
             "SELECT DISTINCT metric FROM metrics WHERE run_id = ? AND victim = ? AND dataset = ?"
             " AND split = ? AND attack = ? AND source = ? AND target = ? AND defense = ?"
+            " AND scoring = ?"
         )
-        present = {r[0] for r in self._connection().execute(sql, (int(run_id), *key))}
+        scoring = _required("scoring", scoring)
+        present = {r[0] for r in self._connection().execute(sql, (int(run_id), *key, scoring))}
         if metric_names is None:
             return bool(present)
         return set(metric_names) <= present
@@ -361,21 +372,23 @@ class ResultStore:
         source: str | None = None,
         target: str | None = None,
         defense: str | None = None,
+        scoring: str = "itc",
     ) -> None:
         """Store the rank of the correct item for every query (0 = top), replacing any old."""
         _check_direction(direction)
         key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        scoring = _required("scoring", scoring)
         blob, count = _encode_ranks(ranks)
         with self._write() as conn:
             self._require_run(conn, run_id)
             conn.execute(
                 "INSERT INTO query_results (run_id, victim, dataset, split, attack, source,"
-                " target, defense, direction, ranks, count, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " target, defense, direction, scoring, ranks, count, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, victim, dataset, split, direction, attack, source,"
-                " target, defense) DO UPDATE SET ranks = excluded.ranks,"
+                " target, defense, scoring) DO UPDATE SET ranks = excluded.ranks,"
                 " count = excluded.count, created_at = excluded.created_at",
-                (int(run_id), *key, direction, blob, count, _now()),
+                (int(run_id), *key, direction, scoring, blob, count, _now()),
             )
 
     def query_ranks(
@@ -390,23 +403,25 @@ class ResultStore:
         source: str | None = None,
         target: str | None = None,
         defense: str | None = None,
+        scoring: str = "itc",
     ) -> np.ndarray:
         """The stored per-query ranks as an int64 array; KeyError if never written."""
         _check_direction(direction)
         key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        scoring = _required("scoring", scoring)
         row = (
             self._connection()
             .execute(
                 "SELECT ranks, count FROM query_results WHERE run_id = ? AND victim = ?"
                 " AND dataset = ? AND split = ? AND attack = ? AND source = ? AND target = ?"
-                " AND defense = ? AND direction = ?",
-                (int(run_id), *key, direction),
+                " AND defense = ? AND direction = ? AND scoring = ?",
+                (int(run_id), *key, direction, scoring),
             )
             .fetchone()
         )
         if row is None:
             described = _describe_key(
-                run_id, victim, dataset, split, attack, source, target, defense, direction
+                run_id, victim, dataset, split, attack, source, target, defense, direction, scoring
             )
             raise KeyError(f"no query ranks stored for {described} in {self.path}")
         blob, count = row
@@ -608,6 +623,7 @@ def _metric_params(run_id: int, row: MetricRow, created_at: str) -> tuple[Any, .
         row.victim, row.dataset, row.split, row.attack, row.source, row.target, row.defense
     )
     metric = _required("metric", row.metric)
+    scoring = _required("scoring", row.scoring)
     return (
         run_id,
         victim,
@@ -619,12 +635,13 @@ def _metric_params(run_id: int, row: MetricRow, created_at: str) -> tuple[Any, .
         source,
         target,
         defense,
+        scoring,
         created_at,
     )
 
 
 def _metric_row(record: tuple[Any, ...]) -> MetricRow:
-    victim, dataset, split, metric, value, attack, source, target, defense = record
+    victim, dataset, split, metric, value, attack, source, target, defense, scoring = record
     return MetricRow(
         victim=victim,
         dataset=dataset,
@@ -635,6 +652,7 @@ def _metric_row(record: tuple[Any, ...]) -> MetricRow:
         source=source or None,
         target=target or None,
         defense=defense or None,
+        scoring=scoring,
     )
 
 
@@ -669,7 +687,17 @@ def _encode_ranks(ranks: np.ndarray) -> tuple[bytes, int]:
 
 
 def _describe_key(run_id: int, *parts: str | None) -> str:
-    names = ("victim", "dataset", "split", "attack", "source", "target", "defense", "direction")
+    names = (
+        "victim",
+        "dataset",
+        "split",
+        "attack",
+        "source",
+        "target",
+        "defense",
+        "direction",
+        "scoring",
+    )
     described = ", ".join(
         f"{name}={value!r}" for name, value in zip(names, parts, strict=True) if value is not None
     )

@@ -90,6 +90,20 @@ class Victim(nn.Module, ABC):
         """Pairwise image-text match logits `[B]` (fusion models only)."""
         raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
 
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """All vision output tokens `[B, 1+P, W]`, computed once and reused for ITM (fusion)."""
+        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
+
+    def itm_text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-caption ITM inputs `[T, L, ...]` and their mask `[T, L]`, cacheable (fusion)."""
+        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
+
+    def itm_from_inputs(
+        self, image_tokens: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Match logits `[N]` for N aligned (image tokens, text inputs) rows (fusion)."""
+        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
+
     def generate_captions(self, images: torch.Tensor) -> list[str]:
         """Captions for each image (captioners only)."""
         raise CapabilityError(f"{self.name} ({self.family}) cannot generate captions")

@@ -42,61 +42,92 @@ def _hf_clip(arg: str, name: str | None) -> Victim:
     return HFClipVictim.from_spec(arg, name)
 
 
-LOADERS: dict[str, Loader] = {"open_clip": _open_clip, "hf-clip": _hf_clip}
+def _albef(arg: str, name: str | None) -> Victim:
+    from robust.victims.albef import load_albef_spec
+
+    return load_albef_spec(arg, name)
+
+
+def _tcl(arg: str, name: str | None) -> Victim:
+    from robust.victims.albef import load_tcl_spec
+
+    return load_tcl_spec(arg, name)
+
+
+def _hf_blip(arg: str, name: str | None) -> Victim:
+    from robust.victims.blip import load_blip_retrieval
+
+    return load_blip_retrieval(arg, name)
+
+
+def _hf_blip_cap(arg: str, name: str | None) -> Victim:
+    from robust.victims.blip import load_blip_captioner
+
+    return load_blip_captioner(arg, name)
+
+
+LOADERS: dict[str, Loader] = {
+    "open_clip": _open_clip,
+    "hf-clip": _hf_clip,
+    "albef": _albef,
+    "tcl": _tcl,
+    "hf-blip": _hf_blip,
+    "hf-blip-cap": _hf_blip_cap,
+}
+
+_CLIP = ("itc",)
+_FUSION = ("itc", "itm")
+_CAPTION = ("caption",)
+_ZOO = "toy zoo: tiny {what} trained on the world"
 
 KNOWN_VICTIMS: dict[str, VictimEntry] = {
     entry.name: entry
     for entry in (
-        VictimEntry(
-            "clip-vit-b16",
-            "open_clip:ViT-B-16-quickgelu@openai",
-            "clip",
-            224,
-            ("itc",),
-            "OpenAI CLIP ViT-B/16 (SGA's CLIP-ViT)",
+        VictimEntry("clip-vit-b16", "open_clip:ViT-B-16-quickgelu@openai", "clip", 224,
+                    _CLIP, "OpenAI CLIP ViT-B/16 (SGA's CLIP-ViT)"),
+        VictimEntry("clip-rn101", "open_clip:RN101-quickgelu@openai", "clip", 224,
+                    _CLIP, "OpenAI CLIP ResNet-101 (SGA's CLIP-CNN)"),
+        VictimEntry("clip-vit-b32", "open_clip:ViT-B-32-quickgelu@openai", "clip", 224,
+                    _CLIP, "OpenAI CLIP ViT-B/32 (AnyAttack's encoder)"),
+        VictimEntry("clip-vit-l14", "open_clip:ViT-L-14-quickgelu@openai", "clip", 224,
+                    _CLIP, "OpenAI CLIP ViT-L/14"),
+        VictimEntry("albef-flickr", "albef:albef-flickr/flickr30k.pth", "albef", 384,
+                    _FUSION, "ALBEF fine-tuned for Flickr30k retrieval"),
+        VictimEntry("albef-coco", "albef:albef-coco/mscoco.pth", "albef", 384,
+                    _FUSION, "ALBEF fine-tuned for MSCOCO retrieval"),
+        VictimEntry("tcl-flickr", "tcl:tcl-flickr/checkpoint.pth", "tcl", 384,
+                    _FUSION, "TCL fine-tuned for Flickr30k retrieval"),
+        VictimEntry("tcl-coco", "tcl:tcl-coco/checkpoint.pth", "tcl", 384,
+                    _FUSION, "TCL fine-tuned for MSCOCO retrieval"),
+        *(
+            VictimEntry(name, f"hf-blip:Salesforce/{name}", "blip", 384, _FUSION,
+                        f"BLIP {name.split('-')[2]} retrieval ({name.split('-')[3]})")
+            for name in (
+                "blip-itm-base-coco",
+                "blip-itm-base-flickr",
+                "blip-itm-large-coco",
+                "blip-itm-large-flickr",
+            )
         ),
-        VictimEntry(
-            "clip-rn101",
-            "open_clip:RN101-quickgelu@openai",
-            "clip",
-            224,
-            ("itc",),
-            "OpenAI CLIP ResNet-101 (SGA's CLIP-CNN)",
-        ),
-        VictimEntry(
-            "clip-vit-b32",
-            "open_clip:ViT-B-32-quickgelu@openai",
-            "clip",
-            224,
-            ("itc",),
-            "OpenAI CLIP ViT-B/32 (AnyAttack's encoder)",
-        ),
-        VictimEntry(
-            "clip-vit-l14",
-            "open_clip:ViT-L-14-quickgelu@openai",
-            "clip",
-            224,
-            ("itc",),
-            "OpenAI CLIP ViT-L/14",
-        ),
-        VictimEntry(
-            "toy-clip-vit",
-            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-vit'}",
-            "clip",
-            64,
-            ("itc",),
-            "toy zoo: tiny open_clip ViT trained on the world",
-        ),
-        VictimEntry(
-            "toy-clip-rn",
-            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-rn'}",
-            "clip",
-            64,
-            ("itc",),
-            "toy zoo: tiny open_clip ModifiedResNet trained on the world",
-        ),
+        VictimEntry("blip-cap-base", "hf-blip-cap:Salesforce/blip-image-captioning-base",
+                    "blip", 384, _CAPTION, "BLIP base captioner"),
+        VictimEntry("blip-cap-large", "hf-blip-cap:Salesforce/blip-image-captioning-large",
+                    "blip", 384, _CAPTION, "BLIP large captioner"),
+        VictimEntry("toy-clip-vit", f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-vit'}", "clip",
+                    64, _CLIP, _ZOO.format(what="open_clip ViT")),
+        VictimEntry("toy-clip-rn", f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-rn'}", "clip",
+                    64, _CLIP, _ZOO.format(what="open_clip ModifiedResNet")),
+        VictimEntry("toy-albef", f"albef:{ZOO_DIR / 'toy-albef' / 'checkpoint.pth'}", "albef",
+                    64, _FUSION, _ZOO.format(what="ALBEF")),
+        VictimEntry("toy-tcl", f"tcl:{ZOO_DIR / 'toy-tcl' / 'checkpoint.pth'}", "tcl",
+                    64, _FUSION, _ZOO.format(what="TCL")),
+        VictimEntry("toy-blip", f"hf-blip:{ZOO_DIR / 'toy-blip'}", "blip", 64, _FUSION,
+                    _ZOO.format(what="BLIP retrieval model")),
+        VictimEntry("toy-blip-cap", f"hf-blip-cap:{ZOO_DIR / 'toy-blip-cap'}", "blip", 64,
+                    _CAPTION, _ZOO.format(what="BLIP captioner")),
     )
 }
+TOY_RETRIEVAL_VICTIMS = ("toy-clip-vit", "toy-clip-rn", "toy-albef", "toy-tcl", "toy-blip")
 
 
 def resolve_spec(name_or_spec: str | dict) -> tuple[str, str | None]:
@@ -133,19 +164,22 @@ def load_victim(name_or_spec: str | dict, *, device: str = "cpu") -> Victim:
 
 def weights_present(entry: VictimEntry) -> bool:
     """Whether `load_victim(entry.name)` would find its weights on this machine."""
+    from robust.victims.albef import albef_weights_present
     from robust.victims.weights import find_hf_model_dir, find_open_clip_weights
 
     prefix, _, arg = entry.spec.partition(":")
     try:
         if prefix == "open_clip" and arg.startswith("local-dir:"):
-            folder = Path(arg[len("local-dir:") :])
+            folder = Path(arg[len("local-dir:"):])
             return (folder / "open_clip_config.json").is_file() and any(
                 folder.glob("*.safetensors")
             )
         if prefix == "open_clip":
             arch, _, tag = arg.partition("@")
             return find_open_clip_weights(arch, tag, (entry.name,))[0] is not None
-        if prefix == "hf-clip":
+        if prefix in ("albef", "tcl"):
+            return albef_weights_present(arg)
+        if prefix in ("hf-clip", "hf-blip", "hf-blip-cap"):
             return find_hf_model_dir(arg, (entry.name,))[0] is not None
     except RobustError:
         return False

@@ -16,8 +16,8 @@ class ClipRecipe:
 
     name: str
     model_cfg: dict
-    epochs: int = 12
-    batch_size: int = 128
+    epochs: int = 15
+    batch_size: int = 256
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05

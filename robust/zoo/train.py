@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -69,7 +70,6 @@ def train_clip(
     progress: Progress | None = None,
 ) -> TrainReport:
     """Symmetric InfoNCE on (image, one random caption) pairs; saves an open_clip local-dir."""
-    import open_clip
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -143,5 +143,28 @@ def train_clip(
     dtype = getattr(torch, recipe.save_dtype)
     saved = model.to(dtype)
     save_local_dir(saved, recipe.model_cfg, recipe.preprocess_cfg, output_dir)
-    del open_clip  # imported for its side effect of registering open_clip's configs
-    return TrainReport(recipe.name, output_dir, seconds, step, loss_value, recipe.config())
+    report = TrainReport(recipe.name, output_dir, seconds, step, loss_value, recipe.config())
+    write_training_record(report, dataset)
+    return report
+
+
+def write_training_record(report: TrainReport, dataset: CaptionDataset) -> Path:
+    """Record how a checkpoint was made (recipe, seed, time, loss, versions) beside it."""
+    from robust.harness.provenance import collect_provenance
+
+    provenance = collect_provenance()
+    record = {
+        "name": report.name,
+        "command": f"robust zoo train {report.name}",
+        "recipe": report.recipe,
+        "train_dataset": dataset.name,
+        "train_images": dataset.num_images,
+        "steps": report.steps,
+        "seconds": round(report.seconds, 1),
+        "final_loss": report.final_loss,
+        "versions": provenance["versions"],
+        "hardware": provenance["hardware"],
+    }
+    path = report.output_dir / "training.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

@@ -1,0 +1,61 @@
+"""Timing, peak-memory and result-writing helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import resource
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robust.harness.provenance import collect_provenance
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def best_time(function: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of `repeats` wall-clock runs, in seconds (least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def peak_memory_delta(function: Callable[[], Any], interval: float = 0.005) -> tuple[Any, int]:
+    """Run `function` and return (its result, peak resident memory above the start, bytes)."""
+    baseline = _rss_bytes()
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = function()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(0, max(peak, _rss_bytes()) - baseline)
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write one benchmark's JSON (with provenance) to benchmarks/results/NAME.json."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    document = {"benchmark": name, "provenance": collect_provenance(), **payload}
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,115 @@
+"""ITM re-ranking: batched cached scoring equals brute-force ITM over every pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robust.data.images import load_images
+from robust.eval.rerank import ItmReranker, default_k_test, evaluate_reranked
+from robust.victims.albef import AlbefVictim
+from robust.victims.blip import BlipRetrievalVictim
+from tests.test_albef import WORDS, tiny_model
+from tests.test_blip import make_tokenizer, tiny_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def albef(tmp_path_factory) -> AlbefVictim:
+    path = tmp_path_factory.mktemp("rerank-vocab") / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return AlbefVictim("tiny-albef", tiny_model(), path).eval()
+
+
+@pytest.fixture(scope="module")
+def blip(tmp_path_factory) -> BlipRetrievalVictim:
+    from transformers import BlipForImageTextRetrieval
+
+    from robust.victims.blip import save_blip
+
+    tokenizer = make_tokenizer(tmp_path_factory.mktemp("rerank-blip-vocab"))
+    torch.manual_seed(0)
+    model = BlipForImageTextRetrieval(tiny_config(tokenizer)).eval()
+    folder = tmp_path_factory.mktemp("rerank-blip")
+    save_blip(model, tokenizer, folder, mean=(0.5,) * 3, std=(0.25,) * 3, image_size=32)
+    return BlipRetrievalVictim.from_spec(str(folder), "tiny-blip")
+
+
+def brute_force_scores(victim, dataset) -> torch.Tensor:
+    """Every (image, caption) pair through the victim's own pairwise ITM, fused per family."""
+    images = load_images(dataset.images, range(dataset.num_images), victim.image_size, "squash")
+    scores = torch.empty(dataset.num_images, dataset.num_captions)
+    with torch.no_grad():
+        image_features = victim.encode_image(images)
+        text_features = victim.encode_text(list(dataset.captions))
+        for i in range(dataset.num_images):
+            repeated = images[i : i + 1].expand(dataset.num_captions, -1, -1, -1)
+            scores[i] = victim.itm_logits(repeated, list(dataset.captions))
+    if victim.retrieval_score_fusion == "itm+itc":
+        scores = scores + image_features @ text_features.T
+    return scores
+
+
+def pessimistic_ranks(scores: torch.Tensor, caption_image: np.ndarray) -> tuple[list, list]:
+    correct = torch.as_tensor(caption_image)[None, :] == torch.arange(scores.shape[0])[:, None]
+    tr = []
+    for i in range(scores.shape[0]):
+        best = scores[i][correct[i]].max()
+        tr.append(int(((scores[i] >= best) & ~correct[i]).sum()))
+    ir = []
+    for t in range(scores.shape[1]):
+        target = scores[caption_image[t], t]
+        ir.append(int(((scores[:, t] >= target) & ~correct[:, t]).sum()))
+    return tr, ir
+
+
+@pytest.mark.parametrize("family", ["albef", "blip"])
+def test_reranking_the_whole_gallery_equals_brute_force_itm(family, albef, blip, world_small):
+    victim = albef if family == "albef" else blip
+    dataset = world_small.subset(6)
+    expected_scores = brute_force_scores(victim, dataset)
+    itc, reranked = evaluate_reranked(victim, dataset, k_test=dataset.num_captions)
+    expected_tr, expected_ir = pessimistic_ranks(expected_scores, dataset.caption_image)
+    assert reranked.tr_ranks.tolist() == expected_tr
+    assert reranked.ir_ranks.tolist() == expected_ir
+    assert itc.tr_ranks.shape == reranked.tr_ranks.shape
+
+
+def test_cached_pair_scores_match_pairwise_itm(albef, world_small):
+    from robust.eval.retrieval import encode_dataset
+
+    dataset = world_small.subset(4)
+    image_features, text_features = encode_dataset(albef, dataset)
+    reranker = ItmReranker.build(
+        albef, dataset, image_features, text_features, batch_size=3, pair_batch_size=5
+    )
+    candidates = torch.tensor([[0, 7, 19], [3, 2, 1]])
+    scores = reranker.score_image_queries(torch.tensor([1, 2]), candidates)
+    images = load_images(dataset.images, [1, 1, 1, 2, 2, 2], albef.image_size, "squash")
+    texts = [dataset.captions[t] for t in candidates.flatten().tolist()]
+    with torch.no_grad():
+        expected = albef.itm_logits(images, texts).view(2, 3)
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reranker_refuses_dual_encoders(tiny_open_clip_dir, world_small):
+    import robust
+
+    victim = robust.load_victim(f"open_clip:local-dir:{tiny_open_clip_dir}")
+    with pytest.raises(ValueError, match="no ITM head"):
+        ItmReranker(victim, *(torch.zeros(1),) * 5)
+
+
+def test_default_k_test_follows_the_official_configs(world_small):
+    from robust.data.world import generate_world
+
+    assert default_k_test(world_small) == 128
+    assert default_k_test(generate_world("test-5k", count=1001)) == 256
