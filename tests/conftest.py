@@ -106,3 +106,42 @@ def tiny_hf_clip_dir(tmp_path_factory) -> Path:
         )
     )
     return folder
+
+
+MLM_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# "hexagon" is deliberately absent: it tokenizes to "hex ##agon" (a two-sub-word word).
+MLM_WORDS = [
+    "red", "green", "blue", "purple", "yellow", "orange", "pink", "white",
+    "circle", "square", "triangle", "star", "hex", "##agon", "##ish", "##y",
+    "left", "right", "top", "bottom", "middle", "big", "small", "large",
+    "shape", "picture", "corner", "a", "an", "the", "of", "on", "in", "is",
+    "and", "with", "at", "to", "above", "below", ".", ",",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_dir(tmp_path_factory) -> Path:
+    """A tiny random BertForMaskedLM and its WordPiece vocab, saved with save_pretrained."""
+    from transformers import BertConfig, BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    (folder / "vocab.txt").write_text(
+        "".join(f"{token}\n" for token in MLM_SPECIAL_TOKENS + MLM_WORDS)
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(MLM_SPECIAL_TOKENS) + len(MLM_WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    hf_logging.disable_progress_bar()
+    try:
+        BertForMaskedLM(config).eval().save_pretrained(folder)
+    finally:
+        hf_logging.enable_progress_bar()
+    return folder

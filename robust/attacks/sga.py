@@ -1,0 +1,81 @@
+"""SGA, the Set-level Guidance Attack (Lu et al., ICCV 2023), as its authors' code runs it.
+
+Text -> image -> text: captions are first attacked guided by their clean images; the image
+is then attacked away from the *set* of those adversarial captions, over a set of rescaled
+copies (scales {0.5, 0.75, 1.25, 1.5}, each with fresh N(0, 0.05^2) noise); finally the
+original captions are attacked again, guided by the adversarial image. The first round's
+captions are only a guide and are not returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from robust.attacks.base import AdvBatch, AttackBatch, MultimodalAttack
+from robust.attacks.bert_attack import DEFAULT_MLM, MaskedLM
+from robust.attacks.multimodal import (
+    MultimodalParams,
+    build_halves,
+    flatten,
+    per_image,
+    regroup,
+)
+from robust.victims.base import Victim
+
+SGA_SCALES = (0.5, 0.75, 1.25, 1.5)
+SGA_NOISE_STD = 0.05
+
+
+class SGA(MultimodalAttack):
+    """SGA bound to a source victim; defaults eps 2/255, 10 steps of 0.5/255, 1 word.
+
+    Keyword arguments are PGD parameters (eps, step_size, steps, scales, noise_std, ...)
+    and BERT-Attack parameters (max_words, top_k, ...).
+    """
+
+    name: ClassVar[str] = "sga"
+
+    def __init__(
+        self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
+    ) -> None:
+        super().__init__(victim, seed=seed)
+        params = {"scales": SGA_SCALES, "noise_std": SGA_NOISE_STD, **params}
+        self.image_attack, self.text_attack, _ = build_halves(
+            self.name,
+            victim,
+            params,
+            image_objective="text_cosine",
+            text_objective="guide",
+            mlm=mlm,
+            seed=seed,
+        )
+
+    def params(self) -> MultimodalParams:
+        return MultimodalParams(self.image_attack.params(), self.text_attack.params(), {})
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "mlm": self.text_attack.mlm_name}
+
+    def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
+        generator = self.generator(generator)
+        victim = self.victim
+        count = batch.images.shape[0]
+        texts, owners = flatten(batch.texts)
+        owner_index = torch.as_tensor(owners, device=victim.device)
+        with torch.no_grad():
+            clean = victim.encode_image(batch.images.to(victim.device, torch.float32))
+        guide_texts = self.text_attack(texts, clean[owner_index], generator)
+        with torch.no_grad():
+            guide_embeddings = victim.encode_text(guide_texts)
+        images = self.image_attack(
+            batch.images,
+            batch.texts,
+            generator,
+            text_embeddings=per_image(guide_embeddings, owners, count),
+        )
+        with torch.no_grad():
+            adversarial = victim.encode_image(images.to(victim.device, torch.float32))
+        final_texts = self.text_attack(texts, adversarial[owner_index], generator)
+        return AdvBatch(images, regroup(final_texts, batch.texts))
