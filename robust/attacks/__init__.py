@@ -24,6 +24,7 @@ ATTACKS: dict[str, str] = {
     "sep_attack": "robust.attacks.sep:SepAttack",
     "co_attack": "robust.attacks.co_attack:CoAttack",
     "sga": "robust.attacks.sga:SGA",
+    "torchattacks": "robust.attacks.interop:TorchattacksAttack",
 }
 
 
