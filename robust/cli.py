@@ -290,6 +290,67 @@ def demo_command(
     console.print(f"results: {out / 'results.sqlite'} (run {evaluation.run_id})", highlight=False)
 
 
+def print_asr_matrix(result: Any, label: str) -> None:
+    """One attack's transfer matrix: sources x targets, "TR / IR" R@1 ASR in %."""
+
+    def percent(value: float) -> str:
+        return "-" if value != value else f"{100 * value:.1f}"  # nan: no clean-correct query
+
+    scorings = {"itc": "ITC", "rerank": "ITM re-ranked"}
+    table = Table(
+        title=f"{label}: R@1 attack success rate, TR / IR (%, SGA convention)",
+        caption="* white-box (source = target); columns: "
+        + ", ".join(f"{t} {scorings.get(s, s)}" for t, s in result.headline_scoring.items()),
+    )
+    table.add_column("source \\ target", style="bold")
+    for target in result.targets:
+        table.add_column(target, justify="right")
+    for s, source in enumerate(result.sources):
+        cells = []
+        for t in range(len(result.targets)):
+            text = f"{percent(result.tr_asr[label][s, t])} / {percent(result.ir_asr[label][s, t])}"
+            cells.append(f"[bold]{text}*[/]" if result.white_box[s, t] else text)
+        table.add_row(source, *cells)
+    console.print(table)
+
+
+@app.command("matrix")
+@user_errors
+def matrix_command(
+    spec_file: Annotated[Path, typer.Argument(help="Experiment spec (YAML), see configs/.")],
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
+    ] = None,
+) -> None:
+    """Transfer-attack matrix: craft on every source, evaluate on every target, store it all.
+
+    Re-running the same spec into the same directory resumes where it stopped.
+    """
+    from robust.harness.matrix import run_matrix
+    from robust.harness.spec import load_spec
+
+    spec = load_spec(spec_file)
+    if output_dir is not None:
+        spec = spec.model_copy(update={"output_dir": output_dir})
+    try:
+        with progress_bar() as bar:
+            result = run_matrix(spec, progress=RichProgress(bar))
+    except KeyboardInterrupt:
+        error_console.print(
+            f"interrupted; finished cells are kept in {spec.run_dir}, run the same command "
+            "again to resume",
+            highlight=False,
+        )
+        raise typer.Exit(code=130) from None
+    for label in result.labels:
+        print_asr_matrix(result, label)
+    console.print(
+        f"results: {spec.run_dir / 'results.sqlite'} (run {result.run_id}), adversarial "
+        f"examples: {spec.run_dir / 'cache'}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Entry point for `python -m robust`."""
     app()

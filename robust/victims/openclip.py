@@ -44,7 +44,7 @@ class OpenClipVictim(Victim):
     @property
     def logit_scale(self) -> float:
         """The learned temperature, for turning similarities into classifier logits."""
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     @classmethod
     def from_spec(cls, spec: str, name: str | None = None) -> OpenClipVictim:
