@@ -298,9 +298,9 @@ def print_asr_matrix(result: Any, label: str) -> None:
 
     scorings = {"itc": "ITC", "rerank": "ITM re-ranked"}
     table = Table(
-        title=f"{label}: R@1 attack success rate, TR / IR (%, SGA convention)",
-        caption="* white-box (source = target); columns: "
-        + ", ".join(f"{t} {scorings.get(s, s)}" for t, s in result.headline_scoring.items()),
+        title=f"{label}: R@1 ASR, TR / IR (%)",
+        caption="SGA convention; * white-box; - no query right on clean data; "
+        + ", ".join(f"{t}: {scorings.get(s, s)}" for t, s in result.headline_scoring.items()),
     )
     table.add_column("source \\ target", style="bold")
     for target in result.targets:

@@ -129,6 +129,9 @@ class MultimodalAttack(Attack):
     """Perturbs images and captions together (Sep-Attack, Co-Attack, SGA)."""
 
     kind: ClassVar[AttackKind] = "multimodal"
+    # keywords of its own beside the PGD and BERT-Attack ones (e.g. Co-Attack's alpha), so
+    # specs can reject typos before anything runs
+    extra_params: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:

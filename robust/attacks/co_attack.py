@@ -34,6 +34,7 @@ class CoAttack(MultimodalAttack):
     """
 
     name: ClassVar[str] = "co_attack"
+    extra_params: ClassVar[frozenset[str]] = frozenset({"alpha"})
 
     def __init__(
         self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
@@ -47,7 +48,7 @@ class CoAttack(MultimodalAttack):
             text_objective="kl",
             mlm=mlm,
             seed=seed,
-            extra_names=frozenset({"alpha"}),
+            extra_names=self.extra_params,
         )
         self.alpha = float(extra.get("alpha", DEFAULT_ALPHA))
         if not self.alpha >= 0:
