@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +33,31 @@ class TrainReport:
     recipe: dict
 
 
-def recipe_for(name: str) -> ClipRecipe:
-    """The recipe of a zoo member, or one clear error naming the members."""
-    if name not in RECIPES:
-        raise RobustError(f"no zoo recipe named {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+def zoo_recipes() -> dict[str, tuple[Any, Callable[..., TrainReport]]]:
+    """Every zoo member's recipe and the trainer that runs it, by name."""
+    from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
+    from robust.zoo.train_blip import (
+        BLIP_RECIPES,
+        BlipCaptionRecipe,
+        BlipRetrievalRecipe,
+        train_blip_captioner,
+        train_blip_retrieval,
+        train_mlm,
+    )
+
+    def blip_trainer(recipe: Any) -> Callable[..., TrainReport]:
+        if isinstance(recipe, BlipRetrievalRecipe):
+            return train_blip_retrieval
+        if isinstance(recipe, BlipCaptionRecipe):
+            return train_blip_captioner
+        return train_mlm
+
+    recipes: dict[str, tuple[Any, Callable[..., TrainReport]]] = {
+        name: (recipe, train_clip) for name, recipe in RECIPES.items()
+    }
+    recipes.update({name: (recipe, train_albef) for name, recipe in ALBEF_RECIPES.items()})
+    recipes.update({name: (r, blip_trainer(r)) for name, r in BLIP_RECIPES.items()})
+    return recipes
 
 
 def train_zoo_member(
@@ -49,17 +71,22 @@ def train_zoo_member(
     progress: Progress | None = None,
 ) -> TrainReport:
     """Train one toy victim on world train and save it in its family's real format."""
-    recipe = recipe_for(name)
+    recipes = zoo_recipes()
+    if name not in recipes:
+        raise RobustError(f"no zoo recipe named {name!r}; choose one of {', '.join(recipes)}")
+    recipe, trainer = recipes[name]
     overrides = {
         k: v
         for k, v in {"seed": seed, "epochs": epochs, "train_images": train_images}.items()
         if v is not None
     }
+    if overrides.get("epochs", 1) <= 0:
+        raise RobustError(f"--epochs must be positive, got {epochs}")
+    if overrides.get("train_images", 1) <= 0:
+        raise RobustError(f"--train-images must be positive, got {train_images}")
     recipe = replace(recipe, **overrides)
-    if recipe.epochs <= 0:
-        raise RobustError(f"epochs must be positive, got {recipe.epochs}")
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
-    return train_clip(recipe, output_dir, dataset=dataset, progress=progress)
+    return trainer(recipe, output_dir, dataset=dataset, progress=progress)
 
 
 def train_clip(
