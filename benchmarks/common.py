@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +52,18 @@ def peak_memory_delta(function: Callable[[], Any], interval: float = 0.005) -> t
         done.set()
         sampler.join()
     return result, max(0, max(peak, _rss_bytes()) - baseline)
+
+
+def peak_memory_in_fresh_process(target: str, *args: str) -> float:
+    """Peak resident-memory growth (MB) of `module:function(*args)` run in a new interpreter.
+
+    A fresh process keeps earlier allocations (which the allocator would silently reuse)
+    out of the measurement. The function runs once to set up; the probe measures the call
+    of the callable it returns.
+    """
+    command = [sys.executable, "-m", "benchmarks.memory_probe", target, *args]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(output.strip().splitlines()[-1])["peak_mb"])
 
 
 def write_result(name: str, payload: dict) -> Path:

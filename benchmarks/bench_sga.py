@@ -1,0 +1,99 @@
+"""SGA throughput on the toy zoo, against the bare forward/backward passes it needs.
+
+SGA's image attack needs `steps x (1 + |scales|)` forward+backward passes of the source's
+image encoder per image; everything else (noise, resizing, projection, the text attack)
+is overhead. We time the full attack, its image and text halves separately, and the bare
+passes alone in the same process, then report the ratios the issue sets targets for
+(image part <= 1.25x the bare passes at batch >= 16; text attack <= 25% of SGA's time).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from benchmarks.common import write_result
+from robust.attacks import AttackBatch, build_attack
+from robust.data.images import load_images
+from robust.data.world import generate_world
+from robust.victims.zoo import load_victim
+from robust.zoo import ZOO_DIR
+
+BATCH = 16
+SOURCES = ("toy-clip-vit", "toy-albef")
+
+
+class Timed:
+    """Wraps a callable and accumulates the wall time spent in it."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def bare_passes(victim, images: torch.Tensor, passes: int, copies: int) -> float:
+    """Seconds for `passes` forward+backward passes over `copies` stacked copies of a batch."""
+    stacked = images.repeat(copies, 1, 1, 1)
+    with torch.no_grad():
+        width = victim.encode_image(images[:1]).shape[-1]
+    direction = torch.randn(stacked.shape[0], width)
+    start = time.perf_counter()
+    for _ in range(passes):
+        pixels = stacked.clone().requires_grad_(True)
+        embeddings = victim.encode_image(pixels)
+        torch.autograd.grad((embeddings * direction).sum(), pixels)
+    return time.perf_counter() - start
+
+
+def run() -> dict:
+    torch.manual_seed(0)
+    dataset = generate_world("test-1k", count=BATCH)
+    groups = tuple(tuple(g) for g in dataset.captions_of(range(BATCH)))
+    results = {}
+    for source in SOURCES:
+        victim = load_victim(source)
+        images = load_images(dataset.images, range(BATCH), victim.image_size, victim.resize_mode)
+        attack = build_attack("sga", victim, {}, mlm=ZOO_DIR / "toy-mlm", seed=0)
+        attack.image_attack = Timed(attack.image_attack)
+        attack.text_attack = Timed(attack.text_attack)
+        attack(AttackBatch(images, groups))  # warm-up (allocations, MLM load)
+        attack.image_attack.seconds = attack.text_attack.seconds = 0.0
+        start = time.perf_counter()
+        attack(AttackBatch(images, groups), torch.Generator().manual_seed(1))
+        total = time.perf_counter() - start
+        params = attack.image_attack.function.params()
+        copies = 1 + len(params.scales)
+        bare = bare_passes(victim, images, params.steps, copies)
+        image_seconds = attack.image_attack.seconds
+        text_seconds = attack.text_attack.seconds
+        results[source] = {
+            "batch_images": BATCH,
+            "captions": sum(len(g) for g in groups),
+            "sga_seconds": total,
+            "images_per_second": BATCH / total,
+            "image_attack_seconds": image_seconds,
+            "text_attack_seconds": text_seconds,
+            "bare_passes_seconds": bare,
+            "bare_passes": params.steps,
+            "copies_per_pass": copies,
+            "image_attack_over_bare": image_seconds / bare,
+            "sga_over_bare": total / bare,
+            "text_share_of_sga": text_seconds / total,
+        }
+    return {"threads": torch.get_num_threads(), "sources": results}
+
+
+def main() -> None:
+    print(write_result("sga", run()))
+
+
+if __name__ == "__main__":
+    main()
