@@ -274,22 +274,6 @@ def caption_command(
     console.print(scores)
 
 
-@app.command("demo")
-@user_errors
-def demo_command(
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
-) -> None:
-    """Run the suite's main job on the embedded world with the toy zoo."""
-    from robust.harness.demo import run_demo
-
-    with progress_bar() as bar:
-        evaluation = run_demo(out, progress=RichProgress(bar))
-    print_retrieval_table(
-        f"Clean retrieval of the toy zoo on world {evaluation.split} (R@K, %)", evaluation.rows()
-    )
-    console.print(f"results: {out / 'results.sqlite'} (run {evaluation.run_id})", highlight=False)
-
-
 def print_asr_matrix(result: Any, label: str) -> None:
     """One attack's transfer matrix: sources x targets, "TR / IR" R@1 ASR in %."""
 
@@ -349,6 +333,25 @@ def matrix_command(
         f"examples: {spec.run_dir / 'cache'}",
         highlight=False,
     )
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+) -> None:
+    """Run the suite's main job on the embedded world with the toy zoo."""
+    from robust.harness.demo import run_demo
+
+    with progress_bar() as bar:
+        result = run_demo(out, progress=RichProgress(bar))
+    print_retrieval_table(
+        f"Clean retrieval of the toy zoo on world {result.clean.split} (R@K, %)",
+        result.clean.rows(),
+    )
+    for label in result.matrix.labels:
+        print_asr_matrix(result.matrix, label)
+    console.print(f"results: {out} (clean: results.sqlite, matrix: matrix/)", highlight=False)
 
 
 def main() -> None:

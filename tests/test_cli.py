@@ -126,3 +126,9 @@ def test_demo_prints_the_clean_table_and_writes_the_store(tmp_path):
     with ResultStore.in_run_dir(tmp_path) as store:
         rows = store.metrics(store.latest_run_id(), metric="tr_r1")
         assert {row.victim for row in rows} == {"toy-clip-vit", "toy-clip-rn"}
+    for attack in ("pgd", "bert_attack", "sep_attack", "co_attack", "sga"):
+        assert f"{attack}: R@1 ASR" in result.output
+    with ResultStore.in_run_dir(tmp_path / "matrix") as store:
+        sga = store.metrics(store.latest_run_id(), attack="sga", metric="tr_asr_r1")
+        assert len(sga) == 4  # every (source, target) pair of the two toys
+        assert all(0.0 <= row.value <= 1.0 for row in sga)

@@ -127,7 +127,8 @@ KNOWN_VICTIMS: dict[str, VictimEntry] = {
                     _CAPTION, _ZOO.format(what="BLIP captioner")),
     )
 }
-TOY_RETRIEVAL_VICTIMS = ("toy-clip-vit", "toy-clip-rn", "toy-albef", "toy-tcl", "toy-blip")
+# The toy retrieval victims whose checkpoints ship with the package (the demo's victims).
+TOY_RETRIEVAL_VICTIMS = ("toy-clip-vit", "toy-clip-rn")
 
 
 def resolve_spec(name_or_spec: str | dict) -> tuple[str, str | None]:
