@@ -17,11 +17,11 @@ from benchmarks.common import write_result
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
 from robust.data.world import generate_world
-from robust.victims.zoo import load_victim
+from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS, load_victim
 from robust.zoo import ZOO_DIR
 
 BATCH = 16
-SOURCES = ("toy-clip-vit", "toy-albef")
+SOURCES = TOY_RETRIEVAL_VICTIMS  # the shipped toy sources
 
 
 class Timed:
