@@ -27,6 +27,16 @@ TINY_PREPROCESS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP threads contending on a busy 2-core
+    machine make them orders of magnitude slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def world_small():
     """The first 40 images of world test-1k."""

@@ -46,15 +46,6 @@ TINY = AlbefConfig(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are ~1000x slower when OpenMP threads contend on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vocab_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bert-vocab") / "vocab.txt"

@@ -28,14 +28,6 @@ CAPTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def mlm_dir(tiny_mlm_dir) -> Path:
     return tiny_mlm_dir

@@ -32,14 +32,6 @@ PGD_PARAMS = {"eps": "16/255", "step_size": "4/255", "steps": 3}
 ASR_METRICS = ("tr_asr_r1", "ir_asr_r1", "tr_drop_r1", "ir_drop_r1", "tr_asr_r5", "ir_drop_r10")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip48_dir(tmp_path_factory) -> Path:
     """A second tiny open_clip ViT at 48 px, so images must cross resolutions."""

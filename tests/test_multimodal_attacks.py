@@ -16,14 +16,6 @@ CAPTIONS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def victim(tiny_open_clip_dir):
     return robust.load_victim(f"open_clip:local-dir:{tiny_open_clip_dir}")

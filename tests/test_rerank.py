@@ -14,14 +14,6 @@ from tests.test_albef import WORDS, tiny_model
 from tests.test_blip import make_tokenizer, tiny_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def albef(tmp_path_factory) -> AlbefVictim:
     path = tmp_path_factory.mktemp("rerank-vocab") / "vocab.txt"
