@@ -67,7 +67,10 @@ def _text_defaults() -> dict:
 
 @dataclass(frozen=True)
 class BlipRetrievalRecipe:
-    """A tiny `BlipForImageTextRetrieval` and its ITC + hard-negative ITM schedule."""
+    """A tiny `BlipForImageTextRetrieval` and its ITC + hard-negative ITM schedule.
+
+    `captions_per_image` captions of each image enter ITC per step (one ViT pass).
+    """
 
     name: str
     vision: dict = field(default_factory=_vision_defaults)
@@ -75,6 +78,7 @@ class BlipRetrievalRecipe:
     embed_dim: int = 64
     epochs: int = 7
     batch_size: int = 128
+    captions_per_image: int = 2
     learning_rate: float = 5e-4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
@@ -417,46 +421,56 @@ def retrieval_losses(
     *,
     bf16_autocast: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ITC, ITM) losses of BLIP's retrieval objective on a batch of matched pairs.
+    """(ITC, ITM) losses of BLIP's retrieval objective on a batch of images and their texts.
 
-    ITC: symmetric InfoNCE between the unimodal CLS projections. ITM: every positive pair,
-    plus for each text a hard negative image and for each image a hard negative text, drawn
-    in proportion to their ITC similarity (BLIP's in-batch hard negative mining).
-    `bf16_autocast` runs the ViT and the ITM pass in bf16; the unimodal text encoder, the
-    projections and the similarities stay fp32, since at the start of training the
-    embeddings differ by less than bf16 resolves and ITC then never leaves its plateau.
+    `texts` holds k captions per image, grouped image by image. ITC: InfoNCE between the
+    unimodal CLS projections, image-to-text with all k captions as positives (BLIP's
+    soft targets over same-image texts), text-to-image with the one image. ITM: each image
+    with its first caption, plus for that caption a hard negative image and for each image a
+    hard negative text, drawn in proportion to their ITC similarity (BLIP's in-batch hard
+    negative mining). `bf16_autocast` runs the ViT and the ITM pass in bf16; the unimodal
+    text encoder, the projections and the similarities stay fp32, since at the start of
+    training the embeddings differ by less than bf16 resolves and ITC never leaves its
+    plateau.
     """
     batch = images.shape[0]
-    if batch < 2 or len(texts) != batch:
-        raise ValueError(f"need >= 2 matched pairs, got {batch} images and {len(texts)} texts")
+    per_image, remainder = divmod(len(texts), batch)
+    if batch < 2 or remainder or per_image == 0:
+        raise ValueError(
+            f"need >= 2 images with the same number of texts each, got {batch} images and "
+            f"{len(texts)} texts"
+        )
     with _autocast(bf16_autocast):
         image_tokens = victim.image_tokens(images)
     image_tokens = image_tokens.float()
     image_features = victim.image_embedding_from_tokens(image_tokens)
     input_ids, attention_mask = victim.text_tokens(texts)
     text_features = victim.text_embedding_from_tokens(input_ids, attention_mask)
-    similarity = image_features @ text_features.T
-    logits = similarity / temperature
-    targets = torch.arange(batch, device=logits.device)
-    itc = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    logits = image_features @ text_features.T / temperature  # [B, kB]
+    device = logits.device
+    text_image = torch.arange(batch, device=device).repeat_interleave(per_image)
+    positive = text_image[None, :] == torch.arange(batch, device=device)[:, None]
+    image_to_text_loss = -(F.log_softmax(logits, dim=1) * positive).sum(1) / per_image
+    itc = (image_to_text_loss.mean() + F.cross_entropy(logits.T, text_image)) / 2
 
+    first_texts = torch.arange(batch, device=device) * per_image
     with torch.no_grad():
-        diagonal = torch.eye(batch, dtype=torch.bool, device=logits.device)
-        image_to_text = (F.softmax(logits.float(), dim=1) + 1e-4).masked_fill(diagonal, 0)
-        text_to_image = (F.softmax(logits.T.float(), dim=1) + 1e-4).masked_fill(diagonal, 0)
-        negative_texts = torch.multinomial(image_to_text.cpu(), 1, generator=generator).squeeze(1)
-        negative_images = torch.multinomial(text_to_image.cpu(), 1, generator=generator).squeeze(1)
-    negative_texts = negative_texts.to(logits.device)
-    negative_images = negative_images.to(logits.device)
+        weights_text = (F.softmax(logits, dim=1) + 1e-4).masked_fill(positive, 0)
+        own_image = torch.eye(batch, dtype=torch.bool, device=device)
+        weights_image = (F.softmax(logits.T[first_texts], dim=1) + 1e-4).masked_fill(own_image, 0)
+        negative_texts = torch.multinomial(weights_text.cpu(), 1, generator=generator)
+        negative_images = torch.multinomial(weights_image.cpu(), 1, generator=generator)
+    negative_texts = negative_texts.squeeze(1).to(device)
+    negative_images = negative_images.squeeze(1).to(device)
+    positive_ids, positive_mask = input_ids[first_texts], attention_mask[first_texts]
     pair_images = torch.cat([image_tokens, image_tokens[negative_images], image_tokens])
-    pair_ids = torch.cat([input_ids, input_ids, input_ids[negative_texts]])
-    pair_mask = torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]])
+    pair_ids = torch.cat([positive_ids, positive_ids, input_ids[negative_texts]])
+    pair_mask = torch.cat([positive_mask, positive_mask, attention_mask[negative_texts]])
     with _autocast(bf16_autocast):
         itm_logits = _itm_logits_both_classes(victim, pair_images, pair_ids, pair_mask)
-    itm_logits = itm_logits.float()
-    labels = torch.full((3 * batch,), 1 - ITM_MATCH_CLASS, device=logits.device)
+    labels = torch.full((3 * batch,), 1 - ITM_MATCH_CLASS, device=device)
     labels[:batch] = ITM_MATCH_CLASS
-    itm = F.cross_entropy(itm_logits, labels)
+    itm = F.cross_entropy(itm_logits.float(), labels)
     return itc, itm
 
 
@@ -506,7 +520,7 @@ def train_blip_retrieval(
     step, loss_value = 0, float("nan")
     with progress.task(f"train {recipe.name}", total_steps) as task:
         for indices in _image_batches(dataset.num_images, recipe.batch_size, recipe.epochs, rng):
-            texts = _pick_captions(dataset, indices, 1, rng)
+            texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
             for group in optimizer.param_groups:
                 group["lr"] = schedule(step)
             itc, itm = retrieval_losses(
