@@ -83,25 +83,79 @@ _ZOO = "toy zoo: tiny {what} trained on the world"
 KNOWN_VICTIMS: dict[str, VictimEntry] = {
     entry.name: entry
     for entry in (
-        VictimEntry("clip-vit-b16", "open_clip:ViT-B-16-quickgelu@openai", "clip", 224,
-                    _CLIP, "OpenAI CLIP ViT-B/16 (SGA's CLIP-ViT)"),
-        VictimEntry("clip-rn101", "open_clip:RN101-quickgelu@openai", "clip", 224,
-                    _CLIP, "OpenAI CLIP ResNet-101 (SGA's CLIP-CNN)"),
-        VictimEntry("clip-vit-b32", "open_clip:ViT-B-32-quickgelu@openai", "clip", 224,
-                    _CLIP, "OpenAI CLIP ViT-B/32 (AnyAttack's encoder)"),
-        VictimEntry("clip-vit-l14", "open_clip:ViT-L-14-quickgelu@openai", "clip", 224,
-                    _CLIP, "OpenAI CLIP ViT-L/14"),
-        VictimEntry("albef-flickr", "albef:albef-flickr/flickr30k.pth", "albef", 384,
-                    _FUSION, "ALBEF fine-tuned for Flickr30k retrieval"),
-        VictimEntry("albef-coco", "albef:albef-coco/mscoco.pth", "albef", 384,
-                    _FUSION, "ALBEF fine-tuned for MSCOCO retrieval"),
-        VictimEntry("tcl-flickr", "tcl:tcl-flickr/checkpoint.pth", "tcl", 384,
-                    _FUSION, "TCL fine-tuned for Flickr30k retrieval"),
-        VictimEntry("tcl-coco", "tcl:tcl-coco/checkpoint.pth", "tcl", 384,
-                    _FUSION, "TCL fine-tuned for MSCOCO retrieval"),
+        VictimEntry(
+            "clip-vit-b16",
+            "open_clip:ViT-B-16-quickgelu@openai",
+            "clip",
+            224,
+            _CLIP,
+            "OpenAI CLIP ViT-B/16 (SGA's CLIP-ViT)",
+        ),
+        VictimEntry(
+            "clip-rn101",
+            "open_clip:RN101-quickgelu@openai",
+            "clip",
+            224,
+            _CLIP,
+            "OpenAI CLIP ResNet-101 (SGA's CLIP-CNN)",
+        ),
+        VictimEntry(
+            "clip-vit-b32",
+            "open_clip:ViT-B-32-quickgelu@openai",
+            "clip",
+            224,
+            _CLIP,
+            "OpenAI CLIP ViT-B/32 (AnyAttack's encoder)",
+        ),
+        VictimEntry(
+            "clip-vit-l14",
+            "open_clip:ViT-L-14-quickgelu@openai",
+            "clip",
+            224,
+            _CLIP,
+            "OpenAI CLIP ViT-L/14",
+        ),
+        VictimEntry(
+            "albef-flickr",
+            "albef:albef-flickr/flickr30k.pth",
+            "albef",
+            384,
+            _FUSION,
+            "ALBEF fine-tuned for Flickr30k retrieval",
+        ),
+        VictimEntry(
+            "albef-coco",
+            "albef:albef-coco/mscoco.pth",
+            "albef",
+            384,
+            _FUSION,
+            "ALBEF fine-tuned for MSCOCO retrieval",
+        ),
+        VictimEntry(
+            "tcl-flickr",
+            "tcl:tcl-flickr/checkpoint.pth",
+            "tcl",
+            384,
+            _FUSION,
+            "TCL fine-tuned for Flickr30k retrieval",
+        ),
+        VictimEntry(
+            "tcl-coco",
+            "tcl:tcl-coco/checkpoint.pth",
+            "tcl",
+            384,
+            _FUSION,
+            "TCL fine-tuned for MSCOCO retrieval",
+        ),
         *(
-            VictimEntry(name, f"hf-blip:Salesforce/{name}", "blip", 384, _FUSION,
-                        f"BLIP {name.split('-')[2]} retrieval ({name.split('-')[3]})")
+            VictimEntry(
+                name,
+                f"hf-blip:Salesforce/{name}",
+                "blip",
+                384,
+                _FUSION,
+                f"BLIP {name.split('-')[2]} retrieval ({name.split('-')[3]})",
+            )
             for name in (
                 "blip-itm-base-coco",
                 "blip-itm-base-flickr",
@@ -109,22 +163,70 @@ KNOWN_VICTIMS: dict[str, VictimEntry] = {
                 "blip-itm-large-flickr",
             )
         ),
-        VictimEntry("blip-cap-base", "hf-blip-cap:Salesforce/blip-image-captioning-base",
-                    "blip", 384, _CAPTION, "BLIP base captioner"),
-        VictimEntry("blip-cap-large", "hf-blip-cap:Salesforce/blip-image-captioning-large",
-                    "blip", 384, _CAPTION, "BLIP large captioner"),
-        VictimEntry("toy-clip-vit", f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-vit'}", "clip",
-                    64, _CLIP, _ZOO.format(what="open_clip ViT")),
-        VictimEntry("toy-clip-rn", f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-rn'}", "clip",
-                    64, _CLIP, _ZOO.format(what="open_clip ModifiedResNet")),
-        VictimEntry("toy-albef", f"albef:{ZOO_DIR / 'toy-albef' / 'checkpoint.pth'}", "albef",
-                    64, _FUSION, _ZOO.format(what="ALBEF")),
-        VictimEntry("toy-tcl", f"tcl:{ZOO_DIR / 'toy-tcl' / 'checkpoint.pth'}", "tcl",
-                    64, _FUSION, _ZOO.format(what="TCL")),
-        VictimEntry("toy-blip", f"hf-blip:{ZOO_DIR / 'toy-blip'}", "blip", 64, _FUSION,
-                    _ZOO.format(what="BLIP retrieval model")),
-        VictimEntry("toy-blip-cap", f"hf-blip-cap:{ZOO_DIR / 'toy-blip-cap'}", "blip", 64,
-                    _CAPTION, _ZOO.format(what="BLIP captioner")),
+        VictimEntry(
+            "blip-cap-base",
+            "hf-blip-cap:Salesforce/blip-image-captioning-base",
+            "blip",
+            384,
+            _CAPTION,
+            "BLIP base captioner",
+        ),
+        VictimEntry(
+            "blip-cap-large",
+            "hf-blip-cap:Salesforce/blip-image-captioning-large",
+            "blip",
+            384,
+            _CAPTION,
+            "BLIP large captioner",
+        ),
+        VictimEntry(
+            "toy-clip-vit",
+            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-vit'}",
+            "clip",
+            64,
+            _CLIP,
+            _ZOO.format(what="open_clip ViT"),
+        ),
+        VictimEntry(
+            "toy-clip-rn",
+            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-rn'}",
+            "clip",
+            64,
+            _CLIP,
+            _ZOO.format(what="open_clip ModifiedResNet"),
+        ),
+        VictimEntry(
+            "toy-albef",
+            f"albef:{ZOO_DIR / 'toy-albef' / 'checkpoint.pth'}",
+            "albef",
+            64,
+            _FUSION,
+            _ZOO.format(what="ALBEF"),
+        ),
+        VictimEntry(
+            "toy-tcl",
+            f"tcl:{ZOO_DIR / 'toy-tcl' / 'checkpoint.pth'}",
+            "tcl",
+            64,
+            _FUSION,
+            _ZOO.format(what="TCL"),
+        ),
+        VictimEntry(
+            "toy-blip",
+            f"hf-blip:{ZOO_DIR / 'toy-blip'}",
+            "blip",
+            64,
+            _FUSION,
+            _ZOO.format(what="BLIP retrieval model"),
+        ),
+        VictimEntry(
+            "toy-blip-cap",
+            f"hf-blip-cap:{ZOO_DIR / 'toy-blip-cap'}",
+            "blip",
+            64,
+            _CAPTION,
+            _ZOO.format(what="BLIP captioner"),
+        ),
     )
 }
 # The toy retrieval victims whose checkpoints ship with the package (the demo's victims).
@@ -171,7 +273,7 @@ def weights_present(entry: VictimEntry) -> bool:
     prefix, _, arg = entry.spec.partition(":")
     try:
         if prefix == "open_clip" and arg.startswith("local-dir:"):
-            folder = Path(arg[len("local-dir:"):])
+            folder = Path(arg[len("local-dir:") :])
             return (folder / "open_clip_config.json").is_file() and any(
                 folder.glob("*.safetensors")
             )
