@@ -185,3 +185,19 @@ def test_shipped_toy_victims_load_through_the_local_dir_path():
         assert victim.image_size == 64 and weights_present(KNOWN_VICTIMS[name])
         with torch.no_grad():
             assert victim.encode_image(random_images(2, 64)).shape[0] == 2
+
+
+def test_shipped_toy_captioner_describes_world_images(world_small):
+    """toy-blip-cap loads through hf-blip-cap: and names the colours it sees."""
+    from robust.data.images import load_images
+
+    victim = robust.load_victim("toy-blip-cap")
+    assert weights_present(KNOWN_VICTIMS["toy-blip-cap"])
+    images = load_images(world_small.images, range(8), victim.image_size, victim.resize_mode)
+    captions = victim.generate_captions(images)
+    assert len(captions) == 8 and all(caption.strip() for caption in captions)
+    named = sum(
+        any(obj["color"] in caption.split() for obj in label["objects"])
+        for caption, label in zip(captions, world_small.labels[:8], strict=True)
+    )
+    assert named >= 6, captions
