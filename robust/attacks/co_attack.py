@@ -7,22 +7,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.base import AdvBatch, AttackBatch, AttackConfigError, MultimodalAttack
-from robust.attacks.bert_attack import DEFAULT_MLM, MaskedLM
-from robust.attacks.multimodal import (
-    MultimodalParams,
-    build_halves,
-    flatten,
-    per_image,
-    regroup,
-)
+from robust.attacks.base import AdvBatch, AttackBatch, AttackConfigError
+from robust.attacks.multimodal import TwoHalfAttack, flatten, per_image, regroup
 from robust.attacks.pgd import embedding_kl, linf_pgd
 from robust.victims.base import Victim
 
 DEFAULT_ALPHA = 3.0
 
 
-class CoAttack(MultimodalAttack):
+class CoAttack(TwoHalfAttack):
     """BERT-Attack the captions, then PGD on the image maximising
 
     KL(clean image emb || adv image emb) + alpha * KL(adv image emb || adv text emb),
@@ -35,32 +28,13 @@ class CoAttack(MultimodalAttack):
 
     name: ClassVar[str] = "co_attack"
     extra_params: ClassVar[frozenset[str]] = frozenset({"alpha"})
+    defaults: ClassVar[dict[str, Any]] = {"alpha": DEFAULT_ALPHA}
 
-    def __init__(
-        self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
-    ) -> None:
-        super().__init__(victim, seed=seed)
-        self.image_attack, self.text_attack, extra = build_halves(
-            self.name,
-            victim,
-            params,
-            image_objective="kl",
-            text_objective="kl",
-            mlm=mlm,
-            seed=seed,
-            extra_names=self.extra_params,
-        )
-        self.alpha = float(extra.get("alpha", DEFAULT_ALPHA))
+    def __init__(self, victim: Victim, **kwargs: Any) -> None:
+        super().__init__(victim, **kwargs)
+        self.alpha = float(self.extra["alpha"])
         if not self.alpha >= 0:
             raise AttackConfigError(f"alpha must be a non-negative number, got {self.alpha}")
-
-    def params(self) -> MultimodalParams:
-        return MultimodalParams(
-            self.image_attack.params(), self.text_attack.params(), {"alpha": self.alpha}
-        )
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "mlm": self.text_attack.mlm_name}
 
     def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         generator = self.generator(generator)

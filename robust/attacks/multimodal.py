@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.base import AttackConfigError
-from robust.attacks.bert_attack import BertAttack, BertAttackParams, MaskedLM
+from robust.attacks.base import AttackConfigError, MultimodalAttack
+from robust.attacks.bert_attack import DEFAULT_MLM, BertAttack, BertAttackParams, MaskedLM
 from robust.attacks.pgd import PGD, PGDParams
 from robust.victims.base import Victim
 
@@ -63,6 +63,39 @@ def build_halves(
     image_attack = PGD(victim, seed=seed, objective=image_objective, **image)
     text_attack = BertAttack(victim, mlm=mlm, seed=seed, objective=text_objective, **text)
     return image_attack, text_attack, extra
+
+
+class TwoHalfAttack(MultimodalAttack):
+    """A multimodal attack built from a PGD image half and a BERT-Attack text half.
+
+    Subclasses fix both halves' objectives and may declare `extra_params` and `defaults`.
+    """
+
+    image_objective: ClassVar[str] = "kl"
+    text_objective: ClassVar[str] = "kl"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
+    ) -> None:
+        super().__init__(victim, seed=seed)
+        self.image_attack, self.text_attack, self.extra = build_halves(
+            self.name,
+            victim,
+            {**self.defaults, **params},
+            image_objective=self.image_objective,
+            text_objective=self.text_objective,
+            mlm=mlm,
+            seed=seed,
+            extra_names=self.extra_params,
+        )
+
+    def params(self) -> MultimodalParams:
+        return MultimodalParams(self.image_attack.params(), self.text_attack.params(), self.extra)
+
+    def config(self) -> dict[str, Any]:
+        """Every hyper-parameter of both halves plus which masked LM proposed substitutes."""
+        return {**super().config(), "mlm": self.text_attack.mlm_name}
 
 
 def flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from robust.attacks.base import AdvBatch, AttackBatch, MultimodalAttack
-from robust.attacks.bert_attack import DEFAULT_MLM, MaskedLM
-from robust.attacks.multimodal import MultimodalParams, build_halves, flatten, regroup
-from robust.victims.base import Victim
+from robust.attacks.base import AdvBatch, AttackBatch
+from robust.attacks.multimodal import TwoHalfAttack, flatten, regroup
 
 
-class SepAttack(MultimodalAttack):
+class SepAttack(TwoHalfAttack):
     """The SGA paper's separate baseline: KL PGD images, untargeted (KL) BERT-Attack texts.
 
     Keyword arguments are PGD parameters (eps, step_size, steps, ...) and BERT-Attack
@@ -20,26 +18,6 @@ class SepAttack(MultimodalAttack):
     """
 
     name: ClassVar[str] = "sep_attack"
-
-    def __init__(
-        self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
-    ) -> None:
-        super().__init__(victim, seed=seed)
-        self.image_attack, self.text_attack, _ = build_halves(
-            self.name,
-            victim,
-            params,
-            image_objective="kl",
-            text_objective="kl",
-            mlm=mlm,
-            seed=seed,
-        )
-
-    def params(self) -> MultimodalParams:
-        return MultimodalParams(self.image_attack.params(), self.text_attack.params(), {})
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "mlm": self.text_attack.mlm_name}
 
     def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         generator = self.generator(generator)

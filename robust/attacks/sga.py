@@ -13,22 +13,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.base import AdvBatch, AttackBatch, MultimodalAttack
-from robust.attacks.bert_attack import DEFAULT_MLM, MaskedLM
-from robust.attacks.multimodal import (
-    MultimodalParams,
-    build_halves,
-    flatten,
-    per_image,
-    regroup,
-)
-from robust.victims.base import Victim
+from robust.attacks.base import AdvBatch, AttackBatch
+from robust.attacks.multimodal import TwoHalfAttack, flatten, per_image, regroup
 
 SGA_SCALES = (0.5, 0.75, 1.25, 1.5)
 SGA_NOISE_STD = 0.05
 
 
-class SGA(MultimodalAttack):
+class SGA(TwoHalfAttack):
     """SGA bound to a source victim; defaults eps 2/255, 10 steps of 0.5/255, 1 word.
 
     Keyword arguments are PGD parameters (eps, step_size, steps, scales, noise_std, ...)
@@ -36,27 +28,9 @@ class SGA(MultimodalAttack):
     """
 
     name: ClassVar[str] = "sga"
-
-    def __init__(
-        self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
-    ) -> None:
-        super().__init__(victim, seed=seed)
-        params = {"scales": SGA_SCALES, "noise_std": SGA_NOISE_STD, **params}
-        self.image_attack, self.text_attack, _ = build_halves(
-            self.name,
-            victim,
-            params,
-            image_objective="text_cosine",
-            text_objective="guide",
-            mlm=mlm,
-            seed=seed,
-        )
-
-    def params(self) -> MultimodalParams:
-        return MultimodalParams(self.image_attack.params(), self.text_attack.params(), {})
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "mlm": self.text_attack.mlm_name}
+    image_objective: ClassVar[str] = "text_cosine"
+    text_objective: ClassVar[str] = "guide"
+    defaults: ClassVar[dict[str, Any]] = {"scales": SGA_SCALES, "noise_std": SGA_NOISE_STD}
 
     def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         generator = self.generator(generator)
