@@ -112,8 +112,10 @@ def victims_command() -> None:
     from robust.victims.zoo import list_victims, weights_present
 
     table = Table(title="Registered victims")
-    for column in ("name", "family", "resolution", "capabilities", "weights", "spec"):
+    table.add_column("name", no_wrap=True)
+    for column in ("family", "resolution", "capabilities", "weights"):
         table.add_column(column)
+    table.add_column("spec", overflow="fold")
     for entry in list_victims():
         present = "[green]present[/]" if weights_present(entry) else "[yellow]missing[/]"
         table.add_row(
