@@ -1,108 +1,29 @@
-"""The `robust` command: parses arguments, calls library functions, prints results.
-
-Every command is a thin wrapper; user-facing errors (`RobustError`) become one line on
-stderr and exit code 2.
-"""
+"""Core commands: victims, world, zoo, eval, caption, matrix, demo."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
+from robust.cli.common import (
+    RichProgress,
+    app,
+    console,
+    error_console,
+    print_asr_matrix,
+    print_retrieval_table,
+    progress_bar,
+    user_errors,
+)
 from robust.errors import RobustError
 
-app = typer.Typer(
-    help="vlp-robust: adversarial-robustness evaluation for vision-language models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 world_app = typer.Typer(help="The embedded synthetic world.", no_args_is_help=True)
 zoo_app = typer.Typer(help="The toy zoo of tiny victims.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(zoo_app, name="zoo")
-
-console = Console()
-error_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class RichProgress:
-    """Renders library progress tasks as rich progress bars on stderr."""
-
-    def __init__(self, bar: RichProgressBar) -> None:
-        self._bar = bar
-
-    def task(self, description: str, total: int) -> _RichTask:
-        return _RichTask(self._bar, description, total)
-
-
-class _RichTask:
-    def __init__(self, bar: RichProgressBar, description: str, total: int) -> None:
-        self._bar = bar
-        self._description = description
-        self._total = total
-        self._id: Any = None
-
-    def __enter__(self) -> _RichTask:
-        self._id = self._bar.add_task(self._description, total=self._total)
-        return self
-
-    def advance(self, amount: int = 1) -> None:
-        self._bar.advance(self._id, amount)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._bar.remove_task(self._id)
-
-
-def progress_bar() -> RichProgressBar:
-    """Bars for work that takes more than a second; transient so tables stay readable."""
-    return RichProgressBar(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=error_console,
-        transient=True,
-    )
-
-
-def user_errors(command: F) -> F:
-    """Turn a RobustError into one clear line and exit code 2; nothing else is swallowed."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except RobustError as error:
-            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def print_retrieval_table(title: str, rows: list[dict]) -> None:
-    """Print per-victim R@K rows as percentages."""
-    from robust.eval.retrieval import METRIC_NAMES
-
-    table = Table(title=title)
-    table.add_column("victim", style="bold")
-    table.add_column("scoring")
-    for metric in METRIC_NAMES:
-        table.add_column(metric.replace("_", " ").upper(), justify="right")
-    for row in rows:
-        scoring = "ITC" if row["scoring"] == "itc" else "ITM re-ranked"
-        table.add_row(row["victim"], scoring, *(f"{100 * row[m]:.1f}" for m in METRIC_NAMES))
-    console.print(table)
 
 
 @app.command("victims")
@@ -276,30 +197,6 @@ def caption_command(
     console.print(scores)
 
 
-def print_asr_matrix(result: Any, label: str) -> None:
-    """One attack's transfer matrix: sources x targets, "TR / IR" R@1 ASR in %."""
-
-    def percent(value: float) -> str:
-        return "-" if value != value else f"{100 * value:.1f}"  # nan: no clean-correct query
-
-    scorings = {"itc": "ITC", "rerank": "ITM re-ranked"}
-    table = Table(
-        title=f"{label}: R@1 ASR, TR / IR (%)",
-        caption="SGA convention; * white-box; - no query right on clean data; "
-        + ", ".join(f"{t}: {scorings.get(s, s)}" for t, s in result.headline_scoring.items()),
-    )
-    table.add_column("source \\ target", style="bold")
-    for target in result.targets:
-        table.add_column(target, justify="right")
-    for s, source in enumerate(result.sources):
-        cells = []
-        for t in range(len(result.targets)):
-            text = f"{percent(result.tr_asr[label][s, t])} / {percent(result.ir_asr[label][s, t])}"
-            cells.append(f"[bold]{text}*[/]" if result.white_box[s, t] else text)
-        table.add_row(source, *cells)
-    console.print(table)
-
-
 @app.command("matrix")
 @user_errors
 def matrix_command(
@@ -354,8 +251,3 @@ def demo_command(
     for label in result.matrix.labels:
         print_asr_matrix(result.matrix, label)
     console.print(f"results: {out} (clean: results.sqlite, matrix: matrix/)", highlight=False)
-
-
-def main() -> None:
-    """Entry point for `python -m robust`."""
-    app()
