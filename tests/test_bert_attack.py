@@ -110,6 +110,40 @@ def test_same_input_same_output_and_batch_independent(victim, mlm_dir):
     assert one_by_one == first
 
 
+class CountingVictim(nn.Module):
+    """Delegates to a victim and records how many texts it was asked to encode."""
+
+    def __init__(self, victim) -> None:
+        super().__init__()
+        self.victim = victim
+        self.device = victim.device
+        self.encoded = 0
+
+    def encode_text(self, texts):
+        self.encoded += len(texts)
+        return self.victim.encode_text(texts)
+
+
+def test_reused_caption_set_matches_a_fresh_attack_and_encodes_less(victim, mlm_dir):
+    """SGA attacks the same captions twice with different guides: the second call reuses the
+    guide-free work and already-encoded texts, and still answers as a fresh attack does."""
+    model_and_tokenizer = make_mlm(mlm_dir, BOOSTS)
+    counting = CountingVictim(victim)
+    attack = BertAttack(victim, mlm=model_and_tokenizer, max_words=2)
+    attack.victim = counting
+    first_guide = random_guide(victim, len(CAPTIONS), seed=1)
+    second_guide = random_guide(victim, len(CAPTIONS), seed=2)
+    attack(CAPTIONS, first_guide)
+    first_call = counting.encoded
+    reused = attack(CAPTIONS, second_guide)
+    second_call = counting.encoded - first_call
+    fresh = BertAttack(victim, mlm=model_and_tokenizer, max_words=2)(CAPTIONS, second_guide)
+    assert reused == fresh
+    assert second_call < first_call / 2
+    attack(CAPTIONS[:2], second_guide[:2])  # another caption set starts afresh
+    assert counting.encoded - first_call - second_call > 0
+
+
 def test_guide_objective_never_raises_cosine(victim, mlm_dir):
     attack = BertAttack(victim, mlm=make_mlm(mlm_dir, BOOSTS), max_words=2)
     guide = random_guide(victim, len(CAPTIONS), seed=3)

@@ -30,6 +30,11 @@ Deliberate differences from the reference:
 - A word whose sub-words do not all fit in ``max_length - 2`` tokens is skipped.
 - ``threshold_pred_score=None`` switches the logit threshold off (the reference uses 0).
 - Everything is batched across captions and runs under ``torch.no_grad()``.
+
+Speed: everything that does not depend on the guide (sub-words, masked-LM candidates,
+word importance) is computed once per caption set and reused while the same captions come
+back (SGA attacks the same captions twice, guided first by the clean and then by the
+adversarial image), and each distinct text is embedded once per caption set.
 """
 
 from __future__ import annotations
@@ -132,6 +137,17 @@ class _Tokenized:
     words: list[str]
     spans: list[tuple[int, int]]
     subword_ids: list[int]
+
+
+@dataclass
+class _Prepared:
+    """The guide-independent work on one caption set, kept while the same captions return."""
+
+    texts: tuple[str, ...]
+    tokenized: list[_Tokenized]
+    original: torch.Tensor
+    orders: list[list[WordCandidates]]
+    embeddings: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -300,6 +316,7 @@ class BertAttack(TextAttack):
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else 0
         self._subword_cache: dict[str, list[int]] = {}
+        self._prepared: _Prepared | None = None
 
     def params(self) -> BertAttackParams:
         return self._params
@@ -327,13 +344,11 @@ class BertAttack(TextAttack):
             return []
         params = self._params
         guide = self._check_guide(guide_embeddings, len(texts))
-        tokenized = [self._tokenize(text) for text in texts]
-        candidates = self._candidates(tokenized)
-        original = self._embed(texts, params.importance_batch_size)
-        orders = self._importance_orders(tokenized, candidates, original)
+        prepared = self._prepare(texts)
+        original = prepared.original
         states = [
             _GreedyState(words=list(item.words), order=order)
-            for item, order in zip(tokenized, orders, strict=True)
+            for item, order in zip(prepared.tokenized, prepared.orders, strict=True)
         ]
         while True:
             batch_texts: list[str] = []
@@ -351,7 +366,7 @@ class BertAttack(TextAttack):
                 batch_texts.extend(options)
             if not groups:
                 break
-            embeddings = self._embed(batch_texts, params.candidate_batch_size)
+            embeddings = self._embed_memo(prepared, batch_texts, params.candidate_batch_size)
             for caption, word, start, count in groups:
                 rows = embeddings[start : start + count]
                 if params.objective == "guide":
@@ -388,6 +403,30 @@ class BertAttack(TextAttack):
                 f"{tuple(guide.shape)}"
             )
         return F.normalize(guide.detach().to(self.victim.device, torch.float32), dim=-1)
+
+    def _prepare(self, texts: list[str]) -> _Prepared:
+        """Tokenize, propose candidates and rank words, or reuse them for the same captions."""
+        key = tuple(texts)
+        if self._prepared is not None and self._prepared.texts == key:
+            return self._prepared
+        self._prepared = None  # drop the previous set's memo before building the next one
+        tokenized = [self._tokenize(text) for text in texts]
+        candidates = self._candidates(tokenized)
+        prepared = _Prepared(key, tokenized, torch.empty(0), [], {})
+        prepared.original = self._embed_memo(prepared, texts, self._params.importance_batch_size)
+        prepared.orders = self._importance_orders(prepared, candidates)
+        self._prepared = prepared
+        return prepared
+
+    def _embed_memo(
+        self, prepared: _Prepared, texts: Sequence[str], batch_size: int
+    ) -> torch.Tensor:
+        """Embeddings `[N, D]` of `texts`, encoding each distinct text once per caption set."""
+        memo = prepared.embeddings
+        missing = list(dict.fromkeys(text for text in texts if text not in memo))
+        if missing:
+            memo.update(zip(missing, self._embed(missing, batch_size), strict=True))
+        return torch.stack([memo[text] for text in texts])
 
     def _embed(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         """Victim text embeddings `[N, D]` (float32), computed in chunks."""
@@ -546,16 +585,14 @@ class BertAttack(TextAttack):
         return tuple(kept)
 
     def _importance_orders(
-        self,
-        tokenized: list[_Tokenized],
-        candidates: list[list[WordCandidates]],
-        original: torch.Tensor,
+        self, prepared: _Prepared, candidates: list[list[WordCandidates]]
     ) -> list[list[WordCandidates]]:
         """Each caption's words with substitutes, most important first.
 
         Importance = KL(softmax(original embedding) || softmax(embedding with the word
         replaced by [UNK])). Words without substitutes cannot change, so they are not scored.
         """
+        tokenized, original = prepared.tokenized, prepared.original
         masked_texts: list[str] = []
         owners: list[tuple[int, int]] = []
         for caption, (item, words) in enumerate(zip(tokenized, candidates, strict=True)):
@@ -568,7 +605,9 @@ class BertAttack(TextAttack):
                 owners.append((caption, slot))
         scored: list[list[tuple[float, WordCandidates]]] = [[] for _ in tokenized]
         if masked_texts:
-            embeddings = self._embed(masked_texts, self._params.importance_batch_size)
+            embeddings = self._embed_memo(
+                prepared, masked_texts, self._params.importance_batch_size
+            )
             captions = torch.tensor([caption for caption, _ in owners], device=original.device)
             scores = _kl_from(original[captions], embeddings).tolist()
             for (caption, slot), score in zip(owners, scores, strict=True):
