@@ -12,6 +12,7 @@ from robust.attacks.pgd import (
     PGDParams,
     caption_set_similarity,
     embedding_kl,
+    bicubic_resize,
     scale_set_copies,
 )
 from robust.data.images import load_images
@@ -197,6 +198,21 @@ def test_scale_set_copies_shapes_and_gradients():
     # Noise comes only from the generator: same seed, same copies.
     repeat = scale_set_copies(images, (0.5,), 0.05, torch.Generator().manual_seed(0))
     assert torch.equal(repeat[1], copies[1])
+
+
+@pytest.mark.parametrize("size", [(8, 8), (12, 20), (16, 16), (24, 19)])
+def test_bicubic_resize_matches_interpolate_forward_and_backward(size):
+    images = torch.rand(2, 3, 16, 15, generator=torch.Generator().manual_seed(1))
+    images.requires_grad_(True)
+    expected = torch.nn.functional.interpolate(
+        images, size=size, mode="bicubic", align_corners=False
+    )
+    actual = bicubic_resize(images, size)
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), images)
+    (grad_actual,) = torch.autograd.grad((actual * weights).sum(), images)
+    torch.testing.assert_close(grad_actual, grad_expected, atol=1e-5, rtol=0)
 
 
 def test_loss_pieces():
