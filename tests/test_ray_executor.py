@@ -223,3 +223,23 @@ def test_missing_ray_and_bad_options_are_one_line_errors(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "--address is for the ray executor" in result.output
     result = cli.invoke(app, ["matrix", str(spec_file), "--precision", "fp16"])
     assert result.exit_code == 2 and "unknown precision 'fp16'; choose one of" in result.output
+
+
+def test_cli_runs_the_matrix_on_ray_at_bf16(ray_cluster, tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "name: cli-ray\ndataset: world:test-1k\nlimit: 4\nsources: [toy-clip-vit]\n"
+        "targets: [toy-clip-vit]\nattacks: [{name: pgd, params: {steps: 1}}]\n"
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
+    command = ["matrix", str(spec_file), "--executor", "ray", "--precision", "bf16"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "executor ray, precision bf16" in " ".join(result.output.split())
+    with ResultStore.in_run_dir(tmp_path / "run") as store:
+        (run_id,) = store.run_ids()
+        record = store.run_info(run_id)["spec"]
+        asr = store.metrics(run_id, metric="tr_asr_r1")
+    assert record["executor"]["name"] == "ray" and record["precision"] == "bf16"
+    assert record["spec"]["precision"] == "bf16"
+    assert len(asr) == 1 and 0.0 <= asr[0].value <= 1.0

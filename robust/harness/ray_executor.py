@@ -7,7 +7,8 @@ Nothing a task leaves behind is half-written: cache files are written atomically
 entry counts only once its manifest exists, and results go back to the driver, the only
 writer of the SQLite store. A task whose worker dies (killed, out of memory, node lost) is
 retried up to `max_retries` times and resumes after its last finished batch; an error
-raised by the cell itself (bad input) is not retried and reaches the caller as it was raised.
+raised by the cell itself is not retried: a `RobustError` (bad input) reaches the caller as
+raised, anything else with the worker's traceback.
 
 Workers import `robust` themselves: on a cluster, install vlp-robust on every node and keep
 the run directory on storage that every node sees at the same path.
@@ -189,15 +190,14 @@ class RayExecutor:
                 ray.cancel(ref)
 
     def _result(self, cell: Any, ref: Any) -> Any:
-        """The cell's result; its own error as raised, or one line when its workers died."""
+        """The cell's result; its user error as raised, or one line when its workers died."""
         exceptions = self._ray.exceptions
         try:
             return self._ray.get(ref)
         except exceptions.RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, BaseException) and not isinstance(cause, exceptions.RayError):
-                raise cause from None
-            raise RobustError(f"{cell} failed on Ray: {cause}; run again to resume") from None
+            if isinstance(error.cause, RobustError):  # bad input: its own one-line message
+                raise error.cause from None
+            raise  # a bug: keep the worker's traceback
         except exceptions.RayError as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else error
             raise RobustError(
