@@ -38,6 +38,9 @@ def check_precision(precision: str) -> str:
 @contextmanager
 def _fp32_precision(mode: str) -> Iterator[None]:
     """Set the float32 matmul/convolution mode ("ieee" or "tf32") of CUDA, then restore it."""
+    if not torch.backends.cuda.is_built():  # a CPU-only build: nothing to switch
+        yield
+        return
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     saved = (matmul.fp32_precision, conv.fp32_precision)
     matmul.fp32_precision = conv.fp32_precision = mode
