@@ -46,7 +46,7 @@ def bare_passes(victim, images: torch.Tensor, passes: int, copies: int) -> float
     stacked = images.repeat(copies, 1, 1, 1)
     with torch.no_grad():
         width = victim.encode_image(images[:1]).shape[-1]
-    direction = torch.randn(stacked.shape[0], width)
+    direction = torch.randn(stacked.shape[0], width, device=images.device)
 
     def passes_once() -> None:
         for _ in range(passes):

@@ -87,7 +87,8 @@ def test_fingerprint_is_stable_and_tracks_what_is_computed(tmp_path):
         ({"dataset": "imagenet"}, ("dataset", "karpathy:ROOT")),
         ({"limit": 0}, ("limit",)),
         ({"seeds": [1, 1]}, ("seeds", "once")),
-        ({"executor": "ray"}, ("executor", "local")),
+        ({"executor": "dask"}, ("executor", "local", "ray")),
+        ({"precision": "fp16"}, ("precision", "bf16")),
     ],
 )
 def test_invalid_specs_fail_in_one_line(tmp_path, changes, fragments):

@@ -200,9 +200,15 @@ def _draw(
     generator: torch.Generator,
     device: torch.device,
 ) -> torch.Tensor:
-    """Random numbers from `generator` (on its own device), moved to `device`."""
+    """Random numbers from `generator` (on its own device), moved to `device`.
+
+    A CPU draw bound for a GPU goes through pinned memory without blocking, so drawing
+    noise inside the attack loop never waits for the GPU to finish its queued work.
+    """
     draw = torch.rand if kind == "rand" else torch.randn
     values = draw(tuple(shape), generator=generator, device=generator.device)
+    if values.device.type == "cpu" and torch.device(device).type == "cuda":
+        values = values.pin_memory().to(device, non_blocking=True)
     return values.to(device, torch.float32)
 
 

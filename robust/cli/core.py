@@ -204,20 +204,41 @@ def matrix_command(
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="local (in-process) or ray (cells as Ray tasks); overrides the spec."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001)."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32 (the reference), tf32 or bf16 (autocast); overrides the spec."),
+    ] = None,
 ) -> None:
     """Transfer-attack matrix: craft on every source, evaluate on every target, store it all.
 
     Re-running the same spec into the same directory resumes where it stopped.
     """
+    from robust.harness.executors import make_executor
     from robust.harness.matrix import run_matrix
     from robust.harness.spec import load_spec
+    from robust.precision import check_precision
 
     spec = load_spec(spec_file)
+    overrides: dict[str, object] = {}
     if output_dir is not None:
-        spec = spec.model_copy(update={"output_dir": output_dir})
+        overrides["output_dir"] = output_dir
+    if executor is not None:
+        overrides["executor"] = executor
+    if precision is not None:
+        overrides["precision"] = check_precision(precision)
+    spec = spec.model_copy(update=overrides)
+    runner = make_executor(spec.executor, device=spec.device, address=address)
     try:
         with progress_bar() as bar:
-            result = run_matrix(spec, progress=RichProgress(bar))
+            result = run_matrix(spec, progress=RichProgress(bar), executor=runner)
     except KeyboardInterrupt:
         error_console.print(
             f"interrupted; finished cells are kept in {spec.run_dir}, run the same command "
@@ -229,7 +250,8 @@ def matrix_command(
         print_asr_matrix(result, label)
     console.print(
         f"results: {spec.run_dir / 'results.sqlite'} (run {result.run_id}), adversarial "
-        f"examples: {spec.run_dir / 'cache'}",
+        f"examples: {spec.run_dir / 'cache'}; executor {result.executor['name']}, "
+        f"precision {spec.precision}",
         highlight=False,
     )
 

@@ -15,17 +15,20 @@ Folder names are the label/source made filesystem-safe plus a short hash of the 
 so two spec strings never share a folder. A folder without `manifest.json` is incomplete:
 crafting resumes after its last finished batch if the plan is unchanged, and starts over
 otherwise. PNGs make the uint8 quantisation explicit: what a target sees is exactly what
-was stored.
+was stored. Shards of one entry may craft disjoint batches in parallel processes: `begin`
+holds a lock file next to the folder, so only one of them ever creates or wipes it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -107,6 +110,18 @@ def _read_json(path: Path) -> Any:
         ) from None
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), held for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def _encode_png(pixels: np.ndarray) -> bytes:
     from io import BytesIO
 
@@ -168,12 +183,13 @@ class CacheEntry:
         """
         plan = jsonable(plan)
         plan_path = self.path / PLAN
-        if self.path.exists() and (not plan_path.is_file() or _read_plan(plan_path) != plan):
-            shutil.rmtree(self.path)
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        self.batches_dir.mkdir(parents=True, exist_ok=True)
-        if not plan_path.is_file():
-            _write_json(plan_path, plan)
+        with _locked(self.path.with_name(f".{self.path.name}.lock")):
+            if self.path.exists() and (not plan_path.is_file() or _read_plan(plan_path) != plan):
+                shutil.rmtree(self.path)
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            self.batches_dir.mkdir(parents=True, exist_ok=True)
+            if not plan_path.is_file():
+                _write_json(plan_path, plan)
         done: set[int] = set()
         for marker in self.batches_dir.glob("*.json"):
             if marker.stem.isdigit():

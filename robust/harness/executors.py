@@ -1,4 +1,4 @@
-"""Executors: how the matrix's independent cells run, in-process now, fanned out later (Ray).
+"""Executors: how the matrix's independent cells run, in-process or fanned out on Ray.
 
 A cell is a small frozen dataclass naming one unit of work. Workers compute and return
 results; only the driver writes to the SQLite store, so a distributed executor needs no
@@ -7,9 +7,10 @@ shared database, only the shared run directory that holds the adversarial-exampl
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from robust.errors import RobustError
 
@@ -18,9 +19,12 @@ __all__ = [
     "Cell",
     "CleanCell",
     "CraftCell",
+    "CraftShard",
     "EvalCell",
     "Executor",
     "LocalExecutor",
+    "best_available_executor",
+    "describe_executor",
     "make_executor",
 ]
 
@@ -60,7 +64,19 @@ class EvalCell:
     seed: int
 
 
-Cell = CraftCell | CleanCell | EvalCell
+@dataclass(frozen=True)
+class CraftShard:
+    """Some batches of a craft cell, crafted (not finished) by one worker.
+
+    Batches are independent (each has its own seeded generator), so shards of one cell can
+    run on different workers; the cell itself then only finishes the entry.
+    """
+
+    cell: CraftCell
+    batches: tuple[int, ...]
+
+
+Cell = CraftCell | CraftShard | CleanCell | EvalCell
 
 
 class Executor(Protocol):
@@ -69,6 +85,10 @@ class Executor(Protocol):
     def map(
         self, function: Callable[[CellT], ResultT], cells: Iterable[CellT]
     ) -> Iterator[ResultT]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ran the cells, for the run's record (name plus executor settings)."""
+        ...
 
 
 class LocalExecutor:
@@ -81,12 +101,41 @@ class LocalExecutor:
         for cell in cells:
             yield function(cell)
 
+    def describe(self) -> dict[str, Any]:
+        return {"name": "local"}
 
-EXECUTORS: dict[str, Callable[[], Executor]] = {"local": LocalExecutor}
+
+def _local(*, device: str = "cpu", address: str | None = None) -> Executor:
+    if address is not None:
+        raise RobustError("--address is for the ray executor; add --executor ray or drop it")
+    return LocalExecutor()
 
 
-def make_executor(name: str) -> Executor:
-    """The executor a spec names; one clear error for names not available here."""
+def _ray(*, device: str = "cpu", address: str | None = None) -> Executor:
+    from robust.harness.ray_executor import RayExecutor
+
+    return RayExecutor(device=device, address=address)
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": _local, "ray": _ray}
+
+
+def make_executor(name: str, *, device: str = "cpu", address: str | None = None) -> Executor:
+    """The named executor for cells on `device`; `address` is a Ray cluster to join.
+
+    One clear error for unknown names, and for Ray when it is not installed.
+    """
     if name not in EXECUTORS:
         raise RobustError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
-    return EXECUTORS[name]()
+    return EXECUTORS[name](device=device, address=address)
+
+
+def best_available_executor() -> str:
+    """ "ray" when Ray is installed, else "local": what the demo runs by default."""
+    return "ray" if importlib.util.find_spec("ray") is not None else "local"
+
+
+def describe_executor(executor: Any) -> dict[str, Any]:
+    """`executor.describe()`, or its class name for executors without one."""
+    describe = getattr(executor, "describe", None)
+    return dict(describe()) if callable(describe) else {"name": type(executor).__name__}

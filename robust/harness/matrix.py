@@ -35,9 +35,18 @@ from robust.errors import RobustError
 from robust.eval.retrieval import RetrievalResult, attack_success
 from robust.harness.cache import AdversarialCache, CacheEntry, jsonable
 from robust.harness.evaluate import RERANK, dataset_key, retrieval_results
-from robust.harness.executors import CleanCell, CraftCell, EvalCell, Executor, make_executor
+from robust.harness.executors import (
+    CleanCell,
+    CraftCell,
+    CraftShard,
+    EvalCell,
+    Executor,
+    describe_executor,
+    make_executor,
+)
 from robust.harness.spec import ExperimentSpec, SpecError, VictimRef
 from robust.harness.store import ABSENT, MetricRow, ResultStore
+from robust.precision import precision_scope, prepare_model
 from robust.progress import NullProgress, Progress, ensure_progress
 
 __all__ = [
@@ -210,14 +219,35 @@ class CellRunner:
         self._victim = None
         self._clean_pixels = {}
 
-    def __call__(self, cell: CraftCell | CleanCell | EvalCell) -> Any:
-        if isinstance(cell, CraftCell):
-            return self.craft(cell)
-        if isinstance(cell, CleanCell):
-            return self.clean(cell)
-        if isinstance(cell, EvalCell):
-            return self.evaluate(cell)
+    def __call__(self, cell: CraftCell | CraftShard | CleanCell | EvalCell) -> Any:
+        with precision_scope(self.spec.precision, self.spec.device):
+            if isinstance(cell, CraftCell):
+                return self.craft(cell)
+            if isinstance(cell, CraftShard):
+                return self.craft(cell.cell, batches=frozenset(cell.batches))
+            if isinstance(cell, CleanCell):
+                return self.clean(cell)
+            if isinstance(cell, EvalCell):
+                return self.evaluate(cell)
         raise TypeError(f"unknown cell {cell!r}")
+
+    def split(self, cell: Any, parts: int) -> list[CraftShard] | None:
+        """`cell` as up to `parts` shards of whole batches, or None where it cannot be split.
+
+        Only crafting splits: retrieval ranks every query against the whole gallery.
+        """
+        if not isinstance(cell, CraftCell) or parts < 2:
+            return None
+        num_batches = -(-self.dataset.num_images // self.spec.batch_size)
+        shards = [tuple(range(start, num_batches, parts)) for start in range(parts)]
+        shards = [batches for batches in shards if batches]
+        return [CraftShard(cell, batches) for batches in shards] if len(shards) > 1 else None
+
+    def join(self, cell: CraftCell, shards: Sequence[CraftResult]) -> CraftResult:
+        """Finish a cell whose shards all returned: what is left is writing the manifest."""
+        finished = self(cell)
+        crafted = finished.crafted_batches + sum(shard.crafted_batches for shard in shards)
+        return replace(finished, crafted_batches=crafted)
 
     # -- shared state ----------------------------------------------------------------------
 
@@ -237,7 +267,7 @@ class CellRunner:
 
         self._victim = None
         victim = load_victim(self.spec.victim(name).load_arg(), device=self.spec.device)
-        self._victim = (name, victim)
+        self._victim = (name, prepare_model(victim, self.spec.precision))
         return victim
 
     def clean_pixels(self, image_size: int, resize_mode: str) -> np.ndarray:
@@ -261,8 +291,12 @@ class CellRunner:
 
     # -- cells -----------------------------------------------------------------------------
 
-    def craft(self, cell: CraftCell) -> CraftResult:
-        """Craft one cache entry batch by batch; finished batches survive a kill."""
+    def craft(self, cell: CraftCell, *, batches: frozenset[int] | None = None) -> CraftResult:
+        """Craft one cache entry batch by batch; finished batches survive a kill.
+
+        With `batches`, craft only those (one shard of the cell) and leave the entry
+        unfinished: the cell's own call, once every shard is done, writes the manifest.
+        """
         from robust.attacks import build_attack
         from robust.data.images import load_images, to_uint8_array
 
@@ -305,7 +339,7 @@ class CellRunner:
         with self.progress.task(description, dataset.num_images) as task:
             for batch_index, start in enumerate(starts):
                 indices = list(range(start, min(start + batch_size, dataset.num_images)))
-                if batch_index in done:
+                if batch_index in done or (batches is not None and batch_index not in batches):
                     task.advance(len(indices))
                     continue
                 images = load_images(
@@ -323,6 +357,10 @@ class CellRunner:
                 entry.write_batch(batch_index, indices, to_uint8_array(adv_images), adv_texts)
                 crafted += 1
                 task.advance(len(indices))
+        if batches is not None:
+            return CraftResult(
+                cell, source.image_size, source.resize_mode, dataset.num_images, crafted
+            )
         info = {
             "attack": attack_spec.name,
             "dataset": dataset.name,
@@ -366,7 +404,8 @@ class MatrixResult:
     `tr_asr`/`ir_asr` use SGA's convention, `tr_drop`/`ir_drop` Co-Attack's, all as
     fractions, averaged over seeds, at each target's headline scoring ("rerank" for fusion
     targets, "itc" for CLIP). `white_box[s, t]` is true where source and target are the
-    same model. `computed` counts the cells this call computed (0 for a finished run).
+    same model. `computed` counts the cells this call computed (0 for a finished run);
+    `executor` describes what ran them (the run's record keeps what started the run).
     """
 
     run_dir: Path
@@ -387,6 +426,7 @@ class MatrixResult:
     tr_drop: dict[str, np.ndarray]
     ir_drop: dict[str, np.ndarray]
     computed: dict[str, int] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=dict)
 
     def asr(self, label: str, source: str, target: str) -> tuple[float, float]:
         """(TR, IR) R@1 ASR (SGA convention) of one cell."""
@@ -394,7 +434,9 @@ class MatrixResult:
         return float(self.tr_asr[label][s, t]), float(self.ir_asr[label][s, t])
 
 
-def _resume_or_start(store: ResultStore, spec: ExperimentSpec, fingerprint: str) -> int:
+def _resume_or_start(
+    store: ResultStore, spec: ExperimentSpec, fingerprint: str, executor: dict[str, Any]
+) -> int:
     """The run id of this spec in the store: resumed when the fingerprint matches."""
     run_ids = store.run_ids()
     for run_id in reversed(run_ids):
@@ -413,6 +455,9 @@ def _resume_or_start(store: ResultStore, spec: ExperimentSpec, fingerprint: str)
         "name": spec.name,
         "fingerprint": fingerprint,
         "spec": spec.canonical(),
+        "executor": executor,
+        "device": spec.device,
+        "precision": spec.precision,
     }
     seeds = {
         "attack_seeds": list(spec.seeds),
@@ -432,18 +477,19 @@ def _valid_manifest(entry: CacheEntry, request: dict[str, Any]) -> dict[str, Any
 def _request(spec: ExperimentSpec, cell: CraftCell) -> dict[str, Any]:
     """What a cache entry was asked to contain, so a stale entry is never reused."""
     attack = spec.attack(cell.attack_label)
-    return jsonable(
-        {
-            "attack": attack.name,
-            "params": attack.params,
-            "mlm": attack.mlm,
-            "source": spec.victim(cell.source).model_dump(),
-            "seed": cell.seed,
-            "batch_size": spec.batch_size,
-            "dataset": spec.dataset,
-            "limit": spec.limit,
-        }
-    )
+    request = {
+        "attack": attack.name,
+        "params": attack.params,
+        "mlm": attack.mlm,
+        "source": spec.victim(cell.source).model_dump(),
+        "seed": cell.seed,
+        "batch_size": spec.batch_size,
+        "dataset": spec.dataset,
+        "limit": spec.limit,
+    }
+    if spec.precision != "fp32":  # fp32 entries crafted before the field existed stay valid
+        request["precision"] = spec.precision
+    return jsonable(request)
 
 
 class _Writer:
@@ -555,7 +601,9 @@ def run_matrix(
     from robust.data import load_dataset
 
     progress = ensure_progress(progress)
-    executor = executor if executor is not None else make_executor(spec.executor)
+    if executor is None:
+        executor = make_executor(spec.executor, device=spec.device)
+    executor_info = describe_executor(executor)
     run_dir = spec.run_dir
     fingerprint = spec.fingerprint()
     dataset = load_dataset(spec.dataset, limit=spec.limit)
@@ -564,7 +612,7 @@ def run_matrix(
     computed = {"crafted": 0, "crafted_batches": 0, "clean": 0, "evaluated": 0}
 
     with ResultStore.in_run_dir(run_dir) as store:
-        run_id = _resume_or_start(store, spec, fingerprint)
+        run_id = _resume_or_start(store, spec, fingerprint, executor_info)
         writer = _Writer(store, run_id, dataset_name, split, spec)
 
         # 1. adversarial examples, once per (attack, source, seed), grouped by source
@@ -618,7 +666,8 @@ def run_matrix(
                     computed["evaluated"] += 1
                 task.advance()
 
-        return _summarise(store, run_id, spec, fingerprint, dataset_name, split, computed)
+        summary = _summarise(store, run_id, spec, fingerprint, dataset_name, split, computed)
+        return replace(summary, executor=executor_info)
 
 
 def _summarise(

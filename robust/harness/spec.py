@@ -228,8 +228,9 @@ class ExperimentSpec(BaseModel):
     eval_batch_size: PositiveInt = 64
     k_test: PositiveInt | None = None
     output_dir: Path | None = None
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "ray"] = "local"
     device: str = "cpu"
+    precision: Literal["fp32", "bf16", "tf32"] = "fp32"
 
     @field_validator("sources", "targets", mode="before")
     @classmethod
@@ -348,6 +349,8 @@ class ExperimentSpec(BaseModel):
     def canonical(self) -> dict[str, Any]:
         """The spec as plain JSON data, minus the keys that do not change results."""
         data = self.model_dump(mode="json")
+        if data["precision"] == "fp32":  # the reference: fingerprints from before the field hold
+            del data["precision"]
         return {key: value for key, value in data.items() if key not in NOT_FINGERPRINTED}
 
     def fingerprint(self) -> str:
