@@ -193,15 +193,18 @@ def test_fonts_are_embedded_and_figures_are_vector(demo_like_run, tmp_path):
 
 
 def test_matrix_marks_white_box_and_averages_seeds(tmp_path):
-    write_matrix_store(tmp_path / "run", seeds=(0, 1), seed_offsets=(0.0, 0.05))
+    write_matrix_store(tmp_path / "run", seeds=(0, 1), seed_offsets=(0.0, -0.05))
     data = load_report_data(tmp_path / "run")
     matrix = analysis.transfer_matrix(data, "pgd")
 
     assert matrix.sources == VICTIMS and matrix.targets == VICTIMS
     assert matrix.white_box.tolist() == [[True, False], [False, True]]
-    assert matrix.tr_asr[0, 1] == pytest.approx(0.425 + 0.025)
-    assert matrix.ir_asr[1, 0] == pytest.approx(0.1 + 0.025)
+    assert matrix.tr_asr[0, 1] == pytest.approx(0.425 - 0.025)
+    assert matrix.ir_asr[1, 0] == pytest.approx(0.1 - 0.025)
     assert {score.seed for score in data.transfer} == {0, 1}
+    text = pdf_text(build_report(tmp_path / "run", tmp_path / "seeds.pdf").path)
+    assert "Mean over seeds 0, 1." in text
+    assert "pgd seed 1 toy-clip-vit toy-clip-rn (itc)" in text
 
 
 def test_sweep_orders_by_eps_and_summaries_split_white_box(tmp_path):

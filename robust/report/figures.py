@@ -15,6 +15,7 @@ from typing import Final
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from reportlab.graphics.shapes import Drawing
@@ -98,25 +99,27 @@ def transfer_heatmaps(matrix: TransferMatrix, names: dict[str, str]) -> Figure:
     return figure
 
 
-def _annotate_cell(ax: object, value: float, row: int, column: int, white_box: bool) -> None:
+def _annotate_cell(ax: Axes, value: float, row: int, column: int, white_box: bool) -> None:
     text = _percent_text(value) + ("*" if white_box else "")
-    bright = not math.isnan(value) and value > 0.6
-    colour = "black" if bright else "white"
-    if math.isnan(value):
-        colour = "black"
+    colour = "black" if math.isnan(value) or _lightness(value) > 0.45 else "white"
     ax.text(column + 0.5, row + 0.5, text, ha="center", va="center", color=colour, fontsize=8)
     if white_box:
-        ax.add_patch(
-            Rectangle(
-                (column + 0.04, row + 0.04),
-                0.92,
-                0.92,
-                fill=False,
-                linewidth=2.2,
-                edgecolor=colour,
-                linestyle="--",
-            )
+        outline = Rectangle(
+            (column + 0.04, row + 0.04),
+            0.92,
+            0.92,
+            fill=False,
+            linewidth=2.2,
+            edgecolor=colour,
+            linestyle="--",
         )
+        ax.add_patch(outline)
+
+
+def _lightness(value: float) -> float:
+    """Perceived lightness of the colour map at `value`, to pick black or white text on it."""
+    red, green, blue, _ = matplotlib.colormaps[COLOUR_MAP](float(value))
+    return 0.299 * red + 0.587 * green + 0.114 * blue
 
 
 def attack_comparison(summaries: Sequence[AttackSummary]) -> Figure:
@@ -166,7 +169,7 @@ def eps_sweep(sweep: EpsSweep, names: dict[str, str]) -> Figure:
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(7.0, 3.2), layout="constrained")
         axes = figure.subplots(1, 2, sharey=True)
-        colours = matplotlib.colormaps[COLOUR_MAP](np.linspace(0.0, 0.85, len(sweep.curves)))
+        colours = matplotlib.colormaps[COLOUR_MAP](np.linspace(0.0, 0.75, len(sweep.curves)))
         for ax, direction in ((axes[0], "TR"), (axes[1], "IR")):
             for index, curve in enumerate(sweep.curves):
                 values = curve.tr_asr if direction == "TR" else curve.ir_asr
@@ -178,6 +181,7 @@ def eps_sweep(sweep: EpsSweep, names: dict[str, str]) -> Figure:
                     color=colours[index],
                     label=f"{names[curve.source]} → {names[curve.target]}",
                 )
+            ax.set_xticks(sorted({255 * eps for curve in sweep.curves for eps in curve.eps}))
             ax.set_xlabel("eps (×1/255)")
             ax.set_title(f"{direction} R@1 ASR")
             ax.grid(linewidth=0.4, alpha=0.6)

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import BaseDocTemplate, Flowable, Frame, PageBreak, PageTemplate, Paragraph
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Flowable,
+    Frame,
+    KeepTogether,
+    PageBreak,
+    PageTemplate,
+    Paragraph,
+)
 
 from robust import __version__
 from robust.errors import RobustError
@@ -81,8 +89,10 @@ def _story(data: ReportData) -> tuple[list[Flowable], list[str], list[tuple[str,
         included.append(section.title)
         if section.title == "Appendix":
             story.append(PageBreak())
-        story.append(Paragraph(f"{number}. {text(section.title)}", style.heading))
-        story.extend(section.build(data))
+        heading = Paragraph(f"{number}. {text(section.title)}", style.heading)
+        first, *rest = section.build(data)
+        story.append(KeepTogether([heading, first]))  # never a heading alone at a page foot
+        story.extend(rest)
     return story, included, omitted
 
 

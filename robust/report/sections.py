@@ -90,7 +90,7 @@ def title_page(data: ReportData) -> list[Flowable]:
     story.append(key_value_table(_merged(run.hardware for run in data.runs), 110))
     story += [Paragraph("What was run", style.subheading)]
     story.append(key_value_table(_spec_summary(data), 110))
-    story.append(Paragraph("The full specs are in appendix C.", style.note))
+    story.append(Paragraph("The full specs are at the end of the appendix.", style.note))
     return story
 
 
@@ -270,8 +270,8 @@ def _widths(text_columns: tuple[float, ...], numbers: int) -> tuple[float, ...]:
 
 
 def _two_line(*names: str) -> tuple[str, ...]:
-    """Column headers like 'TR R@1' broken after the direction, so they never split a word."""
-    return tuple(name.replace(" ", "<br/>", 1) for name in names)
+    """Column headers like 'TR R@1' broken at their spaces, so they never split a word."""
+    return tuple(name.replace(" ", "<br/>") for name in names)
 
 
 # -- transfer matrices and attack comparison -------------------------------------------------
@@ -312,6 +312,8 @@ def transfer_section(data: ReportData) -> list[Flowable]:
     for matrix in analysis.transfer_matrices(data):
         info = data.attacks[matrix.attack]
         scoring = ", ".join(f"{text(t)}: {s.upper()}" for t, s in matrix.scoring.items())
+        seeds = sorted({s.seed for s in data.transfer if s.attack == matrix.attack} - {None})
+        averaged = f" Mean over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1 else ""
         story.append(
             KeepTogether(
                 [
@@ -320,7 +322,7 @@ def transfer_section(data: ReportData) -> list[Flowable]:
                     Paragraph(
                         f"{text(info.name)}: {text(describe_params(info.params)) or 'defaults'}"
                         f"{'; masked LM ' + text(info.mlm) if info.mlm else ''}. Scoring: "
-                        f"{scoring}. {_legend(names)}",
+                        f"{scoring}.{averaged} {_legend(names)}",
                         style.caption,
                     ),
                 ]
@@ -424,24 +426,28 @@ def defenses_section(data: ReportData) -> list[Flowable]:
 def appendix(data: ReportData) -> list[Flowable]:
     """Every stored number and configuration: full tables, attack configs and run specs."""
     style = styles()
+    letters = iter("ABCDEFGH")
     story: list[Flowable] = []
     if data.transfer:
-        story.append(Paragraph("A. Every transfer cell", style.subheading))
+        story.append(Paragraph(f"{next(letters)}. Every transfer cell", style.subheading))
         story.append(_transfer_table(data))
         story.append(
             Paragraph(
-                "R@K on adversarial data, ASR@1 (SGA convention) and drop@1 (Co-Attack "
-                "convention: clean R@1 minus adversarial R@1), all in %. A star marks "
+                "R@K on adversarial data, ASR at R@1 (SGA convention) and drop at R@1 "
+                "(Co-Attack convention: clean R@1 minus adversarial R@1), all in %. A star marks "
                 "white-box cells; a seed is named where the run used several.",
                 style.caption,
             )
         )
     if data.cached:
         story.append(
-            Paragraph("B. Attack configurations, as the cache recorded them", style.subheading)
+            Paragraph(
+                f"{next(letters)}. Attack configurations, as the cache recorded them",
+                style.subheading,
+            )
         )
         story.extend(_cached_configs(data))
-    story.append(Paragraph("C. Run specs", style.subheading))
+    story.append(Paragraph(f"{next(letters)}. Run specs", style.subheading))
     for run in data.runs:
         story.append(Paragraph(text(run.key), style.body))
         story.append(
@@ -485,10 +491,10 @@ def _transfer_table(data: ReportData) -> Flowable:
             "IR R@1",
             "IR R@5",
             "IR R@10",
-            "TR ASR@1",
-            "IR ASR@1",
-            "TR drop@1",
-            "IR drop@1",
+            "TR ASR R@1",
+            "IR ASR R@1",
+            "TR drop R@1",
+            "IR drop R@1",
         ),
     )
     widths = _widths((58, 56, 72), numbers=10)
