@@ -254,6 +254,25 @@ def test_long_victim_names_are_abbreviated_with_a_legend(tmp_path):
     assert short_names(["a", "b"]) == {"a": "a", "b": "b"}
 
 
+def test_runs_without_provenance_still_build(tmp_path):
+    with ResultStore.in_run_dir(tmp_path / "bare") as store:
+        run_id = store.start_run({"command": "eval"}, {}, {"versions": {}, "hardware": {}})
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim="toy-clip-rn",
+                    dataset="world",
+                    split="test-1k",
+                    metric="tr_r1",
+                    value=0.5,
+                )
+            ],
+        )
+    text = pdf_text(build_report(tmp_path / "bare", tmp_path / "bare.pdf").path)
+    assert "The runs recorded no versions." in text and "unknown" in text
+
+
 def test_bad_run_directories_are_one_clear_error(tmp_path):
     with pytest.raises(ReportDataError, match="is not a directory"):
         build_report(tmp_path / "missing", tmp_path / "r.pdf")

@@ -24,6 +24,8 @@ from svglib.svglib import svg2rlg
 from robust.report.analysis import AttackSummary, EpsSweep, TransferMatrix
 
 COLOUR_MAP: Final[str] = "cividis"
+FIGURE_WIDTH_IN: Final[float] = 6.8  # about the PDF frame, so figures are drawn near 1:1
+SIDE_BY_SIDE_COLUMNS: Final[int] = 3
 MAX_TICK_LABEL: Final[int] = 14
 _RC: Final[dict[str, object]] = {
     "svg.fonttype": "path",
@@ -43,17 +45,18 @@ def short_names(names: Sequence[str]) -> dict[str, str]:
     return {name: f"V{index}" for index, name in enumerate(names, start=1)}
 
 
-def to_drawing(figure: Figure, width: float) -> Drawing:
-    """The figure as a reportlab vector drawing scaled to `width` points."""
+def to_drawing(figure: Figure, width: float, max_height: float) -> Drawing:
+    """The figure as a reportlab vector drawing, `width` points wide unless that makes it
+    taller than `max_height`."""
     buffer = io.BytesIO()
     with matplotlib.rc_context(_RC):
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     buffer.seek(0)
     drawing = svg2rlg(buffer)
     drawing.initialFontName = "DejaVuSans"  # reportlab would otherwise add Helvetica, unembedded
-    scale = width / drawing.width
+    scale = min(width / drawing.width, max_height / drawing.height)
     drawing.scale(scale, scale)
-    drawing.width, drawing.height = width, drawing.height * scale
+    drawing.width, drawing.height = drawing.width * scale, drawing.height * scale
     return drawing
 
 
@@ -65,10 +68,14 @@ def transfer_heatmaps(matrix: TransferMatrix, names: dict[str, str]) -> Figure:
     """TR and IR R@1 ASR (%) side by side; white-box cells outlined and starred."""
     with matplotlib.rc_context(_RC):
         rows, columns = matrix.tr_asr.shape
-        cell = 0.62
-        width = 2 * (columns * cell + 1.6) + 0.8
-        figure = Figure(figsize=(width, rows * cell + 1.5), layout="constrained")
-        axes = figure.subplots(1, 2)
+        if columns <= SIDE_BY_SIDE_COLUMNS:
+            figure = Figure(figsize=(FIGURE_WIDTH_IN, rows * 0.62 + 1.5), layout="constrained")
+            axes = figure.subplots(1, 2)
+        else:  # one panel per row keeps cells wide enough for their 8 pt values
+            cell = min(0.55, 3.3 / rows, 5.0 / columns)
+            height = 2 * (rows * cell + 1.3)
+            figure = Figure(figsize=(FIGURE_WIDTH_IN, height), layout="constrained")
+            axes = figure.subplots(2, 1)
         for ax, grid, title in (
             (axes[0], matrix.tr_asr, "image→text (TR)"),
             (axes[1], matrix.ir_asr, "text→image (IR)"),
@@ -86,7 +93,7 @@ def transfer_heatmaps(matrix: TransferMatrix, names: dict[str, str]) -> Figure:
             ax.set_aspect("equal")
             ax.set_xticks(np.arange(columns) + 0.5, [names[t] for t in matrix.targets])
             ax.set_yticks(np.arange(rows) + 0.5, [names[s] for s in matrix.sources])
-            if columns > 3:
+            if columns > 3 and max(len(names[t]) for t in matrix.targets) > 4:
                 ax.tick_params(axis="x", labelrotation=30)
             ax.set_xlabel("target (evaluated)")
             ax.set_ylabel("source (attacked)")
@@ -131,7 +138,7 @@ def attack_comparison(summaries: Sequence[AttackSummary]) -> Figure:
         ("white-box IR", [s.white_box_ir for s in summaries]),
     )
     with matplotlib.rc_context(_RC):
-        figure = Figure(figsize=(7.0, 3.4), layout="constrained")
+        figure = Figure(figsize=(FIGURE_WIDTH_IN, 3.4), layout="constrained")
         ax = figure.subplots()
         positions = np.arange(len(summaries))
         width = 0.8 / len(series)
@@ -167,7 +174,7 @@ def attack_comparison(summaries: Sequence[AttackSummary]) -> Figure:
 def eps_sweep(sweep: EpsSweep, names: dict[str, str]) -> Figure:
     """R@1 ASR against eps (x255) for every (source, target) pair, TR and IR panels."""
     with matplotlib.rc_context(_RC):
-        figure = Figure(figsize=(7.0, 3.2), layout="constrained")
+        figure = Figure(figsize=(FIGURE_WIDTH_IN, 3.2), layout="constrained")
         axes = figure.subplots(1, 2, sharey=True)
         colours = matplotlib.colormaps[COLOUR_MAP](np.linspace(0.0, 0.75, len(sweep.curves)))
         for ax, direction in ((axes[0], "TR"), (axes[1], "IR")):

@@ -28,6 +28,9 @@ from reportlab.platypus import Flowable, Paragraph, Table, TableStyle
 PAGE_SIZE: Final[tuple[float, float]] = A4
 MARGIN: Final[float] = 18 * mm
 FRAME_WIDTH: Final[float] = PAGE_SIZE[0] - 2 * MARGIN
+FRAME_HEIGHT: Final[float] = PAGE_SIZE[1] - 2 * MARGIN
+# room for a section heading, an introduction, a subheading and a caption on the same page
+FIGURE_MAX_HEIGHT: Final[float] = FRAME_HEIGHT - 180
 MISSING: Final[str] = "–"
 
 _FONT_FILES: Final[dict[str, str]] = {
@@ -91,7 +94,6 @@ def styles() -> Styles:
             fontSize=15,
             leading=19,
             spaceBefore=14,
-            keepWithNext=1,
         ),
         subheading=derive(
             "ReportSubheading",
@@ -99,7 +101,6 @@ def styles() -> Styles:
             fontName="DejaVuSans-Bold",
             fontSize=11,
             leading=14,
-            keepWithNext=1,
         ),
         body=derive("ReportBody", "BodyText", fontSize=9.5, leading=13, spaceAfter=4),
         note=derive(

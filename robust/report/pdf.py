@@ -27,7 +27,15 @@ from reportlab.platypus import (
 from robust import __version__
 from robust.errors import RobustError
 from robust.report.data import ReportData, load_report_data
-from robust.report.layout import MARGIN, PAGE_SIZE, register_fonts, styles, text
+from robust.report.layout import (
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    MARGIN,
+    PAGE_SIZE,
+    register_fonts,
+    styles,
+    text,
+)
 from robust.report.sections import SECTIONS, title_page
 
 
@@ -112,7 +120,17 @@ def _document(path: Path, data: ReportData) -> BaseDocTemplate:
         initialFontName="DejaVuSans",  # else every page lists an unembedded Helvetica
         initialFontSize=9,
     )
-    frame = Frame(MARGIN, MARGIN, PAGE_SIZE[0] - 2 * MARGIN, PAGE_SIZE[1] - 2 * MARGIN, id="body")
+    frame = Frame(
+        MARGIN,
+        MARGIN,
+        FRAME_WIDTH,
+        FRAME_HEIGHT,
+        leftPadding=0,
+        rightPadding=0,
+        topPadding=0,
+        bottomPadding=0,
+        id="body",
+    )
     footer = f"vlp-robust {__version__} · robustness report · {data.run_dir.name}"
 
     def draw_footer(canvas: Canvas, doc: BaseDocTemplate) -> None:

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from reportlab.platypus import Flowable, KeepTogether, Paragraph, Preformatted, Spacer
+from reportlab.platypus import Flowable, KeepTogether, Paragraph, Preformatted, Spacer, Table
 
 from robust.report import analysis, figures
 from robust.report.data import CleanScore, ReportData, finite_mean, headline_scoring
 from robust.report.layout import (
+    FIGURE_MAX_HEIGHT,
     FRAME_WIDTH,
     MISSING,
     data_table,
@@ -85,13 +86,19 @@ def title_page(data: ReportData) -> list[Flowable]:
         )
     )
     story += [Paragraph("Package versions", style.subheading)]
-    story.append(key_value_table(_merged(run.versions for run in data.runs), 110))
+    story.append(_metadata_table(_merged(run.versions for run in data.runs), "versions"))
     story += [Paragraph("Hardware", style.subheading)]
-    story.append(key_value_table(_merged(run.hardware for run in data.runs), 110))
+    story.append(_metadata_table(_merged(run.hardware for run in data.runs), "hardware"))
     story += [Paragraph("What was run", style.subheading)]
     story.append(key_value_table(_spec_summary(data), 110))
     story.append(Paragraph("The full specs are at the end of the appendix.", style.note))
     return story
+
+
+def _metadata_table(pairs: list[tuple[str, str]], what: str) -> Flowable:
+    if not pairs:
+        return Paragraph(f"The runs recorded no {what}.", styles().note)
+    return key_value_table(pairs, 110)
 
 
 def _commit(commit: str | None, dirty: bool | None) -> str:
@@ -301,7 +308,7 @@ def transfer_section(data: ReportData) -> list[Flowable]:
     """One pair of heatmaps per attack (TR and IR R@1 ASR), white-box diagonal marked."""
     style = styles()
     names = _victim_names(data)
-    story: list[Flowable] = [
+    introduction: list[Flowable] = [
         Paragraph(
             "Rows are the source models the examples were crafted on, columns the targets they "
             "were evaluated on. Cells give R@1 ASR in %; a star and a dashed outline mark "
@@ -309,16 +316,21 @@ def transfer_section(data: ReportData) -> list[Flowable]:
             style.body,
         )
     ]
+    story: list[Flowable] = []
     for matrix in analysis.transfer_matrices(data):
         info = data.attacks[matrix.attack]
         scoring = ", ".join(f"{text(t)}: {s.upper()}" for t, s in matrix.scoring.items())
         seeds = sorted({s.seed for s in data.transfer if s.attack == matrix.attack} - {None})
         averaged = f" Mean over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1 else ""
+        lead, introduction = introduction, []  # the introduction stays with the first figure
         story.append(
             KeepTogether(
                 [
+                    *lead,
                     Paragraph(text(matrix.attack), style.subheading),
-                    figures.to_drawing(figures.transfer_heatmaps(matrix, names), FRAME_WIDTH),
+                    figures.to_drawing(
+                        figures.transfer_heatmaps(matrix, names), FRAME_WIDTH, FIGURE_MAX_HEIGHT
+                    ),
                     Paragraph(
                         f"{text(info.name)}: {text(describe_params(info.params)) or 'defaults'}"
                         f"{'; masked LM ' + text(info.mlm) if info.mlm else ''}. Scoring: "
@@ -347,7 +359,9 @@ def attack_comparison(data: ReportData) -> list[Flowable]:
     ]
     header = ("attack", "transfer TR", "transfer IR", "white-box TR", "white-box IR")
     return [
-        figures.to_drawing(figures.attack_comparison(summaries), FRAME_WIDTH * 0.92),
+        figures.to_drawing(
+            figures.attack_comparison(summaries), FRAME_WIDTH * 0.92, FIGURE_MAX_HEIGHT
+        ),
         Paragraph(
             "Mean R@1 ASR (%) over the cells of each kind; n/a where the run has no cell of "
             "that kind.",
@@ -374,7 +388,9 @@ def eps_sweep_section(data: ReportData) -> list[Flowable]:
             KeepTogether(
                 [
                     Paragraph(f"{text(sweep.name)}: {', '.join(sweep.attacks)}", style.subheading),
-                    figures.to_drawing(figures.eps_sweep(sweep, names), FRAME_WIDTH * 0.92),
+                    figures.to_drawing(
+                        figures.eps_sweep(sweep, names), FRAME_WIDTH * 0.92, FIGURE_MAX_HEIGHT
+                    ),
                     Paragraph(
                         f"R@1 ASR (%) per source → target pair as eps grows; other settings "
                         f"fixed. {_legend(names)}",
@@ -426,35 +442,33 @@ def defenses_section(data: ReportData) -> list[Flowable]:
 def appendix(data: ReportData) -> list[Flowable]:
     """Every stored number and configuration: full tables, attack configs and run specs."""
     style = styles()
-    letters = iter("ABCDEFGH")
-    story: list[Flowable] = []
+    parts: list[tuple[str, list[Flowable]]] = []
     if data.transfer:
-        story.append(Paragraph(f"{next(letters)}. Every transfer cell", style.subheading))
-        story.append(_transfer_table(data))
-        story.append(
-            Paragraph(
-                "R@K on adversarial data, ASR at R@1 (SGA convention) and drop at R@1 "
-                "(Co-Attack convention: clean R@1 minus adversarial R@1), all in %. A star marks "
-                "white-box cells; a seed is named where the run used several.",
-                style.caption,
-            )
+        caption = Paragraph(
+            "R@K on adversarial data, ASR at R@1 (SGA convention) and drop at R@1 "
+            "(Co-Attack convention: clean R@1 minus adversarial R@1), all in %. A star marks "
+            "white-box cells; a seed is named where the run used several.",
+            style.caption,
         )
+        parts.append(("Every transfer cell", [_transfer_table(data), caption]))
     if data.cached:
-        story.append(
-            Paragraph(
-                f"{next(letters)}. Attack configurations, as the cache recorded them",
-                style.subheading,
-            )
-        )
-        story.extend(_cached_configs(data))
-    story.append(Paragraph(f"{next(letters)}. Run specs", style.subheading))
+        parts.append(("Attack configurations, as the cache recorded them", _cached_configs(data)))
+    specs: list[Flowable] = []
     for run in data.runs:
-        story.append(Paragraph(text(run.key), style.body))
-        story.append(
+        specs.append(Paragraph(text(run.key), style.body))
+        specs.append(
             Preformatted(
                 json.dumps(run.spec, indent=1, sort_keys=True), style.code, maxLineLength=110
             )
         )
+    parts.append(("Run specs", specs))
+    story: list[Flowable] = []
+    for letter, (title, flowables) in zip("ABCDEFGH", parts, strict=False):
+        heading = Paragraph(f"{letter}. {text(title)}", style.subheading)
+        if isinstance(flowables[0], Table):  # a table splits, so it starts under its heading
+            story += [heading, *flowables]
+        else:
+            story += [KeepTogether([heading, flowables[0]]), *flowables[1:]]
     return story
 
 
