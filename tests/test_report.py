@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 from pypdf import PdfReader
+from reportlab.platypus import Flowable
 from typer.testing import CliRunner
 
 from robust.cli import app
 from robust.harness.store import MetricRow, ResultStore
-from robust.report import ReportDataError, analysis, build_report, load_report_data
+from robust.report import (
+    ReportDataError,
+    ReportError,
+    analysis,
+    build_report,
+    load_report_data,
+)
 
 PROVENANCE = {
     "versions": {"python": "3.11.7", "torch": "2.14.1"},
@@ -192,6 +200,12 @@ def test_fonts_are_embedded_and_figures_are_vector(demo_like_run, tmp_path):
         assert "/FontFile2" in descriptor, font
 
 
+def test_same_data_gives_the_same_bytes(demo_like_run, tmp_path):
+    first = build_report(demo_like_run, tmp_path / "first.pdf").path.read_bytes()
+    second = build_report(demo_like_run, tmp_path / "second.pdf").path.read_bytes()
+    assert first == second
+
+
 def test_matrix_marks_white_box_and_averages_seeds(tmp_path):
     write_matrix_store(tmp_path / "run", seeds=(0, 1), seed_offsets=(0.0, -0.05))
     data = load_report_data(tmp_path / "run")
@@ -271,6 +285,35 @@ def test_runs_without_provenance_still_build(tmp_path):
         )
     text = pdf_text(build_report(tmp_path / "bare", tmp_path / "bare.pdf").path)
     assert "The runs recorded no versions." in text and "unknown" in text
+
+
+def test_a_failed_build_keeps_the_previous_report(demo_like_run, tmp_path, monkeypatch):
+    output = tmp_path / "report.pdf"
+    output.write_bytes(b"previous report")
+
+    class Exploding(Flowable):
+        def wrap(self, available_width, available_height):
+            raise RuntimeError("layout failed")
+
+    def broken(data):
+        return [Exploding()]
+
+    from robust.report import sections
+
+    broken_sections = tuple(
+        replace(section, build=broken) if section.title == "Appendix" else section
+        for section in sections.SECTIONS
+    )
+    monkeypatch.setattr("robust.report.pdf.SECTIONS", broken_sections)
+    with pytest.raises(RuntimeError, match="layout failed"):
+        build_report(demo_like_run, output)
+    assert output.read_bytes() == b"previous report"
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_output_that_is_a_directory_is_refused(demo_like_run, tmp_path):
+    with pytest.raises(ReportError, match="is a directory"):
+        build_report(demo_like_run, tmp_path)
 
 
 def test_bad_run_directories_are_one_clear_error(tmp_path):

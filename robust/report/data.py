@@ -249,7 +249,8 @@ def _white_box_pairs(spec: dict[str, Any]) -> set[tuple[str, str]]:
     pairs = set()
     for source in spec.get("sources", []):
         for target in spec.get("targets", []):
-            if source["name"] == target["name"] or source.get("spec") == target.get("spec"):
+            same_spec = source.get("spec") is not None and source.get("spec") == target.get("spec")
+            if source["name"] == target["name"] or same_spec:
                 pairs.add((source["name"], target["name"]))
     return pairs
 

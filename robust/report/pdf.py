@@ -61,6 +61,8 @@ def build_report(run_dir: Path | str, output_pdf: Path | str) -> ReportSummary:
 
 def write_report(data: ReportData, output_pdf: Path) -> ReportSummary:
     """Lay out `data` as a PDF at `output_pdf`."""
+    if output_pdf.is_dir():
+        raise ReportError(f"{output_pdf} is a directory; pass a file name such as report.pdf")
     story, included, omitted = _story(data)
     try:
         output_pdf.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +77,18 @@ def write_report(data: ReportData, output_pdf: Path) -> ReportSummary:
     try:
         document = _document(Path(temporary), data)
         document.build(story)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a report is not
         os.replace(temporary, output_pdf)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return ReportSummary(output_pdf, document.page, tuple(included), tuple(omitted))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _story(data: ReportData) -> tuple[list[Flowable], list[str], list[tuple[str, str]]]:
@@ -119,6 +128,7 @@ def _document(path: Path, data: ReportData) -> BaseDocTemplate:
         creator=f"vlp-robust {__version__}",
         initialFontName="DejaVuSans",  # else every page lists an unembedded Helvetica
         initialFontSize=9,
+        invariant=True,  # no timestamps or random ids: the same data gives the same bytes
     )
     frame = Frame(
         MARGIN,
