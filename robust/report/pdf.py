@@ -36,7 +36,7 @@ from robust.report.layout import (
     styles,
     text,
 )
-from robust.report.sections import SECTIONS, title_page
+from robust.report.sections import SECTIONS, NotCovered, title_page
 
 
 class ReportError(RobustError):
@@ -98,7 +98,7 @@ def _story(data: ReportData) -> tuple[list[Flowable], list[str], list[tuple[str,
     omitted: list[tuple[str, str]] = []
     number = 0
     for section in SECTIONS:
-        if not section.available(data):
+        if isinstance(section, NotCovered) or not section.available(data):
             omitted.append((section.title, section.missing))
             story.append(Paragraph(text(section.missing), style.note))
             continue

@@ -1,9 +1,9 @@
 """The report's sections as a registry: each declares the data it needs and builds flowables.
 
 A section whose data the run lacks is left out, and the document says so in one line where
-it would have been. Sections for results that no released command stores yet (universal
-patch, AnyAttack, bias) are registered with their note only, so the document always tells
-the reader what it does not cover.
+it would have been. Results that no command stores yet (universal patch, AnyAttack, bias)
+are registered as `NotCovered` notes, so the document always tells the reader what it does
+not cover.
 """
 
 from __future__ import annotations
@@ -44,12 +44,15 @@ class Section:
     missing: str
 
 
-def _never(data: ReportData) -> bool:
-    return False
+@dataclass(frozen=True)
+class NotCovered:
+    """Results no command of this version stores yet: the document always notes their absence.
 
+    When a later feature stores them, its entry becomes a `Section` with a builder.
+    """
 
-def _nothing(data: ReportData) -> list[Flowable]:
-    return []
+    title: str
+    missing: str
 
 
 # -- title page ------------------------------------------------------------------------------
@@ -542,7 +545,7 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-SECTIONS: Final[tuple[Section, ...]] = (
+SECTIONS: Final[tuple[Section | NotCovered, ...]] = (
     Section(
         "Executive summary",
         _has_results,
@@ -573,14 +576,14 @@ SECTIONS: Final[tuple[Section, ...]] = (
         eps_sweep_section,
         "No eps sweep in this run: no attack was run at several eps values.",
     ),
-    Section("Universal patch", _never, _nothing, "No universal-patch results in this run."),
-    Section("AnyAttack", _never, _nothing, "No AnyAttack results in this run."),
+    NotCovered("Universal patch", "No universal-patch results in this run."),
+    NotCovered("AnyAttack", "No AnyAttack results in this run."),
     Section(
         "Defenses",
         lambda data: bool(data.defended),
         defenses_section,
         "No defense results in this run.",
     ),
-    Section("Bias", _never, _nothing, "No bias measurements in this run."),
+    NotCovered("Bias", "No bias measurements in this run."),
     Section("Appendix", lambda data: True, appendix, ""),
 )
