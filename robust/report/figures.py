@@ -25,7 +25,7 @@ from robust.report.analysis import AttackSummary, EpsSweep, TransferMatrix
 
 COLOUR_MAP: Final[str] = "cividis"
 FIGURE_WIDTH_IN: Final[float] = 6.8  # about the PDF frame, so figures are drawn near 1:1
-SIDE_BY_SIDE_COLUMNS: Final[int] = 3
+SIDE_BY_SIDE_COLUMNS: Final[int] = 2
 MAX_TICK_LABEL: Final[int] = 14
 _RC: Final[dict[str, object]] = {
     "svg.fonttype": "path",
@@ -93,8 +93,10 @@ def transfer_heatmaps(matrix: TransferMatrix, names: dict[str, str]) -> Figure:
             ax.set_aspect("equal")
             ax.set_xticks(np.arange(columns) + 0.5, [names[t] for t in matrix.targets])
             ax.set_yticks(np.arange(rows) + 0.5, [names[s] for s in matrix.sources])
-            if columns > 3 and max(len(names[t]) for t in matrix.targets) > 4:
+            if columns > 2 and max(len(names[t]) for t in matrix.targets) > 4:
                 ax.tick_params(axis="x", labelrotation=30)
+                for label in ax.get_xticklabels():
+                    label.set_horizontalalignment("right")
             ax.set_xlabel("target (evaluated)")
             ax.set_ylabel("source (attacked)")
             ax.set_title(title)
@@ -161,6 +163,8 @@ def attack_comparison(summaries: Sequence[AttackSummary]) -> Figure:
                 padding=1,
             )
         ax.set_xticks(positions, [s.attack for s in summaries])
+        padding = max(0.0, (3 - len(summaries)) / 2)  # a lone attack keeps slim, centred bars
+        ax.set_xlim(-0.6 - padding, len(summaries) - 0.4 + padding)
         ax.tick_params(axis="x", labelrotation=20 if len(summaries) > 6 else 0)
         ax.set_ylim(0, 105)
         ax.set_ylabel("mean R@1 ASR %")

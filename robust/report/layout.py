@@ -23,7 +23,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
-from reportlab.platypus import Flowable, Paragraph, Table, TableStyle
+from reportlab.platypus import Flowable, KeepTogether, Paragraph, Table, TableStyle
 
 PAGE_SIZE: Final[tuple[float, float]] = A4
 MARGIN: Final[float] = 18 * mm
@@ -196,3 +196,33 @@ def key_value_table(pairs: Sequence[tuple[str, str]], key_width: float) -> Table
 def paragraphs(lines: Sequence[str], style: ParagraphStyle) -> list[Flowable]:
     """One paragraph per line of (already escaped) markup."""
     return [Paragraph(line, style) for line in lines]
+
+
+@dataclass(frozen=True)
+class Together:
+    """Flowables that must share a page: a heading with its figure and caption.
+
+    Kept as a plain group until the story is assembled, because reportlab cannot nest
+    KeepTogether (the inner one reports an infinite height and forces a page break).
+    """
+
+    flowables: tuple[Flowable, ...]
+
+
+Block = Flowable | Together
+
+
+def with_heading(heading: Flowable, blocks: list[Block]) -> list[Block]:
+    """Put `heading` on the page of the first block, so it never ends a page alone; a table
+    splits across pages, so it simply follows its heading."""
+    first, *rest = blocks
+    if isinstance(first, Together):
+        return [Together((heading, *first.flowables)), *rest]
+    if isinstance(first, Table):
+        return [heading, first, *rest]
+    return [Together((heading, first)), *rest]
+
+
+def flow(blocks: list[Block]) -> list[Flowable]:
+    """The blocks as reportlab flowables, each group one KeepTogether."""
+    return [KeepTogether(list(b.flowables)) if isinstance(b, Together) else b for b in blocks]

@@ -18,7 +18,6 @@ from reportlab.platypus import (
     BaseDocTemplate,
     Flowable,
     Frame,
-    KeepTogether,
     PageBreak,
     PageTemplate,
     Paragraph,
@@ -32,9 +31,11 @@ from robust.report.layout import (
     FRAME_WIDTH,
     MARGIN,
     PAGE_SIZE,
+    flow,
     register_fonts,
     styles,
     text,
+    with_heading,
 )
 from robust.report.sections import SECTIONS, NotCovered, title_page
 
@@ -107,9 +108,7 @@ def _story(data: ReportData) -> tuple[list[Flowable], list[str], list[tuple[str,
         if section.title == "Appendix":
             story.append(PageBreak())
         heading = Paragraph(f"{number}. {text(section.title)}", style.heading)
-        first, *rest = section.build(data)
-        story.append(KeepTogether([heading, first]))  # never a heading alone at a page foot
-        story.extend(rest)
+        story.extend(flow(with_heading(heading, section.build(data))))
     return story, included, omitted
 
 

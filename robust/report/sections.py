@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from reportlab.platypus import Flowable, KeepTogether, Paragraph, Preformatted, Spacer, Table
+from reportlab.platypus import Flowable, Paragraph, Preformatted, Spacer
 
 from robust.report import analysis, figures
 from robust.report.data import CleanScore, ReportData, finite_mean, headline_scoring
@@ -22,15 +22,18 @@ from robust.report.layout import (
     FIGURE_MAX_HEIGHT,
     FRAME_WIDTH,
     MISSING,
+    Block,
+    Together,
     data_table,
     key_value_table,
     paragraphs,
     percent,
     styles,
     text,
+    with_heading,
 )
 
-Builder = Callable[[ReportData], list[Flowable]]
+Builder = Callable[[ReportData], list[Block]]
 _RECALL_COLUMNS: Final[tuple[str, ...]] = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
 
 
@@ -151,7 +154,7 @@ def _has_results(data: ReportData) -> bool:
     return bool(data.clean or data.transfer)
 
 
-def executive_summary(data: ReportData) -> list[Flowable]:
+def executive_summary(data: ReportData) -> list[Block]:
     """The headline findings in a few sentences, each with its number."""
     style = styles()
     lines: list[str] = []
@@ -241,7 +244,7 @@ def _scope(data: ReportData) -> str:
 # -- clean performance -----------------------------------------------------------------------
 
 
-def clean_performance(data: ReportData) -> list[Flowable]:
+def clean_performance(data: ReportData) -> list[Block]:
     """Clean R@K per victim, data and preprocessing; identical matrix baselines merged."""
     style = styles()
     merged: dict[tuple[Any, ...], list[str]] = {}
@@ -307,7 +310,7 @@ def describe_params(params: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def transfer_section(data: ReportData) -> list[Flowable]:
+def transfer_section(data: ReportData) -> list[Block]:
     """One pair of heatmaps per attack (TR and IR R@1 ASR), white-box diagonal marked."""
     style = styles()
     names = _victim_names(data)
@@ -315,11 +318,12 @@ def transfer_section(data: ReportData) -> list[Flowable]:
         Paragraph(
             "Rows are the source models the examples were crafted on, columns the targets they "
             "were evaluated on. Cells give R@1 ASR in %; a star and a dashed outline mark "
-            "white-box cells (source and target are the same model).",
+            "white-box cells (source and target are the same model); a dash marks a cell "
+            "without a result (not run, or no query right on clean data).",
             style.body,
         )
     ]
-    story: list[Flowable] = []
+    story: list[Block] = []
     for matrix in analysis.transfer_matrices(data):
         info = data.attacks[matrix.attack]
         scoring = ", ".join(f"{text(t)}: {s.upper()}" for t, s in matrix.scoring.items())
@@ -327,8 +331,8 @@ def transfer_section(data: ReportData) -> list[Flowable]:
         averaged = f" Mean over seeds {', '.join(map(str, seeds))}." if len(seeds) > 1 else ""
         lead, introduction = introduction, []  # the introduction stays with the first figure
         story.append(
-            KeepTogether(
-                [
+            Together(
+                (
                     *lead,
                     Paragraph(text(matrix.attack), style.subheading),
                     figures.to_drawing(
@@ -340,13 +344,13 @@ def transfer_section(data: ReportData) -> list[Flowable]:
                         f"{scoring}.{averaged} {_legend(names)}",
                         style.caption,
                     ),
-                ]
+                )
             )
         )
     return story
 
 
-def attack_comparison(data: ReportData) -> list[Flowable]:
+def attack_comparison(data: ReportData) -> list[Block]:
     """Mean transfer and white-box ASR per attack, as bars and as a table."""
     style = styles()
     summaries = analysis.attack_summaries(data)
@@ -381,15 +385,15 @@ def _has_sweep(data: ReportData) -> bool:
     return bool(analysis.eps_sweeps(data))
 
 
-def eps_sweep_section(data: ReportData) -> list[Flowable]:
+def eps_sweep_section(data: ReportData) -> list[Block]:
     """ASR against budget for attacks run at several eps values."""
     style = styles()
     names = _victim_names(data)
-    story: list[Flowable] = []
+    story: list[Block] = []
     for sweep in analysis.eps_sweeps(data):
         story.append(
-            KeepTogether(
-                [
+            Together(
+                (
                     Paragraph(f"{text(sweep.name)}: {', '.join(sweep.attacks)}", style.subheading),
                     figures.to_drawing(
                         figures.eps_sweep(sweep, names), FRAME_WIDTH * 0.92, FIGURE_MAX_HEIGHT
@@ -399,7 +403,7 @@ def eps_sweep_section(data: ReportData) -> list[Flowable]:
                         f"fixed. {_legend(names)}",
                         style.caption,
                     ),
-                ]
+                )
             )
         )
     return story
@@ -408,7 +412,7 @@ def eps_sweep_section(data: ReportData) -> list[Flowable]:
 # -- defenses --------------------------------------------------------------------------------
 
 
-def defenses_section(data: ReportData) -> list[Flowable]:
+def defenses_section(data: ReportData) -> list[Block]:
     """Retrieval of defended victims, clean and under attack."""
     style = styles()
     rows = [
@@ -442,7 +446,7 @@ def defenses_section(data: ReportData) -> list[Flowable]:
 # -- appendix --------------------------------------------------------------------------------
 
 
-def appendix(data: ReportData) -> list[Flowable]:
+def appendix(data: ReportData) -> list[Block]:
     """Every stored number and configuration: full tables, attack configs and run specs."""
     style = styles()
     parts: list[tuple[str, list[Flowable]]] = []
@@ -465,13 +469,10 @@ def appendix(data: ReportData) -> list[Flowable]:
             )
         )
     parts.append(("Run specs", specs))
-    story: list[Flowable] = []
+    story: list[Block] = []
     for letter, (title, flowables) in zip("ABCDEFGH", parts, strict=False):
         heading = Paragraph(f"{letter}. {text(title)}", style.subheading)
-        if isinstance(flowables[0], Table):  # a table splits, so it starts under its heading
-            story += [heading, *flowables]
-        else:
-            story += [KeepTogether([heading, flowables[0]]), *flowables[1:]]
+        story += with_heading(heading, list(flowables))
     return story
 
 
