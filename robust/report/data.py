@@ -1,0 +1,322 @@
+"""What a report shows, read from a run directory's stores and caches into plain dataclasses.
+
+Every `results.sqlite` under the run directory is read (a demo keeps its clean evaluation and
+its matrix in separate stores), and every complete adversarial-cache entry's manifest. No
+model is ever loaded: a report can be built anywhere the run directory is readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from robust.errors import RobustError
+from robust.harness.cache import AdversarialCache, CacheError
+from robust.harness.evaluate import RERANK
+from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
+
+CACHE_DIRNAME: Final[str] = "cache"
+_SEED_SUFFIX: Final[str] = "@seed="
+
+
+class ReportDataError(RobustError):
+    """A run directory that holds nothing a report can be built from."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as its store recorded it when it started: spec, seeds and provenance."""
+
+    store: str
+    run_id: int
+    created_at: str
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    seeds: dict[str, Any]
+    versions: dict[str, Any]
+    git_commit: str | None
+    git_dirty: bool | None
+    hardware: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """How the report names this run: its store (relative to the run dir) and id."""
+        return f"{self.store}#{self.run_id}"
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """An attack as the spec configured it; `label` is unique within the report."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+    mlm: str | None
+    run: str
+
+    @property
+    def eps(self) -> float | None:
+        """The L-inf image budget in [0, 1] units, for attacks that perturb images."""
+        value = self.params.get("eps")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class CleanScore:
+    """Clean retrieval of one victim; `preprocessed_as` names the matrix source whose
+    resolution the images were brought to (None for a stand-alone evaluation)."""
+
+    victim: str
+    dataset: str
+    split: str
+    scoring: str
+    preprocessed_as: str | None
+    metrics: dict[str, float]
+    run: str
+
+
+@dataclass(frozen=True)
+class TransferScore:
+    """Retrieval of `target` on adversarial examples crafted by `attack` on `source`."""
+
+    attack: str
+    seed: int | None
+    source: str
+    target: str
+    dataset: str
+    split: str
+    scoring: str
+    white_box: bool
+    metrics: dict[str, float]
+    run: str
+
+
+@dataclass(frozen=True)
+class DefendedScore:
+    """Retrieval of a victim behind a defense, clean (`attack` None) or under attack."""
+
+    defense: str
+    victim: str
+    attack: str | None
+    source: str | None
+    scoring: str
+    metrics: dict[str, float]
+    run: str
+
+
+@dataclass(frozen=True)
+class CachedAttack:
+    """A complete adversarial-cache entry: the attack's full config() as it crafted."""
+
+    attack: str
+    source: str
+    seed: int
+    num_images: int
+    image_size: int
+    config: dict[str, Any]
+    path: str
+
+
+@dataclass
+class ReportData:
+    """Everything the report draws from, merged over all stores of one run directory."""
+
+    run_dir: Path
+    runs: list[RunRecord] = field(default_factory=list)
+    attacks: dict[str, AttackInfo] = field(default_factory=dict)
+    clean: list[CleanScore] = field(default_factory=list)
+    transfer: list[TransferScore] = field(default_factory=list)
+    defended: list[DefendedScore] = field(default_factory=list)
+    cached: list[CachedAttack] = field(default_factory=list)
+
+    def attack_labels(self) -> list[str]:
+        """Attacks with transfer results, in spec order."""
+        present = {score.attack for score in self.transfer}
+        return [label for label in self.attacks if label in present]
+
+
+def find_stores(run_dir: Path) -> list[Path]:
+    """Every results store under `run_dir`, shallowest first, so the top-level one leads."""
+    found = [path for path in run_dir.rglob(STORE_FILENAME) if path.is_file()]
+    return sorted(found, key=lambda path: (len(path.relative_to(run_dir).parts), str(path)))
+
+
+def load_report_data(run_dir: Path | str) -> ReportData:
+    """Read every store and cache under `run_dir`; a clear error if there is nothing to show."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportDataError(
+            f"{run_dir} is not a directory; pass the run directory written by "
+            "`robust matrix`, `robust eval` or `robust demo`"
+        )
+    stores = find_stores(run_dir)
+    if not stores:
+        raise ReportDataError(
+            f"no {STORE_FILENAME} under {run_dir}; pass the run directory written by "
+            "`robust matrix`, `robust eval` or `robust demo`"
+        )
+    data = ReportData(run_dir=run_dir)
+    for path in stores:
+        with ResultStore(path) as store:
+            _read_store(data, store, path.relative_to(run_dir).as_posix())
+        cache_root = path.parent / CACHE_DIRNAME
+        if cache_root.is_dir():
+            data.cached.extend(_read_cache(cache_root, run_dir))
+    if not data.runs:
+        raise ReportDataError(
+            f"the results stores under {run_dir} hold no runs; finish a run "
+            "(`robust matrix SPEC` resumes an interrupted one) before building a report"
+        )
+    return data
+
+
+def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
+    for run_id in store.run_ids():
+        run = _run_record(store.run_info(run_id), relative)
+        data.runs.append(run)
+        labels = _register_attacks(data, run)
+        white_box = _white_box_pairs(run.spec.get("spec", {}))
+        grouped = _group_rows(store.metrics(run_id))
+        for key, metrics in grouped.items():
+            victim, dataset, split, attack, source, target, defense, scoring = key
+            if defense is not None:
+                data.defended.append(
+                    DefendedScore(defense, victim, attack, source, scoring, metrics, run.key)
+                )
+            elif attack is None:
+                data.clean.append(
+                    CleanScore(victim, dataset, split, scoring, source, metrics, run.key)
+                )
+            elif source is not None:
+                label, seed = _split_seed(attack)
+                data.transfer.append(
+                    TransferScore(
+                        attack=labels.get(label, label),
+                        seed=seed,
+                        source=source,
+                        target=target or victim,
+                        dataset=dataset,
+                        split=split,
+                        scoring=scoring,
+                        white_box=(source, target or victim) in white_box,
+                        metrics=metrics,
+                        run=run.key,
+                    )
+                )
+
+
+def _run_record(info: dict[str, Any], store: str) -> RunRecord:
+    spec = info["spec"]
+    return RunRecord(
+        store=store,
+        run_id=info["run_id"],
+        created_at=info["created_at"],
+        kind=str(spec.get("command", "run")),
+        name=str(spec.get("name") or spec.get("command") or "run"),
+        spec=spec,
+        seeds=info["seeds"],
+        versions=info["versions"],
+        git_commit=info["git_commit"],
+        git_dirty=info["git_dirty"],
+        hardware=info["hardware"],
+    )
+
+
+def _register_attacks(data: ReportData, run: RunRecord) -> dict[str, str]:
+    """Add this run's attacks; a label another run already uses gets the run name appended."""
+    renamed: dict[str, str] = {}
+    for attack in run.spec.get("spec", {}).get("attacks", []):
+        label = str(attack.get("label") or attack["name"])
+        shown = label if label not in data.attacks else f"{label} ({run.name}, {run.key})"
+        renamed[label] = shown
+        data.attacks[shown] = AttackInfo(
+            label=shown,
+            name=str(attack["name"]),
+            params=dict(attack.get("params", {})),
+            mlm=attack.get("mlm"),
+            run=run.key,
+        )
+    return renamed
+
+
+def _white_box_pairs(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    """(source, target) pairs that are the same model: same name or same loading spec."""
+    pairs = set()
+    for source in spec.get("sources", []):
+        for target in spec.get("targets", []):
+            same_spec = source.get("spec") is not None and source.get("spec") == target.get("spec")
+            if source["name"] == target["name"] or same_spec:
+                pairs.add((source["name"], target["name"]))
+    return pairs
+
+
+_RowKey = tuple[str, str, str, str | None, str | None, str | None, str | None, str]
+
+
+def _group_rows(rows: Iterable[MetricRow]) -> dict[_RowKey, dict[str, float]]:
+    grouped: dict[_RowKey, dict[str, float]] = {}
+    for row in rows:
+        key = (
+            row.victim,
+            row.dataset,
+            row.split,
+            row.attack,
+            row.source,
+            row.target,
+            row.defense,
+            row.scoring,
+        )
+        grouped.setdefault(key, {})[row.metric] = row.value
+    return grouped
+
+
+def _split_seed(attack: str) -> tuple[str, int | None]:
+    """The matrix stores `label@seed=N` when a spec has several seeds."""
+    label, marker, seed = attack.rpartition(_SEED_SUFFIX)
+    if marker and seed.isdigit():
+        return label, int(seed)
+    return attack, None
+
+
+def _read_cache(root: Path, run_dir: Path) -> list[CachedAttack]:
+    cached = []
+    try:
+        entries = AdversarialCache(root).complete_entries()
+    except (CacheError, OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ReportDataError(
+            f"{root}: adversarial cache is unreadable ({exc}); rerun the matrix to rewrite it"
+        ) from exc
+    for entry in entries:
+        manifest = entry.manifest()
+        cached.append(
+            CachedAttack(
+                attack=entry.attack_label,
+                source=entry.source,
+                seed=entry.seed,
+                num_images=int(manifest.get("num_images", 0)),
+                image_size=int(manifest.get("image_size", 0)),
+                config=manifest.get("plan", {}).get("config", {}),
+                path=entry.path.relative_to(run_dir).as_posix(),
+            )
+        )
+    return cached
+
+
+def headline_scoring(scores: Iterable[TransferScore | CleanScore], victim: str) -> str:
+    """The scoring a victim's headline numbers use: re-ranked where stored, else ITC."""
+    for score in scores:
+        name = score.target if isinstance(score, TransferScore) else score.victim
+        if name == victim and score.scoring == RERANK:
+            return RERANK
+    return "itc"
+
+
+def finite_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values; NaN when there are none (e.g. no clean-correct query)."""
+    kept = [value for value in values if not math.isnan(value)]
+    return sum(kept) / len(kept) if kept else math.nan

@@ -1,0 +1,346 @@
+"""The report PDF: built from hand-written stores (no models), sections follow the data, and the
+numbers printed are the stored ones."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+
+import pytest
+from pypdf import PdfReader
+from reportlab.platypus import Flowable
+from typer.testing import CliRunner
+
+from robust.cli import app
+from robust.harness.store import MetricRow, ResultStore
+from robust.report import (
+    ReportDataError,
+    ReportError,
+    analysis,
+    build_report,
+    load_report_data,
+)
+
+PROVENANCE = {
+    "versions": {"python": "3.11.7", "torch": "2.14.1"},
+    "git_commit": "0123456789abcdef0123",
+    "git_dirty": False,
+    "hardware": {"cpu_count": 2, "machine": "x86_64"},
+}
+LONG_VICTIM = "open_clip:ViT-B-16-quickgelu@openai"
+CLEAN = {"toy-clip-vit": 0.8734, "toy-clip-rn": 0.912}
+EPS = {"pgd": 2 / 255, "pgd-eps4": 4 / 255}
+# (attack, source, target) -> (tr_asr_r1, ir_asr_r1)
+ASR = {
+    ("pgd", "toy-clip-vit", "toy-clip-vit"): (0.9, 0.8),
+    ("pgd", "toy-clip-vit", "toy-clip-rn"): (0.425, 0.3),
+    ("pgd", "toy-clip-rn", "toy-clip-vit"): (0.2, 0.1),
+    ("pgd", "toy-clip-rn", "toy-clip-rn"): (0.95, 0.85),
+    ("pgd-eps4", "toy-clip-vit", "toy-clip-vit"): (1.0, 0.9),
+    ("pgd-eps4", "toy-clip-vit", "toy-clip-rn"): (0.6, 0.5),
+    ("pgd-eps4", "toy-clip-rn", "toy-clip-vit"): (0.35, 0.25),
+    ("pgd-eps4", "toy-clip-rn", "toy-clip-rn"): (1.0, 1.0),
+}
+VICTIMS = ("toy-clip-vit", "toy-clip-rn")
+
+
+def _recalls(r1: float) -> dict[str, float]:
+    r5, r10 = min(1.0, r1 + 0.05), 1.0
+    return {
+        "tr_r1": r1,
+        "tr_r5": r5,
+        "tr_r10": r10,
+        "ir_r1": r1 - 0.1,
+        "ir_r5": r5,
+        "ir_r10": r10,
+        "r_mean": (2 * (r1 + r5 + r10) - 0.1) / 6,
+    }
+
+
+def _matrix_spec(seeds: list[int]) -> dict:
+    refs = [{"name": name, "spec": name} for name in VICTIMS]
+    attacks = [
+        {"name": "pgd", "label": label, "mlm": None, "params": {"eps": eps, "steps": 10}}
+        for label, eps in EPS.items()
+    ]
+    spec = {"attacks": attacks, "dataset": "world:test-1k", "limit": 20, "seeds": seeds}
+    spec |= {"sources": refs, "targets": refs}
+    return {"command": "matrix", "name": "tiny-matrix", "fingerprint": "f" * 16, "spec": spec}
+
+
+def write_clean_store(run_dir, victims=VICTIMS) -> None:
+    with ResultStore.in_run_dir(run_dir) as store:
+        run_id = store.start_run(
+            {"command": "eval", "victims": list(victims)}, {"world": 0}, PROVENANCE
+        )
+        rows = [
+            MetricRow(victim=name, dataset="world", split="test-1k", metric=metric, value=value)
+            for name in victims
+            for metric, value in _recalls(CLEAN.get(name, 0.5)).items()
+        ]
+        store.write_metrics(run_id, rows)
+
+
+def write_matrix_store(run_dir, seeds=(0,), seed_offsets=(0.0,)) -> None:
+    with ResultStore.in_run_dir(run_dir) as store:
+        run_id = store.start_run(
+            _matrix_spec(list(seeds)), {"attack_seeds": list(seeds)}, PROVENANCE
+        )
+        keys = {"dataset": "world", "split": "test-1k[:20]"}
+        rows = []
+        for target in VICTIMS:
+            for source in VICTIMS:
+                rows += [
+                    MetricRow(
+                        victim=target, metric=m, value=v, source=source, target=target, **keys
+                    )
+                    for m, v in _recalls(CLEAN[target]).items()
+                ]
+        for (attack, source, target), (tr, ir) in ASR.items():
+            for seed, offset in zip(seeds, seed_offsets, strict=True):
+                column = attack if len(seeds) == 1 else f"{attack}@seed={seed}"
+                values = {
+                    **_recalls(0.3),
+                    "tr_asr_r1": tr + offset,
+                    "ir_asr_r1": ir + offset,
+                    "tr_drop_r1": tr / 2,
+                    "ir_drop_r1": ir / 2,
+                }
+                rows += [
+                    MetricRow(
+                        victim=target,
+                        metric=m,
+                        value=v,
+                        attack=column,
+                        source=source,
+                        target=target,
+                        **keys,
+                    )
+                    for m, v in values.items()
+                ]
+        store.write_metrics(run_id, rows)
+
+
+@pytest.fixture
+def demo_like_run(tmp_path):
+    """The demo's layout: clean store at the top, the matrix in matrix/."""
+    run_dir = tmp_path / "run"
+    write_clean_store(run_dir)
+    write_matrix_store(run_dir / "matrix")
+    return run_dir
+
+
+def pdf_text(path) -> str:
+    """The document's text with every run of whitespace made one space (table cells are lines)."""
+    return " ".join(" ".join(page.extract_text() for page in PdfReader(path).pages).split())
+
+
+def test_report_sections_follow_the_data_and_print_the_stored_numbers(demo_like_run, tmp_path):
+    summary = build_report(demo_like_run, tmp_path / "out" / "report.pdf")
+
+    assert summary.sections == (
+        "Executive summary",
+        "Clean performance",
+        "Transfer matrices",
+        "Attack comparison",
+        "Budget sweep",
+        "Appendix",
+    )
+    assert [title for title, _ in summary.omitted] == [
+        "Universal patch",
+        "AnyAttack",
+        "Defenses",
+        "Bias",
+    ]
+    text = pdf_text(summary.path)
+    assert len(PdfReader(summary.path).pages) == summary.pages
+    for _, note in summary.omitted:
+        assert note in text
+    assert "No universal-patch results in this run." in text
+    # clean R@1 as the clean table prints it, and one ASR cell of the full transfer table
+    assert "87.3" in text and "91.2" in text
+    row = re.search(r"pgd toy-clip-vit toy-clip-rn \(itc\)(?: [\d.]+){10}", text)
+    assert row is not None, text
+    assert row.group(0).split()[-4:] == ["42.5", "30.0", "21.2", "15.0"]
+    # executive summary: toy-clip-rn is fooled most by transfers: mean of (42.5, 30, 60, 50) %
+    assert "Most vulnerable victim: toy-clip-rn" in text
+    assert "45.6 %" in text
+    assert "Most transferable attack: pgd-eps4" in text
+    # metadata on the title page
+    assert "0123456789ab" in text and "2.14.1" in text and "tiny-matrix" in text
+
+
+def test_clean_only_run_notes_every_missing_section(tmp_path):
+    write_clean_store(tmp_path / "clean")
+    summary = build_report(tmp_path / "clean", tmp_path / "clean.pdf")
+
+    assert summary.sections == ("Executive summary", "Clean performance", "Appendix")
+    text = pdf_text(summary.path)
+    assert "No transfer-attack results in this run." in text
+    assert "No eps sweep in this run" in text
+    assert "Best clean retrieval: toy-clip-rn with TR R@1 91.2 %" in text
+
+
+def test_fonts_are_embedded_and_figures_are_vector(demo_like_run, tmp_path):
+    summary = build_report(demo_like_run, tmp_path / "report.pdf")
+    reader = PdfReader(summary.path)
+    fonts = {}
+    for page in reader.pages:
+        resources = page["/Resources"]
+        for name, font in resources.get("/Font", {}).items():
+            fonts[name] = font.get_object()
+        assert not page.images  # heatmaps, bars and curves are drawn, not pasted as bitmaps
+    assert fonts
+    for font in fonts.values():
+        descendant = (
+            font["/DescendantFonts"][0].get_object() if "/DescendantFonts" in font else font
+        )
+        descriptor = descendant["/FontDescriptor"].get_object()
+        assert "/FontFile2" in descriptor, font
+
+
+def test_same_data_gives_the_same_bytes(demo_like_run, tmp_path):
+    first = build_report(demo_like_run, tmp_path / "first.pdf").path.read_bytes()
+    second = build_report(demo_like_run, tmp_path / "second.pdf").path.read_bytes()
+    assert first == second
+
+
+def test_matrix_marks_white_box_and_averages_seeds(tmp_path):
+    write_matrix_store(tmp_path / "run", seeds=(0, 1), seed_offsets=(0.0, -0.05))
+    data = load_report_data(tmp_path / "run")
+    matrix = analysis.transfer_matrix(data, "pgd")
+
+    assert matrix.sources == VICTIMS and matrix.targets == VICTIMS
+    assert matrix.white_box.tolist() == [[True, False], [False, True]]
+    assert matrix.tr_asr[0, 1] == pytest.approx(0.425 - 0.025)
+    assert matrix.ir_asr[1, 0] == pytest.approx(0.1 - 0.025)
+    assert {score.seed for score in data.transfer} == {0, 1}
+    text = pdf_text(build_report(tmp_path / "run", tmp_path / "seeds.pdf").path)
+    assert "Mean over seeds 0, 1." in text
+    assert "pgd seed 1 toy-clip-vit toy-clip-rn (itc)" in text
+
+
+def test_sweep_orders_by_eps_and_summaries_split_white_box(tmp_path):
+    write_matrix_store(tmp_path / "run")
+    data = load_report_data(tmp_path / "run")
+
+    (sweep,) = analysis.eps_sweeps(data)
+    assert sweep.attacks == ("pgd", "pgd-eps4")
+    curve = next(c for c in sweep.curves if (c.source, c.target) == ("toy-clip-vit", "toy-clip-rn"))
+    assert curve.eps == pytest.approx((2 / 255, 4 / 255))
+    assert curve.tr_asr == pytest.approx((0.425, 0.6))
+    pgd = analysis.attack_summaries(data)[0]
+    assert pgd.white_box_tr == pytest.approx((0.9 + 0.95) / 2)
+    assert pgd.transfer_ir == pytest.approx((0.3 + 0.1) / 2)
+
+
+def test_defended_rows_make_a_defense_section(tmp_path):
+    write_clean_store(tmp_path / "run")
+    with ResultStore.in_run_dir(tmp_path / "run") as store:
+        run_id = store.latest_run_id()
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim="toy-clip-vit",
+                    dataset="world",
+                    split="test-1k",
+                    metric="tr_r1",
+                    value=0.615,
+                    defense="jpeg-75",
+                ),
+            ],
+        )
+    summary = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "Defenses" in summary.sections
+    text = pdf_text(summary.path)
+    assert "jpeg-75" in text and "61.5" in text
+
+
+def test_long_victim_names_are_abbreviated_with_a_legend(tmp_path):
+    write_clean_store(tmp_path / "run", victims=(LONG_VICTIM, "toy-clip-rn"))
+    data = load_report_data(tmp_path / "run")
+    names = analysis.victim_order(data)
+    from robust.report.figures import short_names
+
+    assert short_names(names) == {LONG_VICTIM: "V1", "toy-clip-rn": "V2"}
+    assert short_names(["a", "b"]) == {"a": "a", "b": "b"}
+
+
+def test_runs_without_provenance_still_build(tmp_path):
+    with ResultStore.in_run_dir(tmp_path / "bare") as store:
+        run_id = store.start_run({"command": "eval"}, {}, {"versions": {}, "hardware": {}})
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim="toy-clip-rn",
+                    dataset="world",
+                    split="test-1k",
+                    metric="tr_r1",
+                    value=0.5,
+                )
+            ],
+        )
+    text = pdf_text(build_report(tmp_path / "bare", tmp_path / "bare.pdf").path)
+    assert "The runs recorded no versions." in text and "unknown" in text
+
+
+def test_a_failed_build_keeps_the_previous_report(demo_like_run, tmp_path, monkeypatch):
+    output = tmp_path / "report.pdf"
+    output.write_bytes(b"previous report")
+
+    class Exploding(Flowable):
+        def wrap(self, available_width, available_height):
+            raise RuntimeError("layout failed")
+
+    def broken(data):
+        return [Exploding()]
+
+    from robust.report import sections
+
+    broken_sections = tuple(
+        replace(section, build=broken) if section.title == "Appendix" else section
+        for section in sections.SECTIONS
+    )
+    monkeypatch.setattr("robust.report.pdf.SECTIONS", broken_sections)
+    with pytest.raises(RuntimeError, match="layout failed"):
+        build_report(demo_like_run, output)
+    assert output.read_bytes() == b"previous report"
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_output_that_is_a_directory_is_refused(demo_like_run, tmp_path):
+    with pytest.raises(ReportError, match="is a directory"):
+        build_report(demo_like_run, tmp_path)
+
+
+def test_bad_run_directories_are_one_clear_error(tmp_path):
+    with pytest.raises(ReportDataError, match="is not a directory"):
+        build_report(tmp_path / "missing", tmp_path / "r.pdf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportDataError, match="no results.sqlite under"):
+        build_report(tmp_path / "empty", tmp_path / "r.pdf")
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_cli_writes_the_report_and_reports_bad_dirs_in_one_line(demo_like_run, tmp_path):
+    runner = CliRunner()
+    output = tmp_path / "cli.pdf"
+    result = runner.invoke(app, ["report", str(demo_like_run), "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert output.stat().st_size > 0
+    assert "No AnyAttack results in this run." in result.output
+
+    bad = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not a directory" in lines[0]
+
+
+def test_nan_asr_prints_as_a_dash(tmp_path):
+    from robust.report.layout import percent
+
+    assert percent(math.nan) == "–"
+    assert percent(0.4256) == "42.6"
