@@ -340,3 +340,53 @@ def test_cli_missing_and_mismatched_patch_files(tmp_path):
     sidecar_path(path).write_text(json.dumps(sidecar | {"side": 5}))
     result = runner.invoke(app, ["patch", "apply", str(path), "--out", str(tmp_path / "o")])
     assert_one_line_error(result, "do not belong together")
+
+
+# -- matrix ----------------------------------------------------------------------------------
+
+
+def test_matrix_fits_a_universal_patch_once_per_source_and_caches_it(tmp_path, monkeypatch):
+    from robust.harness.matrix import run_matrix
+    from robust.harness.spec import parse_spec
+
+    params = {"steps": 2, "batch_size": 8, "fit_limit": 16, "bank_size": 16, "knn_k": 4}
+    spec = parse_spec(
+        {
+            "name": "patch-matrix",
+            "dataset": "world:test-1k",
+            "limit": 8,
+            "sources": ["toy-clip-vit"],
+            "targets": ["toy-clip-vit", "toy-clip-rn"],
+            "attacks": [{"name": "advclip", "params": params}],
+            "output_dir": str(tmp_path),
+        }
+    )
+    fits = []
+    original_fit = AdvCLIP.fit
+    monkeypatch.setattr(
+        AdvCLIP, "fit", lambda self, *a, **k: fits.append(1) or original_fit(self, *a, **k)
+    )
+    result = run_matrix(spec)
+    assert len(fits) == 1 and result.computed["crafted"] == 1
+    (entry,) = [p.parent for p in tmp_path.rglob("patch.png")]
+    artifact = load_patch(entry / "patch.png")
+    assert artifact.config["steps"] == 2 and artifact.source == "toy-clip-vit"
+    from robust.harness.cache import AdversarialCache
+
+    cached = AdversarialCache(tmp_path / "cache").entry("advclip", "toy-clip-vit", 0).load()
+    clean = load_images(generate_world_prefix(8).images, range(8), 64, "crop")
+    expected = artifact.apply(clean)
+    assert np.array_equal(
+        cached.images, (expected.permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    )
+    for target in ("toy-clip-vit", "toy-clip-rn"):
+        tr, ir = result.asr("advclip", "toy-clip-vit", target)
+        assert 0 <= tr <= 1 and 0 <= ir <= 1
+    again = run_matrix(spec)
+    assert len(fits) == 1 and again.computed["crafted"] == 0
+
+
+def generate_world_prefix(count: int):
+    from robust.data.world import generate_world
+
+    return generate_world("test-1k", count=count)

@@ -26,8 +26,10 @@ code (see the project's research notes), all deliberate:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.attacks.base import Attack, AttackConfigError, AttackKind
-from robust.attacks.patch_artifact import PatchArtifact
+from robust.attacks.patch_artifact import PatchArtifact, load_patch
 from robust.attacks.patch_geometry import (
     apply_patch,
     check_area_fraction,
@@ -49,6 +51,7 @@ from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 
 _MEMBERSHIP_EPS = 1e-4
+ARTIFACT_FILE = "patch.png"
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,32 @@ class AdvCLIP(Attack):
         if self.artifact is None:
             raise AttackConfigError("the patch is not fitted yet; call fit() or load a patch file")
         return self.artifact.apply(images, self.generator(generator))
+
+    # -- the matrix's universal-attack protocol ---------------------------------------------
+
+    def fit_data(self) -> CaptionDataset:
+        """The dataset named by `fit_dataset` / `fit_limit` (world train by default)."""
+        from robust.data import load_dataset
+
+        return load_dataset(self._params.fit_dataset, limit=self._params.fit_limit)
+
+    def save_artifact(self, folder: Path) -> Path:
+        """Save the fitted patch as `folder/patch.png` + sidecar."""
+        if self.artifact is None:
+            raise AttackConfigError("the patch is not fitted yet; call fit() first")
+        return self.artifact.save(Path(folder) / ARTIFACT_FILE)
+
+    def load_artifact(self, folder: Path) -> bool:
+        """Load `folder/patch.png` if present and fitted with this exact config."""
+        path = Path(folder) / ARTIFACT_FILE
+        if not path.is_file():
+            return False
+        artifact = load_patch(path)
+        stored = {key: value for key, value in artifact.config.items() if key != "fit_images"}
+        if stored != json.loads(json.dumps(self.config())):
+            return False
+        self.artifact = artifact
+        return True
 
     def config(self) -> dict[str, Any]:
         return {
