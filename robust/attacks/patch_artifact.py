@@ -123,8 +123,8 @@ def load_patch(png_path: Path | str) -> PatchArtifact:
             f"{meta_path}: unreadable sidecar ({error}); re-save the patch"
         ) from None
     required = ("source", "source_image_size", "area_fraction", "side", "placement")
-    missing = [key for key in required if key not in meta]
-    if not isinstance(meta, dict) or missing:
+    missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
+    if missing:
         raise PatchFileError(f"{meta_path}: sidecar lacks {', '.join(missing)}; re-save the patch")
     try:
         with Image.open(png_path) as image:

@@ -59,16 +59,6 @@ WORLD_TASKS: tuple[LabelTask, ...] = (
 )
 
 
-def check_labels(labels: Sequence[dict] | None, dataset_name: str) -> Sequence[dict]:
-    """Labels in the world's format, or one clear error naming the dataset."""
-    if not labels or "objects" not in labels[0]:
-        raise RobustError(
-            f"{dataset_name} has no world attribute labels; zero-shot and k-NN tasks run on "
-            "world splits (world:test-1k)"
-        )
-    return labels
-
-
 def class_embeddings(encode_text, task: LabelTask) -> torch.Tensor:
     """`[C, D]` L2-normalised prompt embeddings, averaged over templates."""
     with torch.no_grad():
