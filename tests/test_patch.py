@@ -390,3 +390,19 @@ def generate_world_prefix(count: int):
     from robust.data.world import generate_world
 
     return generate_world("test-1k", count=count)
+
+
+def test_a_saved_matrix_patch_is_reused_only_by_the_same_config(tmp_path):
+    victim = load_victim("toy-clip-vit")
+    attack = AdvCLIP(victim, seed=3, steps=5)
+    fitted = make_artifact()
+    attack.artifact = PatchArtifact(
+        fitted.patch, victim.name, 64, 0.03, "fixed", seed=3,
+        config={**attack.config(), "fit_images": "world:train[:16]"},
+    )  # fmt: skip
+    attack.save_artifact(tmp_path)
+    same = AdvCLIP(victim, seed=3, steps=5)
+    assert same.load_artifact(tmp_path) and torch.equal(same.artifact.patch, fitted.patch)
+    assert not AdvCLIP(victim, seed=3, steps=6).load_artifact(tmp_path)
+    assert not AdvCLIP(victim, seed=4, steps=5).load_artifact(tmp_path)
+    assert not AdvCLIP(victim, seed=3).load_artifact(tmp_path / "empty")
