@@ -17,6 +17,10 @@ Clean rows have no attack. Adversarial rows carry `attack` = the attack label (w
 `@seed=N` appended when the spec lists several seeds), R@K on the adversarial data, and
 both ASR conventions (`{tr,ir}_asr_r{K}` SGA, `{tr,ir}_drop_r{K}` Co-Attack). Fusion
 targets get "itc" and "rerank" rows; the headline uses "rerank" for them, "itc" for CLIP.
+
+Universal attacks (AdvCLIP) are fitted once per (attack, source, seed) on their own fitting
+data, their artifact kept in the cache entry, then applied to every dataset image at the
+source's resolution and cached like any other adversarial example.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ __all__ = [
     "run_matrix",
 ]
 
-ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal")
+ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal")
 CACHE_DIRNAME: Final[str] = "cache"
 HEADLINE_METRIC: Final[str] = "r1"
 
@@ -175,6 +179,8 @@ def _run_attack(
                 f"{len(flat)}; it must return one per caption"
             )
         return images, _regroup(adversarial, counts)
+    if kind == "universal":
+        return attack.apply(images, generator), texts
     if kind == "multimodal":
         batch = AttackBatch(images, tuple(tuple(group) for group in texts))
         output = attack(batch, generator)
@@ -333,6 +339,8 @@ class CellRunner:
             "generator": "torch.Generator().manual_seed(sha256('seed:batch')[:8])",
         }
         done = entry.begin(plan)
+        if attack.kind == "universal":
+            self._fit_universal(attack, entry.path)
         starts = range(0, dataset.num_images, batch_size)
         crafted = 0
         description = f"crafting {cell.attack_label} on {cell.source} (seed {cell.seed})"
@@ -369,6 +377,13 @@ class CellRunner:
         }
         entry.finish(config, info)
         return CraftResult(cell, source.image_size, source.resize_mode, dataset.num_images, crafted)
+
+    def _fit_universal(self, attack: Any, folder: Path) -> None:
+        """Fit a universal attack once per cache entry; its artifact is kept in the entry, so
+        a resumed craft reuses it and every target sees the same patch."""
+        if not attack.load_artifact(folder):
+            attack.fit(attack.fit_data(), progress=self.progress)
+            attack.save_artifact(folder)
 
     def clean(self, cell: CleanCell) -> CleanResult:
         """The target on clean images crossed from (size, mode): the pair's fair baseline."""
