@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from pypdf import PdfReader
 from reportlab.platypus import Flowable
@@ -344,3 +345,164 @@ def test_nan_asr_prints_as_a_dash(tmp_path):
 
     assert percent(math.nan) == "–"
     assert percent(0.4256) == "42.6"
+
+
+# -- universal patch -------------------------------------------------------------------------
+
+PATCH_SPEC = {
+    "command": "patch-eval",
+    "dataset": "world:test-1k[:20]",
+    "targets": ["toy-clip-vit", "toy-blip-cap"],
+    "patch": {
+        "source": "toy-clip-vit",
+        "side": 3,
+        "area_fraction": 0.03,
+        "placement": "fixed",
+        "seed": 0,
+        "config": {"steps": 7, "fit_images": "world:train[:16]"},
+    },
+}
+# (target, attack, scoring) -> metrics, as `run_patch_evaluation` names them
+PATCH_ROWS = {
+    ("toy-clip-vit", None, "itc"): {"tr_r1": 0.95, "ir_r1": 0.9},
+    ("toy-clip-vit", "advclip-patch", "itc"): {
+        "tr_r1": 0.15,
+        "ir_r1": 0.35,
+        "tr_asr_r1": 0.8421,
+        "ir_asr_r1": 0.6111,
+        "tr_drop_r1": 0.8,
+        "ir_drop_r1": 0.55,
+    },
+    ("toy-clip-vit", "random-patch", "itc"): {
+        "tr_r1": 0.65,
+        "ir_r1": 0.7,
+        "tr_asr_r1": 0.3158,
+        "ir_asr_r1": 0.2222,
+        "tr_drop_r1": 0.3,
+        "ir_drop_r1": 0.2,
+    },
+    ("toy-clip-vit", None, "zero-shot"): {"color_acc": 0.975},
+    ("toy-clip-vit", "advclip-patch", "zero-shot"): {
+        "color_acc": 0.625,
+        "color_acc_drop": 0.35,
+        "color_fooling_rate": 0.375,
+    },
+    ("toy-clip-vit", "random-patch", "zero-shot"): {
+        "color_acc": 0.95,
+        "color_acc_drop": 0.025,
+        "color_fooling_rate": 0.05,
+    },
+    ("toy-blip-cap", None, "caption"): {"bleu4": 0.339, "rouge_l": 0.494, "cider": 1.058},
+    ("toy-blip-cap", "advclip-patch", "caption"): {
+        "bleu4": 0.247,
+        "rouge_l": 0.44,
+        "cider": 0.578,
+        "bleu4_drop": 0.092,
+        "rouge_l_drop": 0.054,
+        "cider_drop": 0.48,
+        "caption_change_rate": 0.994,
+    },
+    ("toy-blip-cap", "random-patch", "caption"): {
+        "bleu4": 0.273,
+        "rouge_l": 0.455,
+        "cider": 0.67,
+        "bleu4_drop": 0.066,
+        "rouge_l_drop": 0.039,
+        "cider_drop": 0.388,
+        "caption_change_rate": 0.952,
+    },
+}
+
+
+def _png(path, pixels) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode="RGB").save(path, format="PNG")
+
+
+def write_patch_run(folder) -> np.ndarray:
+    """A `robust patch eval` run dir by hand: store rows, patch files, examples; returns the
+    patch pixels."""
+    from robust.harness.cache import slug
+
+    with ResultStore.in_run_dir(folder) as store:
+        run_id = store.start_run(PATCH_SPEC, {"patch": 0, "control": 0}, PROVENANCE)
+        rows = [
+            MetricRow(
+                victim=target,
+                dataset="world",
+                split="test-1k[:20]",
+                metric=metric,
+                value=value,
+                attack=attack,
+                source=None if attack is None else "toy-clip-vit",
+                target=target,
+                scoring=scoring,
+            )
+            for (target, attack, scoring), metrics in PATCH_ROWS.items()
+            for metric, value in metrics.items()
+        ]
+        store.write_metrics(run_id, rows)
+    generator = np.random.default_rng(0)
+    patch = generator.integers(0, 256, (3, 3, 3), dtype=np.uint8)
+    _png(folder / "patch" / "advclip-patch.png", patch)
+    _png(folder / "patch" / "random-patch.png", generator.integers(0, 256, (3, 3, 3), np.uint8))
+    for target in PATCH_SPEC["targets"]:
+        for index in range(2):
+            for name in ("clean", "advclip-patch", "random-patch"):
+                pixels = generator.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                _png(folder / "examples" / slug(target) / f"{index:03d}-{name}.png", pixels)
+    return patch
+
+
+def _pixel_blocks(image, side: int) -> np.ndarray:
+    """The centre pixel of each block of an image enlarged `side` times per axis."""
+    pixels = np.asarray(image.convert("RGB"))
+    block = pixels.shape[0] // side
+    return pixels[block // 2 :: block, block // 2 :: block][:side, :side]
+
+
+def test_patch_section_prints_patch_and_control_rows_and_embeds_the_patch_losslessly(tmp_path):
+    write_clean_store(tmp_path / "run")
+    patch = write_patch_run(tmp_path / "run" / "patch")
+    data = load_report_data(tmp_path / "run")
+    # patch rows are the patch section's own: never clean baselines or transfer cells
+    assert not data.transfer and {s.victim for s in data.clean} == set(VICTIMS)
+    assert len(data.patch) == len(PATCH_ROWS)
+
+    summary = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "Universal patch" in summary.sections
+    assert "Universal patch" not in [title for title, _ in summary.omitted]
+    text = pdf_text(summary.path)
+    assert "fitted on toy-clip-vit in 7 steps on world:train[:16]" in text
+    assert (
+        "Universal patch fitted on toy-clip-vit: white-box TR / IR R@1 ASR 84.2 / 61.1 % "
+        "against 31.6 / 22.2 % for the random-patch control (itc)."
+    ) in text
+    # retrieval: R@1, ASR (SGA) and drop (Co-Attack) for patch and control; white-box starred
+    assert "toy-clip-vit* itc patch 15.0 35.0 84.2 61.1 80.0 55.0" in text
+    assert "toy-clip-vit* itc random patch 65.0 70.0 31.6 22.2 30.0 20.0" in text
+    # zero-shot colour: clean, patch acc/drop/fooled, control acc/drop/fooled
+    assert "toy-clip-vit zero-shot color 97.5 62.5 35.0 37.5 95.0 2.5 5.0" in text
+    # captions x100, drops and change rate
+    assert "toy-blip-cap patch 24.7 44.0 57.8 9.2 5.4 48.0 99.4" in text
+    assert "toy-blip-cap random patch 27.3 45.5 67.0 6.6 3.9 38.8 95.2" in text
+
+    images = [image.image for page in PdfReader(summary.path).pages for image in page.images]
+    assert len(images) == 2 + 2 * 2 * 3  # patch, control, 2 examples x 3 variants x 2 targets
+    # every patch pixel survives exactly, as a block of the enlarged bitmap
+    assert any(np.array_equal(_pixel_blocks(image, 3), patch) for image in images)
+
+
+def test_patch_section_is_noted_without_patch_rows_and_survives_missing_files(tmp_path):
+    write_clean_store(tmp_path / "clean")
+    summary = build_report(tmp_path / "clean", tmp_path / "clean.pdf")
+    assert "Universal patch" not in summary.sections
+    assert "No universal-patch results in this run." in pdf_text(summary.path)
+
+    write_patch_run(tmp_path / "bare")
+    (tmp_path / "bare" / "patch" / "advclip-patch.png").unlink()
+    text = pdf_text(build_report(tmp_path / "bare", tmp_path / "bare.pdf").path)
+    assert "(image missing: advclip-patch.png)" in text
+    assert "toy-blip-cap patch 24.7 44.0 57.8" in text

@@ -20,6 +20,7 @@ from robust.harness.evaluate import RERANK
 from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
 
 CACHE_DIRNAME: Final[str] = "cache"
+PATCH_EVAL: Final[str] = "patch-eval"  # the `command` a patch evaluation's spec records
 _SEED_SUFFIX: Final[str] = "@seed="
 
 
@@ -110,6 +111,31 @@ class DefendedScore:
 
 
 @dataclass(frozen=True)
+class PatchScore:
+    """One task of a universal-patch evaluation on `target`: clean (`attack` None), the
+    patch ("advclip-patch") or its random-patch control."""
+
+    target: str
+    attack: str | None
+    source: str | None
+    scoring: str
+    metrics: dict[str, float]
+    run: str
+
+
+@dataclass(frozen=True)
+class PatchRun:
+    """A `robust patch eval` run; its patch, control and examples lie under `folder`."""
+
+    run: str
+    folder: Path
+    source: str
+    targets: tuple[str, ...]
+    dataset: str
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CachedAttack:
     """A complete adversarial-cache entry: the attack's full config() as it crafted."""
 
@@ -132,6 +158,8 @@ class ReportData:
     clean: list[CleanScore] = field(default_factory=list)
     transfer: list[TransferScore] = field(default_factory=list)
     defended: list[DefendedScore] = field(default_factory=list)
+    patch_runs: list[PatchRun] = field(default_factory=list)
+    patch: list[PatchScore] = field(default_factory=list)
     cached: list[CachedAttack] = field(default_factory=list)
 
     def attack_labels(self) -> list[str]:
@@ -179,6 +207,9 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
     for run_id in store.run_ids():
         run = _run_record(store.run_info(run_id), relative)
         data.runs.append(run)
+        if run.kind == PATCH_EVAL:
+            _read_patch_run(data, store, run, data.run_dir / Path(relative).parent)
+            continue
         labels = _register_attacks(data, run)
         white_box = _white_box_pairs(run.spec.get("spec", {}))
         grouped = _group_rows(store.metrics(run_id))
@@ -208,6 +239,24 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
                         run=run.key,
                     )
                 )
+
+
+def _read_patch_run(data: ReportData, store: ResultStore, run: RunRecord, folder: Path) -> None:
+    """A patch evaluation's rows are its own section's, never clean or transfer cells."""
+    spec = run.spec
+    data.patch_runs.append(
+        PatchRun(
+            run=run.key,
+            folder=folder,
+            source=str(spec.get("patch", {}).get("source", "?")),
+            targets=tuple(spec.get("targets", [])),
+            dataset=str(spec.get("dataset", "?")),
+            patch=dict(spec.get("patch", {})),
+        )
+    )
+    for key, metrics in _group_rows(store.metrics(run.run_id)).items():
+        victim, _, _, attack, source, target, _, scoring = key
+        data.patch.append(PatchScore(target or victim, attack, source, scoring, metrics, run.key))
 
 
 def _run_record(info: dict[str, Any], store: str) -> RunRecord:

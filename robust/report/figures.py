@@ -206,3 +206,56 @@ def eps_sweep(sweep: EpsSweep, names: dict[str, str]) -> Figure:
             title="source → target",
         )
     return figure
+
+
+def drops_against_control(
+    panels: Sequence[tuple[str, Sequence[tuple[str, float, float]]]],
+    labels: tuple[str, str] = ("patch", "random-patch control"),
+) -> Figure:
+    """Per panel (a target), horizontal bars of each measure's drop in points: the attack
+    dark, its control light, values printed; measures a panel lacks stay empty."""
+    measures = list(dict.fromkeys(name for _, rows in panels for name, _, _ in rows))
+    columns = min(3, len(panels))
+    grid_rows = math.ceil(len(panels) / columns)
+    with matplotlib.rc_context(_RC):
+        height = grid_rows * (0.26 * len(measures) + 0.9) + 0.4
+        figure = Figure(figsize=(FIGURE_WIDTH_IN, height), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(grid_rows, columns, sharey=True, squeeze=False))
+        colours = matplotlib.colormaps[COLOUR_MAP]((0.1, 0.85))
+        positions = np.arange(len(measures))
+        for ax, (title, rows) in zip(axes.flat, panels, strict=False):
+            values = {name: (attack, control) for name, attack, control in rows}
+            for index, label in enumerate(labels):
+                drops = [values.get(m, (math.nan, math.nan))[index] for m in measures]
+                bars = ax.barh(
+                    positions + (index - 0.5) * 0.4,
+                    [0.0 if math.isnan(d) else 100 * d for d in drops],
+                    0.4,
+                    color=colours[index],
+                    edgecolor="black",
+                    linewidth=0.5,
+                    label=label,
+                )
+                ax.bar_label(
+                    bars,
+                    labels=["" if math.isnan(d) else f"{100 * d:.0f}" for d in drops],
+                    fontsize=6,
+                    padding=1,
+                )
+            ax.axvline(0, color="black", linewidth=0.6)
+            ax.set_yticks(positions, measures)
+            ax.set_ylim(len(measures) - 0.5, -0.5)
+            ax.set_title(title)
+            ax.set_xlabel("drop (points)")
+            ax.grid(axis="x", linewidth=0.4, alpha=0.6)
+            ax.set_axisbelow(True)
+            ax.margins(x=0.18)
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.set_visible(False)
+        figure.legend(
+            *axes.flat[0].get_legend_handles_labels(),
+            loc="outside upper center",
+            ncols=len(labels),
+            frameon=False,
+        )
+    return figure

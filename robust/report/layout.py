@@ -148,6 +148,17 @@ def percent(value: float) -> str:
     return MISSING if math.isnan(value) else f"{100 * value:.1f}"
 
 
+def column_widths(text_columns: tuple[float, ...], numbers: int) -> tuple[float, ...]:
+    """Fixed widths for the text columns; number columns share the rest of the frame."""
+    share = (FRAME_WIDTH - sum(text_columns)) / numbers
+    return (*text_columns, *([share] * numbers))
+
+
+def two_line(*names: str) -> tuple[str, ...]:
+    """Column headers like 'TR R@1' broken at their spaces, so they never split a word."""
+    return tuple(name.replace(" ", "<br/>") for name in names)
+
+
 def data_table(
     header: Sequence[str] | None,
     rows: Sequence[Sequence[str]],

@@ -24,14 +24,17 @@ from robust.report.layout import (
     MISSING,
     Block,
     Together,
+    column_widths,
     data_table,
     key_value_table,
     paragraphs,
     percent,
     styles,
     text,
+    two_line,
     with_heading,
 )
+from robust.report.patch_section import has_patch, patch_headlines, patch_section
 
 Builder = Callable[[ReportData], list[Block]]
 _RECALL_COLUMNS: Final[tuple[str, ...]] = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
@@ -129,7 +132,7 @@ def _spec_summary(data: ReportData) -> list[tuple[str, str]]:
     for run in data.runs:
         inner = run.spec.get("spec")
         if inner is None:
-            victims = ", ".join(run.spec.get("victims", []))
+            victims = ", ".join(run.spec.get("victims") or run.spec.get("targets") or [])
             pairs.append((run.key, f"{run.kind} on {run.spec.get('dataset', '?')}: {victims}"))
             continue
         limit = inner.get("limit")
@@ -151,7 +154,7 @@ def _spec_summary(data: ReportData) -> list[tuple[str, str]]:
 
 
 def _has_results(data: ReportData) -> bool:
-    return bool(data.clean or data.transfer)
+    return bool(data.clean or data.transfer or data.patch)
 
 
 def executive_summary(data: ReportData) -> list[Block]:
@@ -185,6 +188,7 @@ def executive_summary(data: ReportData) -> list[Block]:
             f"<b>{percent(best.metrics.get('ir_r1', math.nan))} %</b> on "
             f"{text(best.dataset)} {text(best.split)} ({text(best.scoring)})."
         )
+    lines += patch_headlines(data)
     lines.append(_scope(data))
     story: list[Flowable] = paragraphs(lines, style.body)
     story.append(
@@ -258,13 +262,13 @@ def clean_performance(data: ReportData) -> list[Block]:
     for (victim, dataset, split, scoring, values), sources in merged.items():
         images = "native" if not sources else "as " + ", ".join(sources)
         rows.append((victim, f"{dataset} {split}", images, scoring, *(percent(v) for v in values)))
-    widths = _widths((74, 64, 70, 41), numbers=7)
+    widths = column_widths((74, 64, 70, 41), numbers=7)
     header = (
         "victim",
         "data",
         "images",
         "scoring",
-        *_two_line("TR R@1", "TR R@5", "TR R@10", "IR R@1", "IR R@5", "IR R@10", "R mean"),
+        *two_line("TR R@1", "TR R@5", "TR R@10", "IR R@1", "IR R@5", "IR R@10", "R mean"),
     )
     return [
         data_table(header, rows, widths, numeric_from=4),
@@ -274,17 +278,6 @@ def clean_performance(data: ReportData) -> list[Block]:
             style.caption,
         ),
     ]
-
-
-def _widths(text_columns: tuple[float, ...], numbers: int) -> tuple[float, ...]:
-    """Fixed widths for the text columns; number columns share the rest of the frame."""
-    share = (FRAME_WIDTH - sum(text_columns)) / numbers
-    return (*text_columns, *([share] * numbers))
-
-
-def _two_line(*names: str) -> tuple[str, ...]:
-    """Column headers like 'TR R@1' broken at their spaces, so they never split a word."""
-    return tuple(name.replace(" ", "<br/>") for name in names)
 
 
 # -- transfer matrices and attack comparison -------------------------------------------------
@@ -435,10 +428,10 @@ def defenses_section(data: ReportData) -> list[Block]:
         "attack",
         "source",
         "scoring",
-        *_two_line("TR R@1", "IR R@1", "TR ASR@1", "IR ASR@1"),
+        *two_line("TR R@1", "IR R@1", "TR ASR@1", "IR ASR@1"),
     )
     return [
-        data_table(header, rows, _widths((68, 68, 68, 68, 41), numbers=4), numeric_from=5),
+        data_table(header, rows, column_widths((68, 68, 68, 68, 41), numbers=4), numeric_from=5),
         Paragraph("Recall and ASR in %.", style.caption),
     ]
 
@@ -502,7 +495,7 @@ def _transfer_table(data: ReportData) -> Flowable:
         "attack",
         "source",
         "target (scoring)",
-        *_two_line(
+        *two_line(
             "TR R@1",
             "TR R@5",
             "TR R@10",
@@ -515,7 +508,7 @@ def _transfer_table(data: ReportData) -> Flowable:
             "IR drop R@1",
         ),
     )
-    widths = _widths((58, 56, 72), numbers=10)
+    widths = column_widths((58, 56, 72), numbers=10)
     return data_table(header, rows, widths, numeric_from=3)
 
 
@@ -577,7 +570,12 @@ SECTIONS: Final[tuple[Section | NotCovered, ...]] = (
         eps_sweep_section,
         "No eps sweep in this run: no attack was run at several eps values.",
     ),
-    NotCovered("Universal patch", "No universal-patch results in this run."),
+    Section(
+        "Universal patch",
+        has_patch,
+        patch_section,
+        "No universal-patch results in this run.",
+    ),
     NotCovered("AnyAttack", "No AnyAttack results in this run."),
     Section(
         "Defenses",
