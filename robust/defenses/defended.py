@@ -85,6 +85,12 @@ class DefendedVictim(Victim):
 
     # -- the defense ---------------------------------------------------------------------
 
+    def reset_generator(self) -> None:
+        """Restart the defense's draws from its seed, so two evaluations batched alike (clean
+        and adversarial) see identical draws and randomness is never counted as attack
+        success."""
+        self.generator.manual_seed(self.seed)
+
     def defended_copies(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The images as the model sees them: one copy, or one per EOT draw."""
         self.check_images(images)
