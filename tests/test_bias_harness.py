@@ -120,3 +120,18 @@ def test_cache_caption_bias(matrix_run):
     with ResultStore.in_run_dir(matrix_run) as store:
         rows = store.metrics(report.run_id, victim="toy-blip-cap")
     assert {row.metric for row in rows} == {f"caption_{key}" for key in metrics}
+
+
+def test_cli_bias_cache_and_defenses_commands(matrix_run):
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["bias", "cache", str(matrix_run), "--attack", "pgd", "--source", "toy-clip-vit"]
+        + ["--victim", "toy-clip-vit"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Relative Delta" in result.output and "RankDiff" in result.output
+    listed = runner.invoke(app, ["defenses", "list"])
+    assert listed.exit_code == 0 and "jpeg-q75" in listed.output and "BPDA" in listed.output
+    shown = runner.invoke(app, ["defenses", "show", str(matrix_run)])
+    assert shown.exit_code == 2 and "no defenses axis" in shown.output

@@ -201,3 +201,16 @@ def test_robust_clip_checkpoints_are_registered_but_missing(name, monkeypatch, t
     assert not weights_present(entry)
     with pytest.raises(WeightsNotFoundError, match="huggingface.co/chs20/"):
         load_victim(name)
+
+
+def test_robust_clip_checkpoint_loads_from_the_weights_folder(monkeypatch, tmp_path):
+    import shutil
+
+    from robust.zoo import ZOO_DIR
+
+    # any open_clip hf-hub folder layout works; the toy ViT stands in for FARE's files
+    shutil.copytree(ZOO_DIR / "toy-clip-vit", tmp_path / "fare2-clip-vit-l14")
+    monkeypatch.setenv("ROBUST_WEIGHTS", str(tmp_path))
+    assert weights_present(KNOWN_VICTIMS["fare2-clip-vit-l14"])
+    victim = load_victim("fare2-clip-vit-l14")
+    assert victim.name == "fare2-clip-vit-l14" and victim.image_size == 64

@@ -119,13 +119,13 @@ def _slot_bias(ranks: PairedRanks, keep: np.ndarray, ks: Sequence[int]) -> dict[
     rank_a, rank_b = ranks.rank_a[keep], ranks.rank_b[keep]
     values: dict[str, float] = {}
     for k in ks:
-        for metric, per_query in (
-            (f"r{k}", lambda r, k=k: (r <= k).astype(np.float64)),
-            (f"ndcg{k}", lambda r, k=k: _gain(r, k)),
-        ):
-            a, b = float(per_query(rank_a).mean()), float(per_query(rank_b).mean())
-            values[f"{metric}_a"], values[f"{metric}_b"] = a, b
-            values[f"delta_{metric}"] = relative_delta(a, b)
+        per_source = {
+            f"r{k}": ((rank_a <= k).mean(), (rank_b <= k).mean()),
+            f"ndcg{k}": (_gain(rank_a, k).mean(), _gain(rank_b, k).mean()),
+        }
+        for metric, (a, b) in per_source.items():
+            values[f"{metric}_a"], values[f"{metric}_b"] = float(a), float(b)
+            values[f"delta_{metric}"] = relative_delta(float(a), float(b))
     near = (rank_a <= RANK_DIFF_CUTOFF) & (rank_b <= RANK_DIFF_CUTOFF)
     values["rank_diff"] = float((rank_a - rank_b)[near].mean()) if near.any() else float("nan")
     values["preference_rate"] = float((ranks.score_b[keep] > ranks.score_a[keep]).mean())
