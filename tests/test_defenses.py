@@ -166,9 +166,12 @@ def test_bpda_forward_is_exact_backward_is_identity(toy_clip, world_pixels):
 def test_eot_averages_embeddings_over_seeded_draws(toy_clip, world_pixels):
     defense = RandomResizePad(1.2)
     defended = DefendedVictim(toy_clip, defense, adaptive=True, eot_samples=4, seed=7)
-    generator = torch.Generator().manual_seed(7)
+    generator = defended.draw_generator(world_pixels)
     with torch.no_grad():
         got = defended.encode_image(world_pixels)
+        # the same input gets the same draws whatever ran before; another input new ones
+        defended.encode_image(world_pixels.flip(-1))
+        assert torch.equal(defended.encode_image(world_pixels), got)
         draws = [toy_clip.encode_image(defense(world_pixels, generator)) for _ in range(4)]
         expected = torch.nn.functional.normalize(torch.stack(draws).mean(dim=0), dim=-1)
         single = torch.nn.functional.normalize(draws[0], dim=-1)

@@ -11,6 +11,12 @@ Two modes:
   identity backward); randomized ones are averaged over `eot_samples` draws (EOT). The
   average is taken over the draws' outputs (embeddings re-normalised, logits, losses), so
   every attack objective built on them sees the expectation over the defense's randomness.
+  Each call draws from a generator seeded by (seed, the input pixels): fresh draws at every
+  attack step, yet the same draws for the same input whatever ran before, so a resumed
+  crafting run repeats an uninterrupted one.
+
+Evaluation mode draws from one generator seeded at construction (`reset_generator`
+restarts it), so a clean and an adversarial evaluation batched alike see the same draws.
 
 Victims are also built by spec, `defended:jpeg-q75,adaptive,bpda,eot=4,seed=0:toy-clip-vit`
 (options after the defense name, then any victim name or spec), which is how the harness
@@ -19,6 +25,7 @@ names defended sources and targets.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -91,6 +98,12 @@ class DefendedVictim(Victim):
         success."""
         self.generator.manual_seed(self.seed)
 
+    def draw_generator(self, images: torch.Tensor) -> torch.Generator:
+        """Where an adaptive call's draws come from: seeded by (seed, the input pixels)."""
+        pixels = images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        digest = hashlib.sha256(f"{self.seed}:".encode() + pixels).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
     def defended_copies(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The images as the model sees them: one copy, or one per EOT draw."""
         self.check_images(images)
@@ -101,9 +114,10 @@ class DefendedVictim(Victim):
                     "through DefendedVictim(..., adaptive=True, bpda=True) instead"
                 )
             return [self.defense(images, self.generator)]
+        generator = self.draw_generator(images) if self.defense.randomized else None
         copies = []
         for _ in range(self.eot_samples):
-            transformed = self.defense(images, self.generator)
+            transformed = self.defense(images, generator)
             copies.append(transformed if self.defense.differentiable else bpda(images, transformed))
         return copies
 
