@@ -91,3 +91,17 @@ def test_matrix_stores_clean_cost_non_adaptive_and_adaptive_rows(tmp_path, tiny_
     again = run_matrix(spec)
     assert again.computed["defense_crafted"] == again.computed["defense_evaluated"] == 0
     assert repr(again.defenses) == repr(result.defenses)  # NaN-aware equality
+
+
+def test_defenses_show_prints_the_runs_table(tmp_path, tiny_open_clip_dir):
+    from typer.testing import CliRunner
+
+    from robust.cli import app
+
+    spec = _spec(tmp_path, tiny_open_clip_dir, defenses={"names": ["median-3"], "adaptive": False})
+    result = run_matrix(spec)
+    assert result.computed["defense_crafted"] == 0  # non-adaptive only
+    assert all(math.isnan(row.adaptive_ir_asr) for row in result.defenses)
+    shown = CliRunner().invoke(app, ["defenses", "show", str(spec.run_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert "median-3" in shown.output and "ASR" in shown.output

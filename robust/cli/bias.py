@@ -204,25 +204,25 @@ def defenses_show_command(run_dir: RunDir) -> None:
 
         dataset, split = dataset_key(load_dataset(spec.dataset, limit=spec.limit))
         rows = defense_summary(store, run_id, spec, dataset, split)
-    table = Table(
-        title=f"Defenses on {spec.dataset} (R@1, %): TR / IR",
-        caption="cost = undefended - defended clean R@1; ASR in SGA's convention, relative "
-        "to each model's own clean-correct queries",
-    )
-    for column in ("defense", "attack", "source", "target", "clean", "cost", "ASR undefended"):
-        table.add_column(column, justify="right")
-    table.add_column("ASR non-adaptive", justify="right")
-    table.add_column("ASR adaptive", justify="right")
-    for row in rows:
-        table.add_row(
-            row.defense,
-            row.attack,
-            row.source,
-            row.target,
-            f"{_percent(row.clean_tr_r1)} / {_percent(row.clean_ir_r1)}",
-            f"{_percent(row.cost_tr_r1)} / {_percent(row.cost_ir_r1)}",
-            f"{_percent(row.undefended_tr_asr)} / {_percent(row.undefended_ir_asr)}",
-            f"{_percent(row.tr_asr)} / {_percent(row.ir_asr)}",
-            f"{_percent(row.adaptive_tr_asr)} / {_percent(row.adaptive_ir_asr)}",
+    for defense in spec.defenses.names:
+        table = Table(
+            title=f"{defense} on {spec.dataset}: R@1 %, TR / IR",
+            caption="cost = undefended - defended clean R@1; ASR (SGA convention) on the "
+            "undefended target, then on the defended one with the undefended source's examples "
+            "(non-adapt) and with examples crafted through the defense (adaptive)",
         )
-    console.print(table)
+        table.add_column("attack: source -> target", no_wrap=True)
+        for column in ("clean", "cost", "ASR", "non-adapt", "adaptive"):
+            table.add_column(column, justify="right")
+        for row in rows:
+            if row.defense != defense:
+                continue
+            table.add_row(
+                f"{row.attack}: {row.source} -> {row.target}",
+                f"{_percent(row.clean_tr_r1)} / {_percent(row.clean_ir_r1)}",
+                f"{_percent(row.cost_tr_r1)} / {_percent(row.cost_ir_r1)}",
+                f"{_percent(row.undefended_tr_asr)} / {_percent(row.undefended_ir_asr)}",
+                f"{_percent(row.tr_asr)} / {_percent(row.ir_asr)}",
+                f"{_percent(row.adaptive_tr_asr)} / {_percent(row.adaptive_ir_asr)}",
+            )
+        console.print(table)
