@@ -44,8 +44,10 @@ __all__ = ["DefenseRow", "defense_summary", "run_defense_cells"]
 
 
 class _FreshDraws:
-    """Runs a cell with every defended victim's draws restarted from its seed, so a cell's
-    result does not depend on which cells ran before it in the same worker."""
+    """Runs a cell with the defended victim's evaluation draws restarted from its seed, so a
+    cell's result does not depend on which cells ran before it in the same worker, and a
+    clean and an adversarial evaluation see the same draws (adaptive draws are seeded by
+    their input already)."""
 
     def __init__(self, runner: CellRunner) -> None:
         self.runner = runner
@@ -237,7 +239,10 @@ def defense_summary(
         key = (row.defense, row.attack, row.source, row.target, row.scoring, row.metric)
         values.setdefault(key, []).append(row.value)
 
-    def value(defense, attack, source, target, scoring, metric) -> float:
+    def value(
+        defense: str | None, attack: str | None, source: str, target: str, scoring: str, metric: str
+    ) -> float:
+        """One metric of one cell, averaged over seeds (NaN where absent)."""
         found = [
             v
             for column in (
