@@ -10,9 +10,9 @@ from robust.attacks.base import AttackConfigError
 from robust.attacks.pgd import (
     PGD,
     PGDParams,
+    bicubic_resize,
     caption_set_similarity,
     embedding_kl,
-    bicubic_resize,
     scale_set_copies,
 )
 from robust.data.images import load_images

@@ -294,3 +294,12 @@ def _one_caption(scene: WorldScene, rng: np.random.Generator) -> str:
         )
     template = _pick(rng, templates)
     return template.format(body=body, bg=background, n=_COUNT_WORDS[count])
+
+
+def caption_vocabulary() -> dict[str, dict[str, tuple[str, ...]]]:
+    """The words captions use for each colour and shape, so captions can be parsed back into
+    world attributes (caption-bias measurements)."""
+    return {
+        "color": {color: (color,) for color in COLORS},
+        "shape": dict(_SHAPE_WORDS),
+    }

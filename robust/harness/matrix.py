@@ -421,6 +421,8 @@ class MatrixResult:
     targets, "itc" for CLIP). `white_box[s, t]` is true where source and target are the
     same model. `computed` counts the cells this call computed (0 for a finished run);
     `executor` describes what ran them (the run's record keeps what started the run).
+    `defenses` holds the defense table (`robust.harness.defense_cells.DefenseRow`) when the
+    spec has a defenses axis.
     """
 
     run_dir: Path
@@ -442,6 +444,7 @@ class MatrixResult:
     ir_drop: dict[str, np.ndarray]
     computed: dict[str, int] = field(default_factory=dict)
     executor: dict[str, Any] = field(default_factory=dict)
+    defenses: tuple[Any, ...] = ()  # DefenseRow per (defense, attack, source, target)
 
     def asr(self, label: str, source: str, target: str) -> tuple[float, float]:
         """(TR, IR) R@1 ASR (SGA convention) of one cell."""
@@ -681,6 +684,21 @@ def run_matrix(
                     computed["evaluated"] += 1
                 task.advance()
 
+        # 3. every target behind every defense: clean cost, non-adaptive and adaptive
+        if spec.defenses is not None:
+            from robust.harness.defense_cells import defense_summary, run_defense_cells
+
+            computed.update(
+                run_defense_cells(
+                    spec, store, run_id, runner, executor, geometry, dataset_name, split, progress
+                )
+            )
+            result = _summarise(store, run_id, spec, fingerprint, dataset_name, split, computed)
+            return replace(
+                result,
+                executor=executor_info,
+                defenses=defense_summary(store, run_id, spec, dataset_name, split),
+            )
         summary = _summarise(store, run_id, spec, fingerprint, dataset_name, split, computed)
         return replace(summary, executor=executor_info)
 
@@ -701,7 +719,7 @@ def _summarise(
     targets = tuple(ref.name for ref in spec.targets)
     labels = tuple(attack.label for attack in spec.attacks)
     values: dict[tuple[str | None, str | None, str | None, str, str], float] = {}
-    for row in store.metrics(run_id, dataset=dataset, split=split):
+    for row in store.metrics(run_id, dataset=dataset, split=split, defense=ABSENT):
         values[(row.attack, row.source, row.target, row.scoring, row.metric)] = row.value
     headline = {
         target: RERANK if any(k[2] == target and k[3] == RERANK for k in values) else "itc"

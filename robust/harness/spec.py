@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from robust.errors import RobustError
+from robust.harness.defense_axis import DefenseAxis
 
 __all__ = [
     "AttackSpec",
@@ -227,6 +228,7 @@ class ExperimentSpec(BaseModel):
     batch_size: PositiveInt = 8
     eval_batch_size: PositiveInt = 64
     k_test: PositiveInt | None = None
+    defenses: DefenseAxis | None = None
     output_dir: Path | None = None
     executor: Literal["local", "ray"] = "local"
     device: str = "cpu"
@@ -340,17 +342,23 @@ class ExperimentSpec(BaseModel):
         raise KeyError(label)
 
     def victim(self, name: str) -> VictimRef:
-        """A source or target by its display name."""
-        for ref in (*self.sources, *self.targets):
+        """A source or target by its display name, or a defended one by its derived name."""
+        refs = [*self.sources, *self.targets]
+        for ref in refs:
             if ref.name == name:
                 return ref
-        raise KeyError(name)
+        defended = None if self.defenses is None else self.defenses.resolve(name, refs)
+        if defended is None:
+            raise KeyError(name)
+        return VictimRef(**defended)
 
     def canonical(self) -> dict[str, Any]:
         """The spec as plain JSON data, minus the keys that do not change results."""
         data = self.model_dump(mode="json")
         if data["precision"] == "fp32":  # the reference: fingerprints from before the field hold
             del data["precision"]
+        if data.get("defenses") is None:  # specs without defenses keep their fingerprints
+            data.pop("defenses", None)
         return {key: value for key, value in data.items() if key not in NOT_FINGERPRINTED}
 
     def fingerprint(self) -> str:

@@ -11,9 +11,14 @@ import torch.nn.functional as F
 
 from robust.errors import RobustError
 from robust.victims.base import Victim
-from robust.victims.weights import find_open_clip_weights, missing_weights
+from robust.victims.weights import (
+    find_open_clip_hub_dir,
+    find_open_clip_weights,
+    missing_weights,
+)
 
 LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
 RANDOM_INIT = "random"
 
 
@@ -48,10 +53,17 @@ class OpenClipVictim(Victim):
 
     @classmethod
     def from_spec(cls, spec: str, name: str | None = None) -> OpenClipVictim:
-        """Load `local-dir:<folder>` or `<arch>@<pretrained tag | checkpoint file | random>`."""
+        """Load `local-dir:<folder>`, `hf-hub:<repo id>` (found locally, never downloaded) or
+        `<arch>@<pretrained tag | checkpoint file | random>`."""
         import open_clip
 
         display = name or f"open_clip:{spec}"
+        if spec.startswith(HF_HUB):
+            repo_id = spec[len(HF_HUB) :]
+            folder, looked, source = find_open_clip_hub_dir(repo_id, (display,))
+            if folder is None:
+                raise missing_weights(f"{display} ({spec})", looked, source)
+            spec = LOCAL_DIR + str(folder)
         if spec.startswith(LOCAL_DIR):
             folder = Path(spec[len(LOCAL_DIR) :]).expanduser()
             check_local_dir(folder)

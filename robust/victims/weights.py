@@ -81,6 +81,30 @@ def find_open_clip_weights(
     return None, looked, source
 
 
+def find_open_clip_hub_dir(
+    repo_id: str, folder_names: tuple[str, ...] = ()
+) -> tuple[Path | None, list[str], str]:
+    """Locate an open_clip `hf-hub:` repository (open_clip_config.json plus weights) in
+    `$ROBUST_WEIGHTS` or the Hugging Face cache, without downloading."""
+    looked: list[str] = []
+    source = f"huggingface.co/{repo_id}"
+
+    def complete(folder: Path) -> bool:
+        return (folder / "open_clip_config.json").is_file() and any(
+            (folder / filename).is_file() for filename in OPEN_CLIP_FILES
+        )
+
+    for folder in _candidate_folders((*folder_names, repo_id.split("/")[-1])):
+        looked.append(str(folder))
+        if complete(folder):
+            return folder, looked, source
+    looked.append(f"HF cache {repo_id}")
+    config = hub_file_in_cache(repo_id, "open_clip_config.json")
+    if config is not None and complete(config.parent):
+        return config.parent, looked, source
+    return None, looked, source
+
+
 def find_hf_model_dir(
     model_id: str, folder_names: tuple[str, ...] = ()
 ) -> tuple[Path | None, list[str], str]:

@@ -66,6 +66,12 @@ def _hf_blip_cap(arg: str, name: str | None) -> Victim:
     return load_blip_captioner(arg, name)
 
 
+def _defended(arg: str, name: str | None) -> Victim:
+    from robust.defenses.defended import load_defended_spec
+
+    return load_defended_spec(arg, name)
+
+
 LOADERS: dict[str, Loader] = {
     "open_clip": _open_clip,
     "hf-clip": _hf_clip,
@@ -73,6 +79,7 @@ LOADERS: dict[str, Loader] = {
     "tcl": _tcl,
     "hf-blip": _hf_blip,
     "hf-blip-cap": _hf_blip_cap,
+    "defended": _defended,
 }
 
 _CLIP = ("itc",)
@@ -114,6 +121,18 @@ KNOWN_VICTIMS: dict[str, VictimEntry] = {
             224,
             _CLIP,
             "OpenAI CLIP ViT-L/14",
+        ),
+        *(
+            VictimEntry(
+                f"{method}{eps}-clip-vit-l14",
+                f"open_clip:hf-hub:chs20/{method}{eps}-clip",
+                "clip",
+                224,
+                _CLIP,
+                f"{title} adversarially fine-tuned CLIP ViT-L/14 (ImageNet, L-inf {eps}/255)",
+            )
+            for method, title in (("tecoa", "TeCoA"), ("fare", "FARE"))
+            for eps in (2, 4)
         ),
         VictimEntry(
             "albef-flickr",
@@ -268,10 +287,16 @@ def load_victim(name_or_spec: str | dict, *, device: str = "cpu") -> Victim:
 def weights_present(entry: VictimEntry) -> bool:
     """Whether `load_victim(entry.name)` would find its weights on this machine."""
     from robust.victims.albef import albef_weights_present
-    from robust.victims.weights import find_hf_model_dir, find_open_clip_weights
+    from robust.victims.weights import (
+        find_hf_model_dir,
+        find_open_clip_hub_dir,
+        find_open_clip_weights,
+    )
 
     prefix, _, arg = entry.spec.partition(":")
     try:
+        if prefix == "open_clip" and arg.startswith("hf-hub:"):
+            return find_open_clip_hub_dir(arg[len("hf-hub:") :], (entry.name,))[0] is not None
         if prefix == "open_clip" and arg.startswith("local-dir:"):
             folder = Path(arg[len("local-dir:") :])
             return (folder / "open_clip_config.json").is_file() and any(
