@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from robust.cli import app
 from robust.harness.store import ResultStore
+from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
 
 runner = CliRunner()
 
@@ -119,16 +121,46 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragments):
     assert_one_line_error(invoke(*args), *fragments)
 
 
-def test_demo_prints_the_clean_table_and_writes_the_store(tmp_path):
-    result = invoke("demo", "--out", str(tmp_path))
+@pytest.mark.slow
+def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
+    report = tmp_path / "demo.pdf"
+    result = invoke("demo", "--out", str(tmp_path), "--report", str(report))
     assert result.exit_code == 0, result.output
     assert "toy-clip-vit" in result.output and "toy-clip-rn" in result.output
-    with ResultStore.in_run_dir(tmp_path) as store:
+    with ResultStore.in_run_dir(tmp_path / "clean") as store:
         rows = store.metrics(store.latest_run_id(), metric="tr_r1")
-        assert {row.victim for row in rows} == {"toy-clip-vit", "toy-clip-rn"}
+        assert {row.victim for row in rows} == set(TOY_RETRIEVAL_VICTIMS)
     for attack in ("pgd", "bert_attack", "sep_attack", "co_attack", "sga"):
         assert f"{attack}: R@1 ASR" in result.output
     with ResultStore.in_run_dir(tmp_path / "matrix") as store:
         sga = store.metrics(store.latest_run_id(), attack="sga", metric="tr_asr_r1")
         assert len(sga) == 4  # every (source, target) pair of the two toys
         assert all(0.0 <= row.value <= 1.0 for row in sga)
+    with ResultStore.in_run_dir(tmp_path / "patch") as store:
+        patched = store.metrics(store.latest_run_id(), attack="advclip-patch", metric="tr_asr_r1")
+        assert {row.target for row in patched} >= {"toy-clip-vit", "toy-clip-rn"}
+    with ResultStore.in_run_dir(tmp_path / "defense") as store:
+        defended = {row.defense for row in store.metrics(metric="tr_asr_r1")} - {None}
+        assert defended == {
+            "jpeg-q75",
+            "jpeg-q75/adaptive",
+            "resize-pad-1.15",
+            "resize-pad-1.15/adaptive",
+        }
+    with ResultStore.in_run_dir(tmp_path / "matrix") as store:
+        commands = [store.run_info(r)["spec"].get("command") for r in store.run_ids()]
+        assert sorted(commands) == ["bias caption", "bias cache", "matrix"]
+    text = "".join(page.extract_text() for page in PdfReader(report).pages)
+    assert "Transfer" in text and "toy-clip-vit" in text
+
+    def run_counts() -> list[int]:
+        counts = []
+        for part in ("clean", "matrix", "defense", "patch"):
+            with ResultStore.in_run_dir(tmp_path / part) as store:
+                counts.append(len(store.run_ids()))
+        return counts
+
+    before = run_counts()
+    again = invoke("demo", "--out", str(tmp_path), "--report", str(report))
+    assert again.exit_code == 0, again.output
+    assert run_counts() == before == [1, 3, 1, 1]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from robust.cli.common import RichProgress, app, console, progress_bar, user_errors
-from robust.errors import RobustError
 
 bias_app = typer.Typer(
     help="Bias effects: relevance bias (clean vs adversarial, real vs generated) and captions.",
@@ -181,32 +181,17 @@ def defenses_list_command() -> None:
 @user_errors
 def defenses_show_command(run_dir: RunDir) -> None:
     """Clean cost beside undefended, non-adaptive and adaptive R@1 ASR of a matrix run."""
-    from robust.harness.defense_cells import defense_summary
-    from robust.harness.evaluate import dataset_key
-    from robust.harness.spec import parse_spec
-    from robust.harness.store import STORE_FILENAME, ResultStore
+    from robust.harness.defense_cells import stored_defense_summary
 
-    if not (run_dir / STORE_FILENAME).is_file():
-        raise RobustError(f"{run_dir} holds no results store; run `robust matrix SPEC` first")
-    with ResultStore.in_run_dir(run_dir) as store:
-        matrix_runs = [
-            run_id
-            for run_id in store.run_ids()
-            if store.run_info(run_id)["spec"].get("command") == "matrix"
-        ]
-        if not matrix_runs:
-            raise RobustError(f"{run_dir} has no matrix run; run `robust matrix SPEC` first")
-        run_id = matrix_runs[-1]
-        spec = parse_spec(store.run_info(run_id)["spec"]["spec"], origin=str(run_dir))
-        if spec.defenses is None:
-            raise RobustError(f"{run_dir}'s matrix has no defenses axis; add `defenses:` to it")
-        from robust.data import load_dataset
+    spec, rows = stored_defense_summary(run_dir)
+    print_defense_tables(spec.dataset, spec.defenses.names, rows)
 
-        dataset, split = dataset_key(load_dataset(spec.dataset, limit=spec.limit))
-        rows = defense_summary(store, run_id, spec, dataset, split)
-    for defense in spec.defenses.names:
+
+def print_defense_tables(dataset: str, defenses: Sequence[str], rows: Sequence[Any]) -> None:
+    """One table per defense: clean cost, undefended, non-adaptive and adaptive R@1 ASR."""
+    for defense in defenses:
         table = Table(
-            title=f"{defense} on {spec.dataset}: R@1 %, TR / IR",
+            title=f"{defense} on {dataset}: R@1 %, TR / IR",
             caption="cost = undefended - defended clean R@1; ASR (SGA convention) on the "
             "undefended target, then on the defended one with the undefended source's examples "
             "(non-adapt) and with examples crafted through the defense (adaptive)",

@@ -260,16 +260,30 @@ def matrix_command(
 @user_errors
 def demo_command(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+    report: Annotated[
+        Path | None, typer.Option(help="Report PDF to write (default: OUT/report.pdf).")
+    ] = None,
 ) -> None:
-    """Run the suite's main job on the embedded world with the toy zoo."""
-    from robust.harness.demo import run_demo
+    """Run the suite's main jobs on the embedded world with the toy zoo, then the report.
+
+    Running it again into the same directory resumes instead of recomputing.
+    """
+    from robust.cli.bias import print_defense_tables
+    from robust.harness.demo import DEFENSE_SPEC, DEMO_SPLIT, run_demo
+    from robust.harness.spec import load_spec
 
     with progress_bar() as bar:
-        result = run_demo(out, progress=RichProgress(bar))
+        result = run_demo(out, report_pdf=report, progress=RichProgress(bar))
     print_retrieval_table(
-        f"Clean retrieval of the toy zoo on world {result.clean.split} (R@K, %)",
-        result.clean.rows(),
+        f"Clean retrieval of the toy zoo on world {DEMO_SPLIT} (R@K, %)", result.clean_rows
     )
     for label in result.matrix.labels:
         print_asr_matrix(result.matrix, label)
-    console.print(f"results: {out} (clean: results.sqlite, matrix: matrix/)", highlight=False)
+    defense_spec = load_spec(DEFENSE_SPEC)
+    print_defense_tables(defense_spec.dataset, defense_spec.defenses.names, result.defense.defenses)
+    console.print(
+        f"results: {out} (clean/, matrix/, defense/, patch/; matrix executor "
+        f"{result.matrix.executor.get('name', '?')}); report: {result.report.path} "
+        f"({result.report.pages} pages)",
+        highlight=False,
+    )

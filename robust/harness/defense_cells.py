@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,3 +290,30 @@ def defense_summary(
 
 def _has_rerank(values: dict[tuple[Any, ...], list[float]], target: str) -> bool:
     return any(key[3] == target and key[4] == RERANK for key in values)
+
+
+def stored_defense_summary(run_dir: Path | str) -> tuple[ExperimentSpec, tuple[DefenseRow, ...]]:
+    """The latest matrix run of `run_dir` with its defense table, read from the store alone."""
+    from robust.data import load_dataset
+    from robust.errors import RobustError
+    from robust.harness.evaluate import dataset_key
+    from robust.harness.spec import parse_spec
+    from robust.harness.store import STORE_FILENAME
+
+    run_dir = Path(run_dir)
+    if not (run_dir / STORE_FILENAME).is_file():
+        raise RobustError(f"{run_dir} holds no results store; run `robust matrix SPEC` first")
+    with ResultStore.in_run_dir(run_dir) as store:
+        matrix_runs = [
+            run_id
+            for run_id in store.run_ids()
+            if store.run_info(run_id)["spec"].get("command") == "matrix"
+        ]
+        if not matrix_runs:
+            raise RobustError(f"{run_dir} has no matrix run; run `robust matrix SPEC` first")
+        run_id = matrix_runs[-1]
+        spec = parse_spec(store.run_info(run_id)["spec"]["spec"], origin=str(run_dir))
+        if spec.defenses is None:
+            raise RobustError(f"{run_dir}'s matrix has no defenses axis; add `defenses:` to it")
+        dataset, split = dataset_key(load_dataset(spec.dataset, limit=spec.limit))
+        return spec, defense_summary(store, run_id, spec, dataset, split)

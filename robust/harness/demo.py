@@ -1,51 +1,153 @@
 """The end-to-end demo on the embedded world: what `make demo` and `robust demo` run.
 
-1. clean retrieval of every shipped toy retrieval victim on world test-1k, 2. the
-transfer-attack matrix of `configs/world_matrix.yaml` (PGD, BERT-Attack, Sep-Attack,
-Co-Attack and SGA from every toy to every toy), both stored under one run directory.
-The matrix runs on Ray when Ray is installed (it is in the dev extra), else locally; the
-run record says which.
+Every part writes its own store under one run directory, and the report reads them all:
+
+1. `clean/`: clean retrieval of every shipped toy retrieval victim on world test-1k;
+2. `matrix/`: the transfer-attack matrix of `configs/world_matrix.yaml` (PGD, BERT-Attack,
+   Sep-Attack, Co-Attack and SGA from every toy to every toy), on Ray when Ray is installed
+   (it is in the dev extra), else locally; the run record says which;
+3. bias of the matrix's SGA examples (in `matrix/`'s store): relevance bias of clean vs
+   adversarial copies in one gallery with the attribute shift, and caption bias of the
+   toy captioner;
+4. `defense/`: the defended matrix of `configs/world_defense.yaml` (clean cost,
+   non-adaptive and adaptive ASR behind JPEG and random resize-and-pad);
+5. `patch/`: a universal AdvCLIP patch fitted on toy-clip-vit and evaluated on the toys
+   against its random-patch control;
+6. the robustness report PDF of all of it.
+
+Re-running into the same directory resumes: the matrix skips finished cells, and a part
+that completed (marked by `.complete` in its folder) is not recomputed; a part that was
+interrupted is redone from scratch, so no store ever holds a run twice.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from robust.data.world import generate_world
-from robust.harness.evaluate import CleanEvaluation, evaluate_victims
+from robust.eval.retrieval import METRIC_NAMES
+from robust.harness.bias import cache_caption_bias, cache_relevance_bias
+from robust.harness.evaluate import evaluate_victims
 from robust.harness.executors import best_available_executor, make_executor
 from robust.harness.matrix import MatrixResult, run_matrix
+from robust.harness.patch import run_patch_demo
 from robust.harness.spec import ExperimentSpec, load_spec
+from robust.harness.store import ResultStore
 from robust.progress import Progress
+from robust.report.pdf import ReportSummary, build_report
 from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
 
 DEMO_SPLIT = "test-1k"
-MATRIX_SPEC = Path(__file__).resolve().parents[2] / "configs" / "world_matrix.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+MATRIX_SPEC = CONFIGS / "world_matrix.yaml"
+DEFENSE_SPEC = CONFIGS / "world_defense.yaml"
+BIAS_ATTACK, BIAS_SOURCE, BIAS_TARGET = "sga", "toy-clip-vit", "toy-clip-rn"
+BIAS_CAPTIONER = "toy-blip-cap"
+COMPLETE_MARKER = ".complete"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Everything the demo measured, each part also written to its store."""
+    """Everything the demo measured (each part also in its store) and the report it wrote."""
 
-    clean: CleanEvaluation
+    clean_rows: list[dict[str, float | str]]
     matrix: MatrixResult
+    defense: MatrixResult
+    patch_dir: Path
+    report: ReportSummary
 
 
-def demo_matrix_spec(run_dir: Path) -> ExperimentSpec:
-    """The shipped world matrix spec, writing into the demo's run directory."""
-    spec = load_spec(MATRIX_SPEC)
-    return spec.model_copy(update={"output_dir": Path(run_dir) / "matrix"})
+def demo_matrix_spec(run_dir: Path, spec_file: Path = MATRIX_SPEC) -> ExperimentSpec:
+    """A shipped spec writing into `run_dir`, on Ray when Ray is installed."""
+    spec = load_spec(spec_file)
+    return spec.model_copy(
+        update={"output_dir": Path(run_dir), "executor": best_available_executor()}
+    )
 
 
-def run_demo(run_dir: Path, *, progress: Progress | None = None) -> DemoResult:
-    """Run the demo's parts on the world, storing everything under `run_dir`."""
+def run_demo_matrix(run_dir: Path, spec_file: Path, progress: Progress | None) -> MatrixResult:
+    """Run (or resume) a shipped matrix spec into `run_dir`."""
+    spec = demo_matrix_spec(run_dir, spec_file)
+    executor = make_executor(spec.executor, device=spec.device)
+    return run_matrix(spec, progress=progress, executor=executor)
+
+
+def has_run(run_dir: Path, **record: object) -> bool:
+    """Whether `run_dir`'s store holds a run whose record has all of `record`'s items."""
+    with ResultStore.in_run_dir(run_dir) as store:
+        return any(
+            all(store.run_info(run_id)["spec"].get(k) == v for k, v in record.items())
+            for run_id in store.run_ids()
+        )
+
+
+def run_demo_bias(matrix_dir: Path, progress: Progress | None) -> None:
+    """Relevance and caption bias of the matrix's SGA examples, each stored once."""
+    keys = {"attack": BIAS_ATTACK, "source": BIAS_SOURCE}
+    if not has_run(matrix_dir, command="bias cache", victim=BIAS_TARGET, **keys):
+        cache_relevance_bias(matrix_dir, victim_name=BIAS_TARGET, progress=progress, **keys)
+    if not has_run(matrix_dir, command="bias caption", captioner=BIAS_CAPTIONER, **keys):
+        cache_caption_bias(matrix_dir, captioner=BIAS_CAPTIONER, progress=progress, **keys)
+
+
+def run_once(folder: Path, step: Callable[[Path], T]) -> T | None:
+    """Run `step(folder)` unless an earlier call completed it; redo an interrupted one.
+
+    Returns the step's result, or None when the folder already holds a completed run.
+    """
+    marker = folder / COMPLETE_MARKER
+    if marker.exists():
+        return None
+    if folder.exists():
+        shutil.rmtree(folder)  # an interrupted, non-resumable part: its rows are incomplete
+    result = step(folder)
+    marker.touch()
+    return result
+
+
+def run_demo(
+    run_dir: Path,
+    *,
+    report_pdf: Path | None = None,
+    progress: Progress | None = None,
+) -> DemoResult:
+    """Run the demo's parts on the world under `run_dir`, then write the report.
+
+    The report goes to `report_pdf` (default `run_dir/report.pdf`).
+    """
     run_dir = Path(run_dir)
     dataset = generate_world(DEMO_SPLIT)
     spec = {"command": "demo", "victims": list(TOY_RETRIEVAL_VICTIMS), "dataset": dataset.name}
-    clean = evaluate_victims(TOY_RETRIEVAL_VICTIMS, dataset, run_dir, spec=spec, progress=progress)
-    matrix_spec = demo_matrix_spec(run_dir)
-    matrix_spec = matrix_spec.model_copy(update={"executor": best_available_executor()})
-    executor = make_executor(matrix_spec.executor, device=matrix_spec.device)
-    matrix = run_matrix(matrix_spec, progress=progress, executor=executor)
-    return DemoResult(clean, matrix)
+    run_once(
+        run_dir / "clean",
+        lambda folder: evaluate_victims(
+            TOY_RETRIEVAL_VICTIMS, dataset, folder, spec=spec, progress=progress
+        ),
+    )
+    matrix = run_demo_matrix(run_dir / "matrix", MATRIX_SPEC, progress)
+    run_demo_bias(run_dir / "matrix", progress)
+    defense = run_demo_matrix(run_dir / "defense", DEFENSE_SPEC, progress)
+    patch_dir = run_dir / "patch"
+    run_once(patch_dir, lambda folder: run_patch_demo(folder, progress=progress))
+    report = build_report(run_dir, report_pdf or run_dir / "report.pdf")
+    return DemoResult(clean_rows(run_dir / "clean"), matrix, defense, patch_dir, report)
+
+
+def clean_rows(run_dir: Path) -> list[dict[str, float | str]]:
+    """One row per (victim, scoring) of the latest run in `run_dir`'s store, for tables."""
+    with ResultStore.in_run_dir(run_dir) as store:
+        run_id = store.latest_run_id()
+        metrics = store.metrics(run_id) if run_id is not None else []
+    rows: dict[tuple[str, str], dict[str, float | str]] = {}
+    for row in metrics:
+        if row.metric in METRIC_NAMES and row.attack is None:
+            entry = rows.setdefault(
+                (row.victim, row.scoring), {"victim": row.victim, "scoring": row.scoring}
+            )
+            entry[row.metric] = row.value
+    return list(rows.values())
