@@ -506,3 +506,193 @@ def test_patch_section_is_noted_without_patch_rows_and_survives_missing_files(tm
     text = pdf_text(build_report(tmp_path / "bare", tmp_path / "bare.pdf").path)
     assert "(image missing: advclip-patch.png)" in text
     assert "toy-blip-cap patch 24.7 44.0 57.8" in text
+
+
+# -- defenses --------------------------------------------------------------------------------
+
+# (defense column, source, target) -> (tr_asr_r1, ir_asr_r1) for pgd behind jpeg-q75
+DEFENDED_ASR = {
+    ("jpeg-q75", "toy-clip-vit", "toy-clip-rn"): (0.12, 0.08),
+    ("jpeg-q75/adaptive", "toy-clip-vit", "toy-clip-rn"): (0.305, 0.05),
+}
+DEFENDED_CLEAN = {"tr_r1": 0.875, "ir_r1": 0.8, "tr_r1_cost": 0.037, "ir_r1_cost": 0.02}
+
+
+def write_defended_matrix(run_dir) -> None:
+    """A matrix run with a defenses axis, rows laid out as `run_defense_cells` writes them."""
+    spec = _matrix_spec([0])
+    spec["spec"] |= {"name": "tiny-defense", "attacks": spec["spec"]["attacks"][:1]}
+    spec["spec"]["defenses"] = {"names": ["jpeg-q75"], "adaptive": True, "bpda": True}
+    keys = {"dataset": "world", "split": "test-1k[:20]"}
+    with ResultStore.in_run_dir(run_dir) as store:
+        run_id = store.start_run(spec, {"attack_seeds": [0]}, PROVENANCE)
+        rows = []
+        for (attack, source, target), (tr, ir) in ASR.items():
+            if attack != "pgd":
+                continue
+            rows += [
+                MetricRow(
+                    victim=target,
+                    metric=m,
+                    value=v,
+                    attack="pgd",
+                    source=source,
+                    target=target,
+                    **keys,
+                )
+                for m, v in {"tr_asr_r1": tr, "ir_asr_r1": ir}.items()
+            ]
+            rows += [
+                MetricRow(
+                    victim=target,
+                    metric=m,
+                    value=v,
+                    source=source,
+                    target=target,
+                    defense="jpeg-q75",
+                    **keys,
+                )
+                for m, v in DEFENDED_CLEAN.items()
+            ]
+            for defense in ("jpeg-q75", "jpeg-q75/adaptive"):
+                tr_asr, ir_asr = DEFENDED_ASR.get((defense, source, target), (0.01, 0.02))
+                rows += [
+                    MetricRow(
+                        victim=target,
+                        metric=m,
+                        value=v,
+                        attack="pgd",
+                        source=source,
+                        target=target,
+                        defense=defense,
+                        **keys,
+                    )
+                    for m, v in {"tr_asr_r1": tr_asr, "ir_asr_r1": ir_asr}.items()
+                ]
+        store.write_metrics(run_id, rows)
+
+
+def test_defense_section_sets_adaptive_beside_non_adaptive_with_the_clean_cost(tmp_path):
+    write_defended_matrix(tmp_path / "run")
+    data = load_report_data(tmp_path / "run")
+    (summary,) = data.defense_summaries
+    assert summary.adaptive and len(summary.rows) == 4
+    row = next(r for r in summary.rows if (r.source, r.target) == ("toy-clip-vit", "toy-clip-rn"))
+    assert (row.tr_asr, row.adaptive_tr_asr, row.undefended_tr_asr) == (0.12, 0.305, 0.425)
+
+    report = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "Defenses" in report.sections
+    text = pdf_text(report.path)
+    # undefended, non-adaptive, adaptive and worst, TR then IR
+    assert "jpeg-q75 pgd: toy-clip-vit → toy-clip-rn 42.5 12.0 30.5 30.5 30.0 8.0 5.0 8.0" in text
+    # clean cost: defended clean R@1 and undefended minus defended, per target
+    assert "jpeg-q75 toy-clip-rn itc 87.5 80.0 3.7 2.0" in text
+    assert "Every defended cell" in text and "jpeg-q75/adaptive" in text
+
+
+# -- bias ------------------------------------------------------------------------------------
+
+RELEVANCE = {
+    "bias_r1_a": 0.892,
+    "bias_r1_b": 0.014,
+    "bias_delta_r1": 193.82,
+    "bias_ndcg5_a": 0.5864,
+    "bias_ndcg5_b": 0.2197,
+    "bias_delta_ndcg5": 90.99,
+    "bias_rank_diff": -10.232,
+    "bias_preference_rate": 0.016,
+    "bias_shift_shape_cross": 0.068,
+    "bias_shift_color_bottom_red": -0.01,
+}
+CAPTION_BIAS = {
+    "caption_change_rate": 0.8,
+    "caption_color_insertion_rate": 0.19,
+    "caption_target_rate_clean": 0.13,
+    "caption_target_rate_attacked": 0.15,
+    "caption_cider_clean": 1.054,
+    "caption_cider_attacked": 0.805,
+    "caption_cider_drop": 0.249,
+}
+
+
+def write_bias_runs(run_dir) -> None:
+    """`robust bias cache` and `robust bias caption` runs, as `robust.harness.bias` stores."""
+    keys = {"dataset": "world", "split": "test-1k[:20]", "attack": "pgd", "source": "toy-clip-vit"}
+    with ResultStore.in_run_dir(run_dir) as store:
+        record = {
+            "command": "bias cache",
+            "attack": "pgd",
+            "source": "toy-clip-vit",
+            "victim": "toy-clip-rn",
+            "seed": 0,
+            "sources": {"a": "clean", "b": "adversarial"},
+        }
+        run_id = store.start_run(record, {"attack_seed": 0}, PROVENANCE)
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim="toy-clip-rn",
+                    metric=m,
+                    value=v,
+                    target="toy-clip-rn",
+                    scoring="itc",
+                    **keys,
+                )
+                for m, v in RELEVANCE.items()
+            ],
+        )
+        record = {
+            "command": "bias caption",
+            "attack": "pgd",
+            "source": "toy-clip-vit",
+            "captioner": "toy-blip-cap",
+            "seed": 0,
+            "target_concept": "red",
+        }
+        run_id = store.start_run(record, {"attack_seed": 0}, PROVENANCE)
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim="toy-blip-cap",
+                    metric=m,
+                    value=v,
+                    target="toy-blip-cap",
+                    scoring="caption",
+                    **keys,
+                )
+                for m, v in CAPTION_BIAS.items()
+            ],
+        )
+
+
+def test_bias_section_prints_relevance_and_caption_bias_and_no_bias_row_is_a_transfer_cell(
+    tmp_path,
+):
+    write_clean_store(tmp_path / "run")
+    write_bias_runs(tmp_path / "run")
+    data = load_report_data(tmp_path / "run")
+    assert not data.transfer  # bias rows name an attack and a source, yet are no cells
+    assert {score.kind for score in data.bias} == {"relevance", "caption"}
+
+    report = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "Bias" in report.sections
+    text = pdf_text(report.path)
+    assert "toy-clip-rn: clean vs adversarial images" in text
+    assert "R@1 89.2 1.4 +193.8" in text and "NDCG@5 58.6 22.0 +91.0" in text
+    assert "RankDiff -10.23; preference for B (adversarial) 1.6 %" in text
+    assert "Attribute shift of top-1 retrieval" in text
+    assert "Captions of toy-blip-cap" in text
+    assert "captions changed 80.0" in text and "color insertion 19.0" in text
+    assert "'red' in clean captions 13.0" in text and "'red' in attacked captions 15.0" in text
+    assert "CIDEr 105.4 80.5 24.9" in text
+
+
+def test_bias_and_defense_sections_are_notes_without_their_rows(tmp_path):
+    write_matrix_store(tmp_path / "run")
+    report = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "Bias" not in report.sections and "Defenses" not in report.sections
+    text = pdf_text(report.path)
+    assert "No bias measurements in this run." in text
+    assert "No defense results in this run." in text

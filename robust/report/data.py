@@ -16,11 +16,15 @@ from typing import Any, Final
 
 from robust.errors import RobustError
 from robust.harness.cache import AdversarialCache, CacheError
+from robust.harness.defense_cells import DefenseRow, defense_summary
 from robust.harness.evaluate import RERANK
+from robust.harness.spec import parse_spec
 from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
 
 CACHE_DIRNAME: Final[str] = "cache"
 PATCH_EVAL: Final[str] = "patch-eval"  # the `command` a patch evaluation's spec records
+BIAS_CAPTION: Final[str] = "bias caption"
+BIAS_KINDS: Final[frozenset[str]] = frozenset({"bias cache", "bias pairs", BIAS_CAPTION})
 _SEED_SUFFIX: Final[str] = "@seed="
 
 
@@ -136,6 +140,35 @@ class PatchRun:
 
 
 @dataclass(frozen=True)
+class DefenseSummary:
+    """A matrix run's defense table (`robust defenses show`): one row per (defense, attack,
+    source, target) at the target's headline scoring, seeds averaged."""
+
+    run: str
+    dataset: str
+    split: str
+    adaptive: bool
+    rows: tuple[DefenseRow, ...]
+
+
+@dataclass(frozen=True)
+class BiasScore:
+    """One bias measurement: relevance bias of `victim` between image sources A and B
+    (`kind` "relevance"), or what B's images do to a captioner's captions ("caption")."""
+
+    kind: str
+    victim: str
+    attack: str | None
+    source: str | None
+    dataset: str
+    split: str
+    sources: dict[str, str]
+    target_concept: str | None
+    metrics: dict[str, float]
+    run: str
+
+
+@dataclass(frozen=True)
 class CachedAttack:
     """A complete adversarial-cache entry: the attack's full config() as it crafted."""
 
@@ -158,6 +191,8 @@ class ReportData:
     clean: list[CleanScore] = field(default_factory=list)
     transfer: list[TransferScore] = field(default_factory=list)
     defended: list[DefendedScore] = field(default_factory=list)
+    defense_summaries: list[DefenseSummary] = field(default_factory=list)
+    bias: list[BiasScore] = field(default_factory=list)
     patch_runs: list[PatchRun] = field(default_factory=list)
     patch: list[PatchScore] = field(default_factory=list)
     cached: list[CachedAttack] = field(default_factory=list)
@@ -210,6 +245,9 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
         if run.kind == PATCH_EVAL:
             _read_patch_run(data, store, run, data.run_dir / Path(relative).parent)
             continue
+        if run.kind in BIAS_KINDS:
+            _read_bias_run(data, store, run)
+            continue
         labels = _register_attacks(data, run)
         white_box = _white_box_pairs(run.spec.get("spec", {}))
         grouped = _group_rows(store.metrics(run_id))
@@ -239,6 +277,7 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
                         run=run.key,
                     )
                 )
+        _read_defense_summary(data, store, run, grouped)
 
 
 def _read_patch_run(data: ReportData, store: ResultStore, run: RunRecord, folder: Path) -> None:
@@ -257,6 +296,52 @@ def _read_patch_run(data: ReportData, store: ResultStore, run: RunRecord, folder
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
         victim, _, _, attack, source, target, _, scoring = key
         data.patch.append(PatchScore(target or victim, attack, source, scoring, metrics, run.key))
+
+
+def _read_bias_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:
+    spec = run.spec
+    kind = "caption" if run.kind == BIAS_CAPTION else "relevance"
+    sources = spec.get("sources", {"a": "clean", "b": "adversarial"})
+    for key, metrics in _group_rows(store.metrics(run.run_id)).items():
+        victim, dataset, split, attack, source, _, _, _ = key
+        data.bias.append(
+            BiasScore(
+                kind=kind,
+                victim=victim,
+                attack=attack,
+                source=source,
+                dataset=dataset,
+                split=split,
+                sources={"a": str(sources.get("a", "A")), "b": str(sources.get("b", "B"))},
+                target_concept=spec.get("target_concept"),
+                metrics=metrics,
+                run=run.key,
+            )
+        )
+
+
+def _read_defense_summary(
+    data: ReportData, store: ResultStore, run: RunRecord, grouped: dict[_RowKey, dict]
+) -> None:
+    """The defense table of a matrix run with a defenses axis, as `robust defenses show`
+    computes it; a spec this version cannot parse leaves only the raw defended rows."""
+    raw = run.spec.get("spec")
+    if run.kind != "matrix" or not isinstance(raw, dict) or not raw.get("defenses"):
+        return
+    keys = [key for key in grouped if key[6] is not None]
+    if not keys:
+        return
+    try:
+        spec = parse_spec(raw, origin=run.key)
+    except RobustError:
+        return
+    if spec.defenses is None:
+        return
+    dataset, split = keys[0][1], keys[0][2]
+    rows = defense_summary(store, run.run_id, spec, dataset, split)
+    data.defense_summaries.append(
+        DefenseSummary(run.key, dataset, split, spec.defenses.adaptive, rows)
+    )
 
 
 def _run_record(info: dict[str, Any], store: str) -> RunRecord:

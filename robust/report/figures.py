@@ -208,54 +208,80 @@ def eps_sweep(sweep: EpsSweep, names: dict[str, str]) -> Figure:
     return figure
 
 
-def drops_against_control(
-    panels: Sequence[tuple[str, Sequence[tuple[str, float, float]]]],
-    labels: tuple[str, str] = ("patch", "random-patch control"),
+def grouped_bars(
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float]]]]],
+    series: Sequence[str],
+    value_label: str,
+    columns: int,
+    *,
+    shared_rows: bool = True,
 ) -> Figure:
-    """Per panel (a target), horizontal bars of each measure's drop in points: the attack
-    dark, its control light, values printed; measures a panel lacks stay empty."""
-    measures = list(dict.fromkeys(name for _, rows in panels for name, _, _ in rows))
-    columns = min(3, len(panels))
+    """Horizontal grouped bars, one panel per title: each row a label with one value
+    (a fraction, drawn in points) per series, dark to light, values printed. With
+    `shared_rows` panels share the union of row labels (a row a panel lacks stays empty);
+    without, each panel lists its own rows. A single series needs no legend."""
+    union = list(dict.fromkeys(name for _, rows in panels for name, _ in rows))
+    most = len(union) if shared_rows else max(len(rows) for _, rows in panels)
+    columns = min(columns, len(panels))
     grid_rows = math.ceil(len(panels) / columns)
+    thickness = 0.8 / len(series)
     with matplotlib.rc_context(_RC):
-        height = grid_rows * (0.26 * len(measures) + 0.9) + 0.4
+        row_height = 0.12 * len(series) + 0.1
+        height = grid_rows * (row_height * most + 0.9) + (0.4 if len(series) > 1 else 0.0)
         figure = Figure(figsize=(FIGURE_WIDTH_IN, height), layout="constrained")
-        axes = np.atleast_1d(figure.subplots(grid_rows, columns, sharey=True, squeeze=False))
-        colours = matplotlib.colormaps[COLOUR_MAP]((0.1, 0.85))
-        positions = np.arange(len(measures))
+        axes = figure.subplots(grid_rows, columns, sharey=shared_rows, squeeze=False)
+        colours = matplotlib.colormaps[COLOUR_MAP](np.linspace(0.1, 0.9, len(series)))
         for ax, (title, rows) in zip(axes.flat, panels, strict=False):
-            values = {name: (attack, control) for name, attack, control in rows}
-            for index, label in enumerate(labels):
-                drops = [values.get(m, (math.nan, math.nan))[index] for m in measures]
+            values = dict(rows)
+            labels = union if shared_rows else [name for name, _ in rows]
+            positions = np.arange(len(labels))
+            for index, name in enumerate(series):
+                found = [values[label][index] if label in values else math.nan for label in labels]
                 bars = ax.barh(
-                    positions + (index - 0.5) * 0.4,
-                    [0.0 if math.isnan(d) else 100 * d for d in drops],
-                    0.4,
+                    positions + (index - (len(series) - 1) / 2) * thickness,
+                    [0.0 if math.isnan(v) else 100 * v for v in found],
+                    thickness,
                     color=colours[index],
                     edgecolor="black",
                     linewidth=0.5,
-                    label=label,
+                    label=name,
                 )
                 ax.bar_label(
                     bars,
-                    labels=["" if math.isnan(d) else f"{100 * d:.0f}" for d in drops],
+                    labels=["" if math.isnan(v) else f"{100 * v:.0f}" for v in found],
                     fontsize=6,
                     padding=1,
                 )
             ax.axvline(0, color="black", linewidth=0.6)
-            ax.set_yticks(positions, measures)
-            ax.set_ylim(len(measures) - 0.5, -0.5)
+            ax.set_yticks(positions, labels)
+            ax.set_ylim(most - 0.5, -0.5)
             ax.set_title(title)
-            ax.set_xlabel("drop (points)")
+            ax.set_xlabel(value_label)
             ax.grid(axis="x", linewidth=0.4, alpha=0.6)
             ax.set_axisbelow(True)
             ax.margins(x=0.18)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
-        figure.legend(
-            *axes.flat[0].get_legend_handles_labels(),
-            loc="outside upper center",
-            ncols=len(labels),
-            frameon=False,
-        )
+        if len(series) > 1:
+            figure.legend(
+                *axes.flat[0].get_legend_handles_labels(),
+                loc="outside upper center",
+                ncols=len(series),
+                frameon=False,
+            )
     return figure
+
+
+def drops_against_control(
+    panels: Sequence[tuple[str, Sequence[tuple[str, float, float]]]],
+) -> Figure:
+    """Per target, each measure's drop in points: the patch dark, its control light."""
+    pairs = [(title, [(name, (a, b)) for name, a, b in rows]) for title, rows in panels]
+    return grouped_bars(pairs, ("patch", "random-patch control"), "drop (points)", columns=3)
+
+
+def defense_asr(
+    panels: Sequence[tuple[str, Sequence[tuple[str, tuple[float, float, float]]]]],
+) -> Figure:
+    """Per defense and direction, R@1 ASR undefended, non-adaptive and adaptive."""
+    return grouped_bars(panels, ("undefended", "non-adaptive", "adaptive"), "R@1 ASR %", columns=2)

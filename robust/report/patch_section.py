@@ -109,7 +109,7 @@ def _run_blocks(run: PatchRun, scores: list[PatchScore], named: bool) -> list[Bl
         ("Captioning", _caption_table(run, scores)),
     ):
         if table:
-            story += [Paragraph(title, style.subheading), *table]
+            story.append(Together((Paragraph(title, style.subheading), *table)))
     return story
 
 

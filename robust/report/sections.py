@@ -17,11 +17,17 @@ from typing import Any, Final
 from reportlab.platypus import Flowable, Paragraph, Preformatted, Spacer
 
 from robust.report import analysis, figures
+from robust.report.bias_section import bias_section, has_bias
 from robust.report.data import CleanScore, ReportData, finite_mean, headline_scoring
+from robust.report.defense_section import (
+    adaptive_note,
+    defended_rows_table,
+    defenses_section,
+    has_defenses,
+)
 from robust.report.layout import (
     FIGURE_MAX_HEIGHT,
     FRAME_WIDTH,
-    MISSING,
     Block,
     Together,
     column_widths,
@@ -402,40 +408,6 @@ def eps_sweep_section(data: ReportData) -> list[Block]:
     return story
 
 
-# -- defenses --------------------------------------------------------------------------------
-
-
-def defenses_section(data: ReportData) -> list[Block]:
-    """Retrieval of defended victims, clean and under attack."""
-    style = styles()
-    rows = [
-        (
-            score.defense,
-            score.victim,
-            score.attack or "clean",
-            score.source or MISSING,
-            score.scoring,
-            percent(score.metrics.get("tr_r1", math.nan)),
-            percent(score.metrics.get("ir_r1", math.nan)),
-            percent(score.metrics.get("tr_asr_r1", math.nan)),
-            percent(score.metrics.get("ir_asr_r1", math.nan)),
-        )
-        for score in data.defended
-    ]
-    header = (
-        "defense",
-        "victim",
-        "attack",
-        "source",
-        "scoring",
-        *two_line("TR R@1", "IR R@1", "TR ASR@1", "IR ASR@1"),
-    )
-    return [
-        data_table(header, rows, column_widths((68, 68, 68, 68, 41), numbers=4), numeric_from=5),
-        Paragraph("Recall and ASR in %.", style.caption),
-    ]
-
-
 # -- appendix --------------------------------------------------------------------------------
 
 
@@ -451,6 +423,9 @@ def appendix(data: ReportData) -> list[Block]:
             style.caption,
         )
         parts.append(("Every transfer cell", [_transfer_table(data), caption]))
+    if data.defended:
+        caption = Paragraph(f"Recall and ASR in %. {adaptive_note()}", style.caption)
+        parts.append(("Every defended cell", [defended_rows_table(data.defended), caption]))
     if data.cached:
         parts.append(("Attack configurations, as the cache recorded them", _cached_configs(data)))
     specs: list[Flowable] = []
@@ -579,10 +554,10 @@ SECTIONS: Final[tuple[Section | NotCovered, ...]] = (
     NotCovered("AnyAttack", "No AnyAttack results in this run."),
     Section(
         "Defenses",
-        lambda data: bool(data.defended),
+        has_defenses,
         defenses_section,
         "No defense results in this run.",
     ),
-    NotCovered("Bias", "No bias measurements in this run."),
+    Section("Bias", has_bias, bias_section, "No bias measurements in this run."),
     Section("Appendix", lambda data: True, appendix, ""),
 )
