@@ -204,7 +204,7 @@ def defended_rows_table(scores: list[DefendedScore]) -> Flowable:
         "scoring",
         *two_line("TR R@1", "IR R@1", "TR ASR@1", "IR ASR@1"),
     )
-    return data_table(header, rows, column_widths((96, 68, 68, 68, 41), numbers=4), numeric_from=5)
+    return data_table(header, rows, column_widths((112, 64, 48, 64, 40), numbers=4), numeric_from=5)
 
 
 def adaptive_note() -> str:
