@@ -3,6 +3,7 @@
 Each module registers its commands on the shared typer app; every command is a thin wrapper.
 """
 
+import robust.cli.anyattack  # noqa: F401  (registers its commands)
 from robust.cli import core  # noqa: F401  (registers its commands)
 from robust.cli.common import app
 
