@@ -30,7 +30,7 @@ from robust.attacks.anyattack_train import (
 from robust.eval.targeted import class_key, pair_images
 from robust.victims.zoo import load_victim
 
-WORLD_DECODER = {"embed_dim": 64, "image_size": 64, "channels": 64}
+WORLD_DECODER = {"embed_dim": 64, "image_size": 64, "channels": 64, "bound": "tanh"}
 EPS = 16 / 255
 EPS32 = torch.tensor(EPS, dtype=torch.float32).item()  # the bound as float32 pixels hold it
 
@@ -57,18 +57,23 @@ def tiny_pretrain(**overrides) -> PretrainConfig:
     return PretrainConfig(**values)
 
 
-def test_noise_bound_is_exact_and_keeps_gradients():
-    raw = torch.linspace(-3, 3, 3 * 8 * 8).view(1, 3, 8, 8).requires_grad_(True)
-    noise = bound_noise(raw, EPS)
-    assert noise.abs().max().item() <= EPS32  # exact: no tolerance
-    assert torch.equal(noise.detach(), raw.detach().clamp(-EPS, EPS))
-    noise.sum().backward()
-    assert torch.equal(raw.grad, torch.ones_like(raw))  # saturated values still learn
+def test_noise_bounds_are_exact_and_tanh_keeps_gradients():
+    raw = torch.linspace(-300, 300, 3 * 8 * 8).view(1, 3, 8, 8).requires_grad_(True)
+    for bound in ("tanh", "clamp"):
+        noise = bound_noise(raw, EPS, bound)
+        assert noise.abs().max().item() == EPS32  # reaches the bound, never passes it
+    assert torch.equal(bound_noise(raw, EPS, "clamp"), raw.detach().clamp(-EPS, EPS))
+
+    moderate = torch.linspace(-3, 3, 50).requires_grad_(True)
+    bound_noise(moderate, EPS, "tanh").sum().backward()
+    assert (moderate.grad > 0).all()  # saturated outputs still receive gradient
 
     clean = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    adversarial = add_noise(clean, noise.detach())
+    adversarial = add_noise(clean, bound_noise(raw, EPS, "tanh").detach())
     assert adversarial.min() >= 0 and adversarial.max() <= 1
-    assert (adversarial - clean).abs().max().item() <= EPS + 1e-7  # float32 rounding only
+    assert (adversarial - clean).abs().max().item() <= EPS32 + 1e-7  # float32 rounding only
+    with pytest.raises(Exception, match="unknown noise bound"):
+        DecoderConfig(bound="sigmoid")
 
 
 def test_attack_output_stays_within_eps(toy_vit):
@@ -109,6 +114,7 @@ def test_loads_a_checkpoint_with_the_released_key_layout(tmp_path):
     reference = released_layout_checkpoint(path)
     loaded = load_decoder(path)
     assert loaded.config == DecoderConfig(embed_dim=512, image_size=224, channels=256)
+    assert loaded.config.bound == "clamp"  # the bound the released decoders were trained with
     embedding = torch.randn(2, 512, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(loaded(embedding), reference(embedding))

@@ -5,10 +5,11 @@ The module tree and parameter names match the released AnyAttack decoders (check
 unchanged: 512-d CLIP ViT-B/32 embeddings, 256 channels at 14x14, 224 px. The sizes come
 from `DecoderConfig`, so the same class serves the embedded world (64 px, toy embeddings).
 
-The noise is added to *any* clean image: it depends only on the target. Its bound is a
-straight-through clamp (see `bound_noise`): the forward value is exactly `clamp(raw, +-eps)`,
-as in the released code, while the gradient passes as if unclamped, so raw outputs that
-overshoot the bound still learn (the reference's hard clamp zeroes them).
+The noise is added to *any* clean image: it depends only on the target. How raw outputs
+are bounded is part of the decoder's config (see `bound_noise`): decoders trained here use
+`eps * tanh(raw)`, smooth and never without gradient; the released decoders were trained
+with the hard `clamp(raw, -eps, eps)` (zero gradient wherever the raw output overshoots), so
+files without a config are read with that bound, reproducing their noise exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ DEFAULT_EPS = 16 / 255
 STATE_KEY = "decoder_state_dict"
 UPSAMPLINGS = 4  # the decoder doubles its resolution four times: image_size = 16 * init_size
 HEADS = 8
+BOUNDS: tuple[str, ...] = ("tanh", "clamp")
 
 
 class DecoderLoadError(RobustError):
@@ -43,8 +45,13 @@ class DecoderConfig:
     embed_dim: int = 512
     image_size: int = 224
     channels: int = 256
+    bound: str = "clamp"
 
     def __post_init__(self) -> None:
+        if self.bound not in BOUNDS:
+            raise AttackConfigError(
+                f"unknown noise bound {self.bound!r}; choose one of {', '.join(BOUNDS)}"
+            )
         if self.embed_dim < 1:
             raise AttackConfigError(f"embed_dim must be positive, got {self.embed_dim}")
         factor = 2**UPSAMPLINGS
@@ -63,7 +70,7 @@ class DecoderConfig:
     def init_size(self) -> int:
         return self.image_size // 2**UPSAMPLINGS
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -168,14 +175,18 @@ def check_eps(eps: float) -> None:
         raise AttackConfigError(f"eps must be in (0, 1] (pixels are in [0, 1]), got {eps}")
 
 
-def bound_noise(raw: torch.Tensor, eps: float) -> torch.Tensor:
-    """Straight-through clamp to [-eps, eps]: exact in value, identity in gradient.
+def bound_noise(raw: torch.Tensor, eps: float, bound: str = "tanh") -> torch.Tensor:
+    """Raw decoder output as noise within [-eps, eps].
 
-    The forward value is `clamp(raw)` plus an exact zero (`raw - raw.detach()`), so the
-    bound holds to the bit; the backward pass sees the identity, so saturated outputs keep
-    receiving gradient.
+    "tanh": `eps * tanh(raw)`, differentiable everywhere, so saturated outputs still learn
+    (a straight-through clamp was tried first: its raw outputs grew without limit and the
+    loss stalled). "clamp": the released decoders' hard clamp. Both hold the bound exactly.
     """
-    return raw.detach().clamp(-eps, eps) + (raw - raw.detach())
+    if bound == "tanh":
+        return eps * torch.tanh(raw)
+    if bound == "clamp":
+        return raw.clamp(-eps, eps)
+    raise AttackConfigError(f"unknown noise bound {bound!r}; choose one of {', '.join(BOUNDS)}")
 
 
 def add_noise(clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -201,7 +212,7 @@ class AnyAttack:
         """Bounded noise for target images `[B,3,S,S]` at the encoder's size."""
         with torch.no_grad():
             embeddings = self.encoder.encode_image(targets)
-        return bound_noise(self.decoder(embeddings), self.eps)
+        return bound_noise(self.decoder(embeddings), self.eps, self.decoder.config.bound)
 
     def apply(self, clean: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Adversarial images: each clean image carries the noise of its paired target."""
@@ -233,13 +244,14 @@ def embedding_width(encoder: Victim) -> int:
 
 
 def decoder_config_for(
-    encoder: Victim, *, channels: int = 256, image_size: int | None = None
+    encoder: Victim, *, channels: int = 256, image_size: int | None = None, bound: str = "tanh"
 ) -> DecoderConfig:
-    """Decoder sizes that fit an encoder: its embedding width, by default its resolution."""
+    """A decoder to train for an encoder: its embedding width, by default its resolution."""
     return DecoderConfig(
         embed_dim=embedding_width(encoder),
         image_size=encoder.image_size if image_size is None else image_size,
         channels=channels,
+        bound=bound,
     )
 
 
@@ -279,7 +291,10 @@ def infer_config(state: dict[str, torch.Tensor]) -> DecoderConfig:
             f"{channels} channels; not an AnyAttack decoder"
         )
     return DecoderConfig(
-        embed_dim=int(fc_weight.shape[1]), image_size=side * 2**UPSAMPLINGS, channels=channels
+        embed_dim=int(fc_weight.shape[1]),
+        image_size=side * 2**UPSAMPLINGS,
+        channels=channels,
+        bound="clamp",
     )
 
 

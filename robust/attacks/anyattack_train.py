@@ -70,7 +70,9 @@ class TrainConfig:
     restart_steps: int = 5000
     seed: int = 0
     checkpoint_every: int = 100
-    decoder: dict[str, int] = field(default_factory=lambda: DecoderConfig().to_dict())
+    decoder: dict[str, int | str] = field(
+        default_factory=lambda: DecoderConfig(bound="tanh").to_dict()
+    )
 
     def __post_init__(self) -> None:
         check_eps(self.eps)
@@ -220,7 +222,7 @@ def pretrain_loss(
     """One-directional InfoNCE between targets and their mean adversarial embedding."""
     with torch.no_grad():
         targets = encoder.encode_image(_at(images, encoder))
-    noise = bound_noise(decoder(targets), config.eps)
+    noise = bound_noise(decoder(targets), config.eps, decoder.config.bound)
     adversarial_sum = torch.zeros_like(targets)
     for _ in range(config.chunks):
         order = torch.randperm(images.shape[0], generator=generator)
@@ -242,7 +244,8 @@ def finetune_loss(
     """Weighted auxiliary criteria between adversarial images and their targets."""
     with torch.no_grad():
         target_embeddings = encoder.encode_image(_at(targets, encoder))
-    adversarial = add_noise(clean, bound_noise(decoder(target_embeddings), config.eps))
+    noise = bound_noise(decoder(target_embeddings), config.eps, decoder.config.bound)
+    adversarial = add_noise(clean, noise)
     total = torch.zeros(())
     for victim, weight in auxiliaries.values():
         with torch.no_grad():
