@@ -258,3 +258,48 @@ def test_short_pretraining_lowers_the_loss_and_beats_the_clean_floor(tmp_path, t
     assert len(examples["examples"]) == 2
     for kind in ("clean", "noise", "adversarial", "target"):
         assert (tmp_path / "anyattack_examples" / examples["examples"][0]["files"][kind]).is_file()
+
+
+def test_matrix_runs_anyattack_as_a_targeted_attack(tmp_path, toy_vit):
+    from robust.attacks import AttackBatch, build_attack
+    from robust.data.images import load_images
+    from robust.data.world import generate_world
+    from robust.harness.matrix import run_matrix
+    from robust.harness.spec import parse_spec
+    from robust.harness.store import ResultStore
+
+    torch.manual_seed(0)
+    decoder_path = save_decoder(
+        NoiseDecoder(DecoderConfig(**WORLD_DECODER)).eval(), tmp_path / "d.pt"
+    )
+    world = generate_world("val", count=4)
+    attack = build_attack("anyattack", toy_vit, {"decoder": str(decoder_path)}, seed=3)
+    assert attack.kind == "targeted" and attack.config()["decoder"] == str(decoder_path)
+    images = load_images(world.images, range(4), 64)
+    groups = tuple(tuple(g) for g in world.captions_of(range(4)))
+    output = attack(AttackBatch(images, groups), torch.Generator().manual_seed(0))
+    assert (output.images - images).abs().max().item() <= EPS32 + 1e-7
+    assert sorted(output.texts) == sorted(groups) and all(
+        out != own for out, own in zip(output.texts, groups, strict=True)
+    )  # every image carries another image's captions: its target's
+
+    spec = parse_spec(
+        {
+            "name": "anyattack-matrix",
+            "dataset": "world:val",
+            "limit": 8,
+            "sources": ["toy-clip-vit"],
+            "targets": ["toy-clip-vit", "toy-clip-rn"],
+            "attacks": [{"name": "anyattack", "params": {"decoder": str(decoder_path)}}],
+            "batch_size": 4,
+            "eval_batch_size": 8,
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
+    result = run_matrix(spec)
+    with ResultStore.in_run_dir(spec.run_dir) as store:
+        rows = store.metrics(result.run_id, attack="anyattack")
+    assert {row.target for row in rows} == {"toy-clip-vit", "toy-clip-rn"}
+    assert {row.metric for row in rows} >= {"tr_r1", "ir_r1"}
+    with pytest.raises(Exception, match="params.decoder"):
+        parse_spec({**spec.canonical(), "attacks": [{"name": "anyattack"}]})

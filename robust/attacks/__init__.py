@@ -25,6 +25,7 @@ ATTACKS: dict[str, str] = {
     "co_attack": "robust.attacks.co_attack:CoAttack",
     "sga": "robust.attacks.sga:SGA",
     "torchattacks": "robust.attacks.interop:TorchattacksAttack",
+    "anyattack": "robust.attacks.anyattack_targeted:AnyAttackTargeted",
 }
 
 

@@ -53,7 +53,7 @@ __all__ = [
     "run_matrix",
 ]
 
-ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal")
+ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "targeted")
 CACHE_DIRNAME: Final[str] = "cache"
 HEADLINE_METRIC: Final[str] = "r1"
 
@@ -166,7 +166,7 @@ def _run_attack(
                 f"{len(flat)}; it must return one per caption"
             )
         return images, _regroup(adversarial, counts)
-    if kind == "multimodal":
+    if kind in ("multimodal", "targeted"):  # targeted: captions are the targets' captions
         batch = AttackBatch(images, tuple(tuple(group) for group in texts))
         output = attack(batch, generator)
         return output.images, [list(group) for group in output.texts]
