@@ -43,6 +43,10 @@ def test_pretrain_resume_load_attack_and_eval(tmp_path):
     assert loaded.exit_code == 0, loaded.output
     for fragment in ("64-d embedding", "64 px", "stage pretrain", "encoder toy-clip-vit"):
         assert fragment in loaded.output
+    slim = tmp_path / "slim.pt"
+    assert invoke("anyattack", "load", str(checkpoint), "--save-decoder", str(slim)).exit_code == 0
+    assert slim.stat().st_size < checkpoint.stat().st_size / 2  # AdamW moments dropped
+    assert "step 2/2" in invoke("anyattack", "load", str(slim)).output
 
     adv_dir = tmp_path / "adv"
     attacked = invoke(

@@ -406,3 +406,14 @@ def parse_eps(text: str) -> float:
         ) from None
     check_eps(value)
     return value
+
+
+def strip_training_state(source: Path | str, destination: Path | str) -> Path:
+    """A decoder-only copy of a checkpoint (no optimiser or schedule), for shipping.
+
+    The training config and step stay, so the copy still says how it was made.
+    """
+    payload = read_checkpoint(source)
+    decoder = load_decoder(source)
+    kept = {key: payload[key] for key in ("config", "step") if key in payload}
+    return save_decoder(decoder, destination, **kept)

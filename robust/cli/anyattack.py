@@ -294,11 +294,20 @@ def eval_command(
 
 @anyattack_app.command("load")
 @user_errors
-def load_command(decoder: DecoderArgument) -> None:
+def load_command(
+    decoder: DecoderArgument,
+    save_decoder: Annotated[
+        Path | None,
+        typer.Option(help="Also write a decoder-only copy (no optimiser state) to this file."),
+    ] = None,
+) -> None:
     """Read a decoder (this project's or a released AnyAttack file) and describe it."""
-    from robust.attacks.anyattack import describe_checkpoint
+    from robust.attacks.anyattack import describe_checkpoint, strip_training_state
 
     info = describe_checkpoint(decoder)
+    if save_decoder is not None:
+        strip_training_state(decoder, save_decoder)
+        console.print(f"decoder-only copy: {save_decoder}", highlight=False)
     sizes = info["decoder"]
     console.print(
         f"{decoder}: AnyAttack decoder, {sizes['embed_dim']}-d embedding -> "
