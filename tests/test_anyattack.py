@@ -30,7 +30,7 @@ from robust.attacks.anyattack_train import (
 from robust.eval.targeted import class_key, pair_images
 from robust.victims.zoo import load_victim
 
-WORLD_DECODER = {"embed_dim": 64, "image_size": 64, "channels": 64, "bound": "tanh"}
+WORLD_SIZES = {"embed_dim": 64, "image_size": 64, "channels": 64, "bound": "tanh"}
 EPS = 16 / 255
 EPS32 = torch.tensor(EPS, dtype=torch.float32).item()  # the bound as float32 pixels hold it
 
@@ -51,7 +51,7 @@ def tiny_pretrain(**overrides) -> PretrainConfig:
         lr=1e-3,
         tau_decay_steps=4,
         checkpoint_every=2,
-        decoder=WORLD_DECODER,
+        decoder=WORLD_SIZES,
     )
     values.update(overrides)
     return PretrainConfig(**values)
@@ -78,7 +78,7 @@ def test_noise_bounds_are_exact_and_tanh_keeps_gradients():
 
 def test_attack_output_stays_within_eps(toy_vit):
     torch.manual_seed(0)
-    decoder = NoiseDecoder(DecoderConfig(**WORLD_DECODER)).eval()
+    decoder = NoiseDecoder(DecoderConfig(**WORLD_SIZES)).eval()
     with torch.no_grad():
         decoder.final_conv.weight.mul_(1000)  # raw noise far beyond the budget
     attack = AnyAttack(toy_vit, decoder, eps=EPS)
@@ -121,13 +121,13 @@ def test_loads_a_checkpoint_with_the_released_key_layout(tmp_path):
 
 
 def test_mismatched_checkpoints_name_the_keys(tmp_path):
-    decoder = NoiseDecoder(DecoderConfig(**WORLD_DECODER))
+    decoder = NoiseDecoder(DecoderConfig(**WORLD_SIZES))
     state = decoder.state_dict()
     del state["upsample_blocks.2.bn1.weight"]
     state["extra.weight"] = torch.zeros(1)
     state["final_conv.bias"] = torch.zeros(5)
     path = tmp_path / "broken.pt"
-    torch.save({"decoder_state_dict": state, "decoder_config": WORLD_DECODER}, path)
+    torch.save({"decoder_state_dict": state, "decoder_config": WORLD_SIZES}, path)
     with pytest.raises(DecoderLoadError) as raised:
         load_decoder(path)
     message = str(raised.value)
@@ -144,7 +144,7 @@ def test_mismatched_checkpoints_name_the_keys(tmp_path):
 
 def test_save_then_load_round_trips(tmp_path):
     torch.manual_seed(0)
-    decoder = NoiseDecoder(DecoderConfig(**WORLD_DECODER)).eval()
+    decoder = NoiseDecoder(DecoderConfig(**WORLD_SIZES)).eval()
     loaded = load_decoder(save_decoder(decoder, tmp_path / "d.pt"))
     embedding = torch.randn(2, 64)
     with torch.no_grad():
@@ -178,7 +178,7 @@ def test_resume_continues_the_same_run(tmp_path, toy_vit):
 
 
 def test_finetune_starts_from_a_decoder_and_resumes(tmp_path, toy_vit):
-    init = save_decoder(NoiseDecoder(DecoderConfig(**WORLD_DECODER)), tmp_path / "init.pt")
+    init = save_decoder(NoiseDecoder(DecoderConfig(**WORLD_SIZES)), tmp_path / "init.pt")
     config = FinetuneConfig(
         encoder="toy-clip-vit",
         data="world:val",
@@ -190,7 +190,7 @@ def test_finetune_starts_from_a_decoder_and_resumes(tmp_path, toy_vit):
         auxiliaries={"toy-clip-vit": 1.0, "toy-clip-rn": 0.5},
         criterion="contrastive",
         init=str(init),
-        decoder=WORLD_DECODER,
+        decoder=WORLD_SIZES,
     )
     straight = finetune(config, encoder=toy_vit)
     checkpoint = tmp_path / "ft.pt"
@@ -198,7 +198,7 @@ def test_finetune_starts_from_a_decoder_and_resumes(tmp_path, toy_vit):
     finished = finetune(load_checkpoint(checkpoint), encoder=toy_vit)
     assert finished.losses == straight.losses and len(straight.losses) == 4
     with pytest.raises(Exception, match="criterion"):
-        FinetuneConfig(criterion="l2", decoder=WORLD_DECODER)
+        FinetuneConfig(criterion="l2", decoder=WORLD_SIZES)
 
 
 def test_pairing_spans_every_shape_and_colour_and_is_seeded():
@@ -241,7 +241,7 @@ def test_short_pretraining_lowers_the_loss_and_beats_the_clean_floor(tmp_path, t
     val = generate_world("val", count=32)
     held_out = load_images(val.images, range(32), 64)  # images the decoder never saw
     state = pretrain(config, encoder=toy_vit)
-    untrained = NoiseDecoder(DecoderConfig(**WORLD_DECODER)).eval()
+    untrained = NoiseDecoder(DecoderConfig(**WORLD_SIZES)).eval()
 
     def fixed_tau_loss(decoder):
         with torch.no_grad():
@@ -282,7 +282,7 @@ def test_matrix_runs_anyattack_as_a_targeted_attack(tmp_path, toy_vit):
 
     torch.manual_seed(0)
     decoder_path = save_decoder(
-        NoiseDecoder(DecoderConfig(**WORLD_DECODER)).eval(), tmp_path / "d.pt"
+        NoiseDecoder(DecoderConfig(**WORLD_SIZES)).eval(), tmp_path / "d.pt"
     )
     world = generate_world("val", count=4)
     attack = build_attack("anyattack", toy_vit, {"decoder": str(decoder_path)}, seed=3)
@@ -315,3 +315,19 @@ def test_matrix_runs_anyattack_as_a_targeted_attack(tmp_path, toy_vit):
     assert {row.metric for row in rows} >= {"tr_r1", "ir_r1"}
     with pytest.raises(Exception, match="params.decoder"):
         parse_spec({**spec.canonical(), "attacks": [{"name": "anyattack"}]})
+
+
+def test_shipped_world_decoder_loads_and_beats_the_clean_floor(tmp_path):
+    from robust.attacks.anyattack import describe_checkpoint
+    from robust.data.world import generate_world
+    from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
+
+    info = describe_checkpoint(WORLD_DECODER)
+    assert info["decoder"] == WORLD_SIZES
+    assert info["encoder"] == "toy-clip-vit" and info["eps"] == pytest.approx(EPS)
+    world = generate_world("test-1k", count=400)
+    evaluation = evaluate_anyattack(
+        load_decoder(WORLD_DECODER), "toy-clip-vit", ["toy-clip-vit"], world, tmp_path, pairs=200
+    )
+    results = evaluation.retrieval["toy-clip-vit"]
+    assert results["adv"].recall(10)[0] > results["floor"].recall(10)[0] + 0.02

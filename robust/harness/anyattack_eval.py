@@ -39,8 +39,10 @@ from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.victims.zoo import load_victim, resolve_spec
+from robust.zoo import ZOO_DIR
 
 ATTACK = "anyattack"
+WORLD_DECODER = ZOO_DIR / "anyattack-world" / "decoder.pt"  # toy-clip-vit, eps 16/255
 EXAMPLES_DIR = "anyattack_examples"
 QUADRUPLE = ("clean", "noise", "adversarial", "target")
 
@@ -316,6 +318,7 @@ def write_examples(
 __all__ = [
     "ATTACK",
     "EXAMPLES_DIR",
+    "WORLD_DECODER",
     "AnyAttackEvaluation",
     "PairImages",
     "adversarial_dataset",
