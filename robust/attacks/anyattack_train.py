@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +48,6 @@ from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 
-Criterion = Literal["contrastive", "cosine"]
 CRITERIA: tuple[str, ...] = ("contrastive", "cosine")
 FINETUNE_TAU = 0.07
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -250,6 +250,7 @@ def eval_command(
 ) -> None:
     """Targeted retrieval (vs clean floor and target ceiling) and captioning; writes the store."""
     from robust.data import load_dataset
+    from robust.eval.targeted import GALLERIES
     from robust.harness.anyattack_eval import evaluate_anyattack
 
     attack = _open_attack(decoder, encoder, eps)
@@ -280,7 +281,7 @@ def eval_command(
         table = Table(title=f"AnyAttack captioning on {name}: captions vs target / vs clean refs")
         for column in ("images", "BLEU-4 tgt", "CIDEr tgt", "emb tgt", "BLEU-4 cln", "CIDEr cln"):
             table.add_column(column, justify="left" if column == "images" else "right")
-        for gallery in ("adv", "floor", "ceiling"):
+        for gallery in GALLERIES:
             keys = ("vs_target_bleu4", "vs_target_cider", "vs_target_emb_sim_mean")
             keys += ("vs_clean_bleu4", "vs_clean_cider")
             table.add_row(gallery, *(f"{scores[f'{gallery}_{k}']:.3f}" for k in keys))
