@@ -150,12 +150,15 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
     with ResultStore.in_run_dir(tmp_path / "matrix") as store:
         commands = [store.run_info(r)["spec"].get("command") for r in store.run_ids()]
         assert sorted(commands) == ["bias caption", "bias cache", "matrix"]
+    with ResultStore.in_run_dir(tmp_path / "anyattack") as store:
+        targeted = store.metrics(store.latest_run_id(), attack="anyattack", metric="adv_tr_r1")
+        assert {row.target for row in targeted} == {"toy-clip-vit", "toy-clip-rn"}
     text = "".join(page.extract_text() for page in PdfReader(report).pages)
     assert "Transfer" in text and "toy-clip-vit" in text
 
     def run_counts() -> list[int]:
         counts = []
-        for part in ("clean", "matrix", "defense", "patch"):
+        for part in ("clean", "matrix", "defense", "patch", "anyattack"):
             with ResultStore.in_run_dir(tmp_path / part) as store:
                 counts.append(len(store.run_ids()))
         return counts
@@ -163,4 +166,4 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
     before = run_counts()
     again = invoke("demo", "--out", str(tmp_path), "--report", str(report))
     assert again.exit_code == 0, again.output
-    assert run_counts() == before == [1, 3, 1, 1]
+    assert run_counts() == before == [1, 3, 1, 1, 1]

@@ -26,6 +26,7 @@ ATTACKS: dict[str, str] = {
     "sga": "robust.attacks.sga:SGA",
     "torchattacks": "robust.attacks.interop:TorchattacksAttack",
     "advclip": "robust.attacks.advclip:AdvCLIP",
+    "anyattack": "robust.attacks.anyattack_targeted:AnyAttackTargeted",
 }
 
 

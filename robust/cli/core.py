@@ -282,7 +282,7 @@ def demo_command(
     defense_spec = load_spec(DEFENSE_SPEC)
     print_defense_tables(defense_spec.dataset, defense_spec.defenses.names, result.defense.defenses)
     console.print(
-        f"results: {out} (clean/, matrix/, defense/, patch/; matrix executor "
+        f"results: {out} (clean/, matrix/, defense/, patch/, anyattack/; matrix executor "
         f"{result.matrix.executor.get('name', '?')}); report: {result.report.path} "
         f"({result.report.pages} pages)",
         highlight=False,

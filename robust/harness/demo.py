@@ -13,7 +13,9 @@ Every part writes its own store under one run directory, and the report reads th
    non-adaptive and adaptive ASR behind JPEG and random resize-and-pad);
 5. `patch/`: a universal AdvCLIP patch fitted on toy-clip-vit and evaluated on the toys
    against its random-patch control;
-6. the robustness report PDF of all of it.
+6. `anyattack/`: the shipped world AnyAttack decoder (encoder toy-clip-vit, eps 16/255) on
+   seeded clean/target pairs: targeted retrieval against its floor and ceiling, captioning;
+7. the robustness report PDF of all of it.
 
 Re-running into the same directory resumes: the matrix skips finished cells, and a part
 that completed (marked by `.complete` in its folder) is not recomputed; a part that was
@@ -28,8 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from robust.attacks.anyattack import load_decoder
+from robust.data.dataset import CaptionDataset
 from robust.data.world import generate_world
 from robust.eval.retrieval import METRIC_NAMES
+from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
 from robust.harness.bias import cache_caption_bias, cache_relevance_bias
 from robust.harness.evaluate import evaluate_victims
 from robust.harness.executors import best_available_executor, make_executor
@@ -47,6 +52,9 @@ MATRIX_SPEC = CONFIGS / "world_matrix.yaml"
 DEFENSE_SPEC = CONFIGS / "world_defense.yaml"
 BIAS_ATTACK, BIAS_SOURCE, BIAS_TARGET = "sga", "toy-clip-vit", "toy-clip-rn"
 BIAS_CAPTIONER = "toy-blip-cap"
+ANYATTACK_ENCODER = "toy-clip-vit"
+ANYATTACK_VICTIMS = ("toy-clip-vit", "toy-clip-rn", "toy-blip-cap")
+ANYATTACK_PAIRS = 200
 COMPLETE_MARKER = ".complete"
 T = TypeVar("T")
 
@@ -59,6 +67,7 @@ class DemoResult:
     matrix: MatrixResult
     defense: MatrixResult
     patch_dir: Path
+    anyattack_dir: Path
     report: ReportSummary
 
 
@@ -134,8 +143,26 @@ def run_demo(
     defense = run_demo_matrix(run_dir / "defense", DEFENSE_SPEC, progress)
     patch_dir = run_dir / "patch"
     run_once(patch_dir, lambda folder: run_patch_demo(folder, progress=progress))
+    anyattack_dir = run_dir / "anyattack"
+    run_once(anyattack_dir, lambda folder: run_demo_anyattack(folder, dataset, progress))
     report = build_report(run_dir, report_pdf or run_dir / "report.pdf")
-    return DemoResult(clean_rows(run_dir / "clean"), matrix, defense, patch_dir, report)
+    return DemoResult(
+        clean_rows(run_dir / "clean"), matrix, defense, patch_dir, anyattack_dir, report
+    )
+
+
+def run_demo_anyattack(folder: Path, dataset: CaptionDataset, progress: Progress | None) -> None:
+    """Evaluate the shipped world decoder on the toys, examples included."""
+    evaluate_anyattack(
+        load_decoder(WORLD_DECODER),
+        ANYATTACK_ENCODER,
+        ANYATTACK_VICTIMS,
+        dataset,
+        folder,
+        pairs=ANYATTACK_PAIRS,
+        decoder_source=str(WORLD_DECODER),
+        progress=progress,
+    )
 
 
 def clean_rows(run_dir: Path) -> list[dict[str, float | str]]:

@@ -66,7 +66,7 @@ __all__ = [
     "run_matrix",
 ]
 
-ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal")
+ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal", "targeted")
 CACHE_DIRNAME: Final[str] = "cache"
 HEADLINE_METRIC: Final[str] = "r1"
 
@@ -181,7 +181,7 @@ def _run_attack(
         return images, _regroup(adversarial, counts)
     if kind == "universal":
         return attack.apply(images, generator), texts
-    if kind == "multimodal":
+    if kind in ("multimodal", "targeted"):  # targeted: captions are the targets' captions
         batch = AttackBatch(images, tuple(tuple(group) for group in texts))
         output = attack(batch, generator)
         return output.images, [list(group) for group in output.texts]

@@ -51,7 +51,7 @@ POSITIVE_INT_PARAMS: Final[frozenset[str]] = frozenset(
     {"steps", "num_iters", "iterations", "max_words", "top_k", "max_length", "batch_size"}
 )
 UNIT_INTERVAL_PARAMS: Final[frozenset[str]] = frozenset({"eps", "step_size"})
-MATRIX_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal")
+MATRIX_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal", "targeted")
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 

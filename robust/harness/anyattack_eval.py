@@ -1,0 +1,329 @@
+"""Evaluate an AnyAttack decoder on a dataset and record it in a run directory.
+
+Rows go into the run's `ResultStore` with `attack="anyattack"`, `source` = the encoder
+victim, `target` = the evaluated victim (and `victim` = the evaluated victim). Metric names:
+- retrieval victims: `{gallery}_{m}` for gallery in adv/floor/ceiling (see
+  `robust.eval.targeted`) and `m` in tr_r1/5/10, ir_r1/5/10, r_mean;
+- captioners: `{gallery}_vs_{target|clean}_{m}` for `m` in bleu1, bleu4, rouge_l, cider,
+  emb_sim_mean (text embeddings from the encoder's text tower).
+A few example quadruples are written to `anyattack_examples/` in the run directory:
+clean, noise (mapped from [-eps, eps] to [0, 1]), adversarial and target PNGs per pair, and
+`examples.json` with the pairs' reference captions and any generated captions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from robust.attacks.anyattack import AnyAttack, NoiseDecoder
+from robust.data.dataset import ArrayImages, CaptionDataset
+from robust.data.images import cross_resolution, load_images, to_uint8_array
+from robust.errors import RobustError
+from robust.eval.retrieval import RetrievalResult
+from robust.eval.targeted import (
+    TargetPairs,
+    pair_images,
+    target_captions,
+    targeted_captioning,
+    targeted_retrieval,
+)
+from robust.harness.evaluate import dataset_key
+from robust.harness.store import MetricRow, ResultStore
+from robust.progress import Progress, ensure_progress
+from robust.victims.base import Victim
+from robust.victims.zoo import load_victim, resolve_spec
+from robust.zoo import ZOO_DIR
+
+ATTACK = "anyattack"
+WORLD_DECODER = ZOO_DIR / "anyattack-world" / "decoder.pt"  # toy-clip-vit, eps 16/255
+EXAMPLES_DIR = "anyattack_examples"
+QUADRUPLE = ("clean", "noise", "adversarial", "target")
+
+
+@dataclass
+class AnyAttackEvaluation:
+    """What one evaluation produced: pairs, per-victim results, and where it was stored."""
+
+    run_dir: Path
+    run_id: int
+    pairs: TargetPairs
+    retrieval: dict[str, dict[str, RetrievalResult]] = field(default_factory=dict)
+    captioning: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One table row per (victim, gallery): the retrieval recalls as fractions."""
+        return [
+            {"victim": victim, "gallery": gallery, **result.metrics()}
+            for victim, results in self.retrieval.items()
+            for gallery, result in results.items()
+        ]
+
+
+@dataclass(frozen=True)
+class PairImages:
+    """The pairs' pixels: cleans and adversarials at the decoder's size, targets at the
+    encoder's, and the bounded noise."""
+
+    clean: torch.Tensor
+    target: torch.Tensor
+    noise: torch.Tensor
+    adversarial: torch.Tensor
+
+
+def craft(
+    attack: AnyAttack,
+    dataset: CaptionDataset,
+    pairs: TargetPairs,
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> PairImages:
+    """Adversarial images of every pair, batch by batch."""
+    encoder, size = attack.encoder, attack.decoder.config.image_size
+    parts: dict[str, list[torch.Tensor]] = {
+        name: [] for name in ("clean", "target", "noise", "adv")
+    }
+    progress = ensure_progress(progress)
+    with progress.task("anyattack: crafting", len(pairs)) as task:
+        for start in range(0, len(pairs), batch_size):
+            stop = min(start + batch_size, len(pairs))
+            clean = load_images(dataset.images, pairs.clean[start:stop], size, encoder.resize_mode)
+            target = load_images(
+                dataset.images, pairs.target[start:stop], encoder.image_size, encoder.resize_mode
+            )
+            with torch.no_grad():
+                noise = attack.noise(target.to(encoder.device)).cpu()
+            parts["clean"].append(clean)
+            parts["target"].append(target)
+            parts["noise"].append(noise)
+            parts["adv"].append((clean + noise).clamp(0.0, 1.0))
+            task.advance(stop - start)
+    joined = {name: torch.cat(tensors) for name, tensors in parts.items()}
+    return PairImages(joined["clean"], joined["target"], joined["noise"], joined["adv"])
+
+
+def _galleries(images: PairImages, victim: Victim) -> dict[str, torch.Tensor]:
+    """The three galleries as the victim receives them: same resize and uint8 rounding."""
+    size, mode = victim.image_size, victim.resize_mode
+    return {
+        "adv": cross_resolution(images.adversarial, size, mode),
+        "floor": cross_resolution(images.clean, size, mode),
+        "ceiling": cross_resolution(images.target, size, mode),
+    }
+
+
+def evaluate_anyattack(
+    decoder: NoiseDecoder,
+    encoder: str,
+    victims: Sequence[str],
+    dataset: CaptionDataset,
+    run_dir: Path | str,
+    *,
+    pairs: int = 500,
+    eps: float | None = None,
+    seed: int = 0,
+    examples: int = 4,
+    decoder_source: str | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> AnyAttackEvaluation:
+    """Craft targeted examples with `decoder`, score every victim, and record everything.
+
+    Retrieval victims get the targeted R@K of the adversarial images beside their clean
+    floor and target ceiling; captioners get BLEU/ROUGE-L/CIDEr/embedding similarity of
+    their captions against the target's and the clean image's references.
+    """
+    from robust.attacks.anyattack import DEFAULT_EPS
+
+    for name in (encoder, *victims):
+        resolve_spec(name)
+    if not victims:
+        raise RobustError("name at least one victim to evaluate (e.g. --victim toy-clip-vit)")
+    if examples < 0:
+        raise RobustError(f"examples must be 0 or more, got {examples}")
+    source = load_victim(encoder, device=device)
+    attack = AnyAttack(source, decoder.to(device).eval(), eps=DEFAULT_EPS if eps is None else eps)
+    try:
+        chosen = pair_images(dataset, pairs, seed)
+    except ValueError as exc:
+        raise RobustError(f"--pairs: {exc}") from None
+    images = craft(attack, dataset, chosen, progress=progress)
+    texts, caption_pair = target_captions(dataset, chosen)
+    target_refs = dataset.captions_of(chosen.target.tolist())
+    clean_refs = dataset.captions_of(chosen.clean.tolist())
+
+    dataset_name, split = dataset_key(dataset)
+    run_dir = Path(run_dir)
+    spec = {
+        "command": "anyattack eval",
+        "attack": attack.config(),
+        "decoder_source": decoder_source,
+        "victims": list(victims),
+        "dataset": dataset.name,
+        "pairs": pairs,
+        "examples": examples,
+    }
+    generated: dict[str, dict[str, list[str]]] = {}
+    with ResultStore.in_run_dir(run_dir) as store:
+        run_id = store.start_run(spec, seeds={"pairs": seed, "world": 0})
+        evaluation = AnyAttackEvaluation(run_dir, run_id, chosen)
+        for name in victims:
+            victim = source if name == encoder else load_victim(name, device=device)
+            galleries = _galleries(images, victim)
+            metrics: dict[str, float] = {}
+            if "itc" in victim.capabilities:
+                results = targeted_retrieval(victim, galleries, texts, caption_pair)
+                evaluation.retrieval[name] = results
+                for gallery, result in results.items():
+                    metrics.update({f"{gallery}_{m}": v for m, v in result.metrics().items()})
+            if "caption" in victim.capabilities:
+                scores, generated[name] = targeted_captioning(
+                    victim, galleries, target_refs, clean_refs, source.encode_text
+                )
+                evaluation.captioning[name] = scores
+                metrics.update(scores)
+            keys = {"victim": name, "dataset": dataset_name, "split": split}
+            store.write_metrics(
+                run_id,
+                [
+                    MetricRow(metric=m, value=v, attack=ATTACK, source=encoder, target=name, **keys)
+                    for m, v in metrics.items()
+                ],
+            )
+    write_examples(
+        run_dir / EXAMPLES_DIR,
+        images,
+        attack.eps,
+        chosen,
+        dataset,
+        generated,
+        count=min(examples, len(chosen)),
+    )
+    return evaluation
+
+
+def adversarial_dataset(
+    images: PairImages, pairs: TargetPairs, dataset: CaptionDataset
+) -> CaptionDataset:
+    """The adversarial images captioned with their *targets'* captions (and target labels).
+
+    Retrieval on this dataset is targeted retrieval; exported with
+    `robust.data.karpathy.export_dataset` it is the adversarial annotation file that the
+    reference pipeline builds but never writes.
+    """
+    texts, caption_pair = target_captions(dataset, pairs)
+    labels = None
+    if dataset.labels is not None:
+        labels = tuple(dataset.labels[int(t)] for t in pairs.target)
+    image_ids = tuple(
+        f"adv{i:05d}-{dataset.image_ids[int(c)]}-to-{dataset.image_ids[int(t)]}"
+        for i, (c, t) in enumerate(zip(pairs.clean, pairs.target, strict=True))
+    )
+    return CaptionDataset(
+        name=f"anyattack:{dataset.name}",
+        images=ArrayImages(to_uint8_array(images.adversarial)),
+        image_ids=image_ids,
+        captions=tuple(texts),
+        caption_image=caption_pair,
+        labels=labels,
+    )
+
+
+def export_adversarial(
+    attack: AnyAttack,
+    dataset: CaptionDataset,
+    folder: Path | str,
+    *,
+    pairs: int = 500,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Path:
+    """Craft adversarial images and write them in the Karpathy layout; returns the json.
+
+    `pairs.json` beside it records which clean and target image each one came from.
+    """
+    from robust.data.karpathy import export_dataset
+
+    try:
+        chosen = pair_images(dataset, pairs, seed)
+    except ValueError as exc:
+        raise RobustError(f"--pairs: {exc}") from None
+    images = craft(attack, dataset, chosen, progress=progress)
+    folder = Path(folder)
+    annotation = export_dataset(adversarial_dataset(images, chosen, dataset), folder)
+    record = {
+        "attack": attack.config(),
+        "dataset": dataset.name,
+        "seed": seed,
+        "clean": [dataset.image_ids[int(i)] for i in chosen.clean],
+        "target": [dataset.image_ids[int(i)] for i in chosen.target],
+    }
+    (folder / "pairs.json").write_text(json.dumps(record, indent=2))
+    return annotation
+
+
+def write_examples(
+    folder: Path,
+    images: PairImages,
+    eps: float,
+    pairs: TargetPairs,
+    dataset: CaptionDataset,
+    generated: dict[str, dict[str, list[str]]],
+    *,
+    count: int,
+) -> list[dict[str, Any]]:
+    """The first `count` pairs as PNG quadruples plus `examples.json` (paths and captions)."""
+    if count == 0:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    visible_noise = (images.noise[:count] / (2 * eps) + 0.5).clamp(0.0, 1.0)
+    pictures = {
+        "clean": images.clean[:count],
+        "noise": visible_noise,
+        "adversarial": images.adversarial[:count],
+        "target": images.target[:count],
+    }
+    records = []
+    for index in range(count):
+        record: dict[str, Any] = {
+            "pair": index,
+            "clean_image": dataset.image_ids[pairs.clean[index]],
+            "target_image": dataset.image_ids[pairs.target[index]],
+            "clean_captions": dataset.captions_of([int(pairs.clean[index])])[0],
+            "target_captions": dataset.captions_of([int(pairs.target[index])])[0],
+            "files": {},
+            "generated": {
+                victim: {gallery: captions[index] for gallery, captions in by_gallery.items()}
+                for victim, by_gallery in generated.items()
+            },
+        }
+        for kind in QUADRUPLE:
+            file_name = f"{index:02d}_{kind}.png"
+            Image.fromarray(to_uint8_array(pictures[kind][index : index + 1])[0]).save(
+                folder / file_name
+            )
+            record["files"][kind] = file_name
+        records.append(record)
+    (folder / "examples.json").write_text(json.dumps({"eps": eps, "examples": records}, indent=2))
+    return records
+
+
+__all__ = [
+    "ATTACK",
+    "EXAMPLES_DIR",
+    "WORLD_DECODER",
+    "AnyAttackEvaluation",
+    "PairImages",
+    "adversarial_dataset",
+    "craft",
+    "evaluate_anyattack",
+    "export_adversarial",
+    "write_examples",
+]
