@@ -687,6 +687,8 @@ def test_bias_section_prints_relevance_and_caption_bias_and_no_bias_row_is_a_tra
     assert "captions changed 80.0" in text and "color insertion 19.0" in text
     assert "'red' in clean captions 13.0" in text and "'red' in attacked captions 15.0" in text
     assert "CIDEr 105.4 80.5 24.9" in text
+    # the title page says what each bias run measured
+    assert "bias cache with pgd examples crafted on toy-clip-vit measured on toy-clip-rn" in text
 
 
 def test_bias_and_defense_sections_are_notes_without_their_rows(tmp_path):
@@ -696,3 +698,107 @@ def test_bias_and_defense_sections_are_notes_without_their_rows(tmp_path):
     text = pdf_text(report.path)
     assert "No bias measurements in this run." in text
     assert "No defense results in this run." in text
+
+
+# -- AnyAttack -------------------------------------------------------------------------------
+
+ANYATTACK_SPEC = {
+    "command": "anyattack eval",
+    "attack": {"attack": "anyattack", "encoder": "toy-clip-vit", "eps": 16 / 255, "decoder": {}},
+    "victims": ["toy-clip-vit", "toy-blip-cap"],
+    "dataset": "world:train",
+    "pairs": 8,
+    "examples": 2,
+}
+TARGETED = {
+    "toy-clip-vit": {
+        **{f"floor_{m}": 0.031 for m in ("tr_r1", "ir_r1")},
+        "adv_tr_r1": 0.406,
+        "adv_ir_r1": 0.344,
+        "adv_tr_r5": 0.75,
+        "ceiling_tr_r1": 0.969,
+        "ceiling_ir_r1": 0.938,
+    },
+    "toy-blip-cap": {
+        "adv_vs_target_cider": 0.523,
+        "adv_vs_clean_cider": 0.214,
+        "floor_vs_target_cider": 0.101,
+        "floor_vs_clean_cider": 1.02,
+        "ceiling_vs_target_cider": 1.05,
+        "adv_vs_target_emb_sim_mean": 0.8125,
+    },
+}
+
+
+def write_anyattack_run(folder) -> None:
+    """A `robust anyattack eval` run by hand: rows and the example quadruples."""
+    import json
+
+    with ResultStore.in_run_dir(folder) as store:
+        run_id = store.start_run(ANYATTACK_SPEC, {"pairs": 0, "world": 0}, PROVENANCE)
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim=victim,
+                    dataset="world",
+                    split="train[:16]",
+                    metric=metric,
+                    value=value,
+                    attack="anyattack",
+                    source="toy-clip-vit",
+                    target=victim,
+                )
+                for victim, metrics in TARGETED.items()
+                for metric, value in metrics.items()
+            ],
+        )
+    examples_dir = folder / "anyattack_examples"
+    generator = np.random.default_rng(1)
+    records = []
+    for index in range(2):
+        files = {}
+        for kind in ("clean", "noise", "adversarial", "target"):
+            files[kind] = f"{index:02d}_{kind}.png"
+            _png(examples_dir / files[kind], generator.integers(0, 256, (8, 8, 3), np.uint8))
+        records.append(
+            {
+                "pair": index,
+                "clean_captions": [f"a blue square number {index}"],
+                "target_captions": [f"a red cross number {index}"],
+                "files": files,
+                "generated": {"toy-blip-cap": {"adv": "a red cross", "floor": "a blue square"}},
+            }
+        )
+    payload = {"eps": 16 / 255, "examples": records}
+    (examples_dir / "examples.json").write_text(json.dumps(payload))
+
+
+def test_anyattack_section_shows_quadruples_captions_and_targeted_success(tmp_path):
+    write_anyattack_run(tmp_path / "run" / "anyattack")
+    data = load_report_data(tmp_path / "run")
+    assert not data.transfer and len(data.anyattack) == 2  # targeted rows are not cells
+
+    report = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "AnyAttack" in report.sections
+    text = pdf_text(report.path)
+    assert (
+        "AnyAttack from toy-clip-vit's embedding, eps 16/255: targeted TR / IR R@1 on "
+        "toy-clip-vit 40.6 / 34.4 % (clean floor 3.1 / 3.1 %, target ceiling 96.9 / 93.8 %)."
+    ) in text
+    assert "toy-clip-vit adversarial 40.6 75.0 – 34.4" in text
+    assert "toy-blip-cap adversarial 52.3 21.4" not in text  # BLEU-4 (absent) comes first
+    assert "toy-blip-cap adversarial – 52.3 81.2 – 21.4 –" in text
+    assert "toy-blip-cap target (ceiling) – 105.0 – – – –" in text
+    assert "clean: a blue square number 1" in text and "target: a red cross number 0" in text
+    assert "toy-blip-cap on adversarial: a red cross" in text
+    images = [image for page in PdfReader(report.path).pages for image in page.images]
+    assert len(images) == 2 * 4  # two quadruples
+
+
+def test_anyattack_section_without_examples_says_so(tmp_path):
+    write_anyattack_run(tmp_path / "run")
+    (tmp_path / "run" / "anyattack_examples" / "examples.json").unlink()
+    text = pdf_text(build_report(tmp_path / "run", tmp_path / "report.pdf").path)
+    assert "No examples: anyattack_examples/examples.json is missing or unreadable." in text
+    assert "toy-clip-vit adversarial 40.6" in text

@@ -23,6 +23,7 @@ from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
 
 CACHE_DIRNAME: Final[str] = "cache"
 PATCH_EVAL: Final[str] = "patch-eval"  # the `command` a patch evaluation's spec records
+ANYATTACK_EVAL: Final[str] = "anyattack eval"
 BIAS_CAPTION: Final[str] = "bias caption"
 BIAS_KINDS: Final[frozenset[str]] = frozenset({"bias cache", "bias pairs", BIAS_CAPTION})
 _SEED_SUFFIX: Final[str] = "@seed="
@@ -140,6 +141,30 @@ class PatchRun:
 
 
 @dataclass(frozen=True)
+class AnyAttackRun:
+    """A `robust anyattack eval` run; its example quadruples lie under `folder`."""
+
+    run: str
+    folder: Path
+    encoder: str
+    eps: float | None
+    pairs: int | None
+    dataset: str
+    victims: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AnyAttackScore:
+    """Targeted metrics of one victim on AnyAttack's adversarial images (see
+    `robust.harness.anyattack_eval` for the metric names)."""
+
+    victim: str
+    encoder: str | None
+    metrics: dict[str, float]
+    run: str
+
+
+@dataclass(frozen=True)
 class DefenseSummary:
     """A matrix run's defense table (`robust defenses show`): one row per (defense, attack,
     source, target) at the target's headline scoring, seeds averaged."""
@@ -193,6 +218,8 @@ class ReportData:
     defended: list[DefendedScore] = field(default_factory=list)
     defense_summaries: list[DefenseSummary] = field(default_factory=list)
     bias: list[BiasScore] = field(default_factory=list)
+    anyattack_runs: list[AnyAttackRun] = field(default_factory=list)
+    anyattack: list[AnyAttackScore] = field(default_factory=list)
     patch_runs: list[PatchRun] = field(default_factory=list)
     patch: list[PatchScore] = field(default_factory=list)
     cached: list[CachedAttack] = field(default_factory=list)
@@ -245,6 +272,9 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
         if run.kind == PATCH_EVAL:
             _read_patch_run(data, store, run, data.run_dir / Path(relative).parent)
             continue
+        if run.kind == ANYATTACK_EVAL:
+            _read_anyattack_run(data, store, run, data.run_dir / Path(relative).parent)
+            continue
         if run.kind in BIAS_KINDS:
             _read_bias_run(data, store, run)
             continue
@@ -296,6 +326,28 @@ def _read_patch_run(data: ReportData, store: ResultStore, run: RunRecord, folder
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
         victim, _, _, attack, source, target, _, scoring = key
         data.patch.append(PatchScore(target or victim, attack, source, scoring, metrics, run.key))
+
+
+def _read_anyattack_run(data: ReportData, store: ResultStore, run: RunRecord, folder: Path) -> None:
+    """AnyAttack's targeted rows are its own section's, never transfer cells."""
+    spec = run.spec
+    attack = spec.get("attack", {})
+    eps = attack.get("eps")
+    pairs = spec.get("pairs")
+    data.anyattack_runs.append(
+        AnyAttackRun(
+            run=run.key,
+            folder=folder,
+            encoder=str(attack.get("encoder", "?")),
+            eps=None if eps is None else float(eps),
+            pairs=None if pairs is None else int(pairs),
+            dataset=str(spec.get("dataset", "?")),
+            victims=tuple(spec.get("victims", [])),
+        )
+    )
+    for key, metrics in _group_rows(store.metrics(run.run_id)).items():
+        victim, _, _, _, source, target, _, _ = key
+        data.anyattack.append(AnyAttackScore(target or victim, source, metrics, run.key))
 
 
 def _read_bias_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:

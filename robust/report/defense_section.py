@@ -79,9 +79,9 @@ def _summary_blocks(summary: DefenseSummary) -> list[Block]:
                     figures.defense_asr(_panels(rows)), FRAME_WIDTH, FIGURE_MAX_HEIGHT
                 ),
                 Paragraph(
-                    "Mean R@1 ASR (%) per attack and source → target; dark to light: "
-                    "undefended, non-adaptive, adaptive. A defense is only as robust as the "
-                    "higher of its two bars.",
+                    "R@1 ASR (%) per attack and source → target, seeds averaged; dark to "
+                    "light: undefended, non-adaptive, adaptive. A defense is only as robust as "
+                    "the higher of its two defended bars.",
                     style.caption,
                 ),
             )

@@ -37,7 +37,7 @@ from robust.report.layout import (
     text,
     with_heading,
 )
-from robust.report.sections import SECTIONS, NotCovered, title_page
+from robust.report.sections import SECTIONS, title_page
 
 
 class ReportError(RobustError):
@@ -99,7 +99,7 @@ def _story(data: ReportData) -> tuple[list[Flowable], list[str], list[tuple[str,
     omitted: list[tuple[str, str]] = []
     number = 0
     for section in SECTIONS:
-        if isinstance(section, NotCovered) or not section.available(data):
+        if not section.available(data):
             omitted.append((section.title, section.missing))
             story.append(Paragraph(text(section.missing), style.note))
             continue

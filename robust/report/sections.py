@@ -1,9 +1,8 @@
 """The report's sections as a registry: each declares the data it needs and builds flowables.
 
 A section whose data the run lacks is left out, and the document says so in one line where
-it would have been. Results that no command stores yet (universal patch, AnyAttack, bias)
-are registered as `NotCovered` notes, so the document always tells the reader what it does
-not cover.
+it would have been. The universal-patch, AnyAttack, defense and bias sections live in their
+own modules.
 """
 
 from __future__ import annotations
@@ -17,6 +16,11 @@ from typing import Any, Final
 from reportlab.platypus import Flowable, Paragraph, Preformatted, Spacer
 
 from robust.report import analysis, figures
+from robust.report.anyattack_section import (
+    anyattack_headlines,
+    anyattack_section,
+    has_anyattack,
+)
 from robust.report.bias_section import bias_section, has_bias
 from robust.report.data import CleanScore, ReportData, finite_mean, headline_scoring
 from robust.report.defense_section import (
@@ -53,17 +57,6 @@ class Section:
     title: str
     available: Callable[[ReportData], bool]
     build: Builder
-    missing: str
-
-
-@dataclass(frozen=True)
-class NotCovered:
-    """Results no command of this version stores yet: the document always notes their absence.
-
-    When a later feature stores them, its entry becomes a `Section` with a builder.
-    """
-
-    title: str
     missing: str
 
 
@@ -133,13 +126,29 @@ def _merged(records: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(key, " / ".join(found)) for key, found in sorted(values.items())]
 
 
+def _command_summary(kind: str, spec: dict[str, Any]) -> str:
+    """One line for a stand-alone command's record (eval, patch-eval, bias, anyattack)."""
+    parts = [kind]
+    if spec.get("dataset"):
+        parts.append(f"on {spec['dataset']}")
+    if isinstance(spec.get("pairs"), str):
+        parts.append(f"on the image pairs of {spec['pairs']}")
+    if spec.get("attack") and spec.get("source"):
+        parts.append(f"with {spec['attack']} examples crafted on {spec['source']}")
+    measured = spec.get("victims") or spec.get("targets")
+    if not measured:
+        measured = [spec[key] for key in ("victim", "captioner") if spec.get(key)]
+    if measured:
+        parts.append("measured on " + ", ".join(map(str, measured)))
+    return " ".join(parts)
+
+
 def _spec_summary(data: ReportData) -> list[tuple[str, str]]:
     pairs = []
     for run in data.runs:
         inner = run.spec.get("spec")
         if inner is None:
-            victims = ", ".join(run.spec.get("victims") or run.spec.get("targets") or [])
-            pairs.append((run.key, f"{run.kind} on {run.spec.get('dataset', '?')}: {victims}"))
+            pairs.append((run.key, _command_summary(run.kind, run.spec)))
             continue
         limit = inner.get("limit")
         dataset = inner.get("dataset", "?") + (f" (first {limit} images)" if limit else "")
@@ -160,7 +169,7 @@ def _spec_summary(data: ReportData) -> list[tuple[str, str]]:
 
 
 def _has_results(data: ReportData) -> bool:
-    return bool(data.clean or data.transfer or data.patch)
+    return bool(data.clean or data.transfer or data.patch or data.anyattack)
 
 
 def executive_summary(data: ReportData) -> list[Block]:
@@ -195,6 +204,7 @@ def executive_summary(data: ReportData) -> list[Block]:
             f"{text(best.dataset)} {text(best.split)} ({text(best.scoring)})."
         )
     lines += patch_headlines(data)
+    lines += anyattack_headlines(data)
     lines.append(_scope(data))
     story: list[Flowable] = paragraphs(lines, style.body)
     story.append(
@@ -243,11 +253,16 @@ def _image_count(split: str) -> float:
 
 def _scope(data: ReportData) -> str:
     victims = {s.victim for s in data.clean} | {s.target for s in data.transfer}
-    victims |= {s.source for s in data.transfer}
+    victims |= {s.source for s in data.transfer} | {s.victim for s in data.defended}
+    victims |= {s.target for s in data.patch} | {s.victim for s in data.anyattack}
+    victims |= {s.victim for s in data.bias}
+    scope = f"This report covers {len(data.runs)} run(s) and {len(victims)} victim(s)"
+    if not data.transfer:
+        return scope + "."
     cells = {(s.attack, s.source, s.target) for s in data.transfer}
     return (
-        f"This report covers {len(data.runs)} run(s), {len(victims)} victim(s), "
-        f"{len(data.attack_labels())} attack(s) and {len(cells)} transfer cell(s)."
+        f"{scope}, with {len(data.attack_labels())} transfer attack(s) in "
+        f"{len(cells)} transfer cell(s)."
     )
 
 
@@ -514,7 +529,7 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-SECTIONS: Final[tuple[Section | NotCovered, ...]] = (
+SECTIONS: Final[tuple[Section, ...]] = (
     Section(
         "Executive summary",
         _has_results,
@@ -551,7 +566,7 @@ SECTIONS: Final[tuple[Section | NotCovered, ...]] = (
         patch_section,
         "No universal-patch results in this run.",
     ),
-    NotCovered("AnyAttack", "No AnyAttack results in this run."),
+    Section("AnyAttack", has_anyattack, anyattack_section, "No AnyAttack results in this run."),
     Section(
         "Defenses",
         has_defenses,

@@ -1,0 +1,264 @@
+"""The AnyAttack section: clean / noise / adversarial / target examples with their captions,
+and targeted success on every victim against its clean floor and target ceiling.
+
+It reads a `robust anyattack eval` run: its store rows (metric names in
+`robust.harness.anyattack_eval`: `{gallery}_{recall}` for retrieval victims,
+`{gallery}_vs_{target|clean}_{metric}` for captioners) and the example quadruples that run
+writes beside its store, `anyattack_examples/examples.json` and the PNGs it names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final
+
+from reportlab.platypus import Flowable, Paragraph
+
+from robust.harness.anyattack_eval import EXAMPLES_DIR, QUADRUPLE
+from robust.report import figures
+from robust.report.bitmaps import bitmap, image_grid
+from robust.report.data import AnyAttackRun, AnyAttackScore, ReportData
+from robust.report.layout import (
+    FIGURE_MAX_HEIGHT,
+    FRAME_WIDTH,
+    Block,
+    Together,
+    column_widths,
+    data_table,
+    percent,
+    styles,
+    text,
+    two_line,
+)
+
+GALLERIES: Final[dict[str, str]] = {
+    "floor": "clean (floor)",
+    "adv": "adversarial",
+    "ceiling": "target (ceiling)",
+}
+RECALLS: Final[tuple[str, ...]] = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
+CAPTION_SCORES: Final[tuple[tuple[str, str], ...]] = (
+    ("bleu4", "BLEU-4"),
+    ("cider", "CIDEr"),
+    ("emb_sim_mean", "emb. sim."),
+)
+EXAMPLES_SHOWN: Final[int] = 4
+
+
+def has_anyattack(data: ReportData) -> bool:
+    return bool(data.anyattack)
+
+
+def anyattack_headlines(data: ReportData) -> list[str]:
+    """Per run, targeted TR / IR R@1 on the encoder itself (else the first victim): markup."""
+    lines = []
+    for run in data.anyattack_runs:
+        scores = [s for s in data.anyattack if s.run == run.run and "adv_tr_r1" in s.metrics]
+        if not scores:
+            continue
+        score = next((s for s in scores if s.victim == run.encoder), scores[0])
+
+        def both(gallery: str, metrics: dict[str, float] = score.metrics) -> str:
+            return " / ".join(
+                percent(metrics.get(f"{gallery}_{m}", math.nan)) for m in ("tr_r1", "ir_r1")
+            )
+
+        lines.append(
+            f"<b>AnyAttack</b> from {text(run.encoder)}'s embedding"
+            f"{_budget(run, ', eps {}')}: targeted TR / IR R@1 on {text(score.victim)} "
+            f"<b>{both('adv')} %</b> (clean floor {both('floor')} %, target ceiling "
+            f"{both('ceiling')} %)."
+        )
+    return lines
+
+
+def _budget(run: AnyAttackRun, template: str) -> str:
+    """`template` with the L-inf budget in units of 1/255 filled in; empty when unknown."""
+    return "" if run.eps is None else template.format(f"{255 * run.eps:.3g}/255")
+
+
+def anyattack_section(data: ReportData) -> list[Block]:
+    """Per evaluation run: examples, a targeted-recall chart and the tables."""
+    style = styles()
+    story: list[Block] = []
+    for run in data.anyattack_runs:
+        order = {victim: index for index, victim in enumerate(run.victims)}
+        scores = sorted(
+            (score for score in data.anyattack if score.run == run.run),
+            key=lambda score: order.get(score.victim, len(order)),
+        )
+        if not scores:
+            continue
+        lead: list[Flowable] = []
+        if len(data.anyattack_runs) > 1:
+            lead.append(Paragraph(f"Run {text(run.run)}", style.subheading))
+        lead.append(Paragraph(_describe(run), style.body))
+        story.append(Together((*lead, *_examples(run))))
+        retrieval = [score for score in scores if "adv_tr_r1" in score.metrics]
+        if retrieval:
+            story.append(Together(_recall_chart(retrieval)))
+            story.append(Together(_retrieval_table(retrieval)))
+        captions = [score for score in scores if "adv_vs_target_cider" in score.metrics]
+        if captions:
+            story.append(Together(_caption_table(captions)))
+    return story
+
+
+def _describe(run: AnyAttackRun) -> str:
+    pairs = f"{run.pairs} clean/target pairs" if run.pairs is not None else "clean/target pairs"
+    return (
+        f"A noise decoder turns {text(run.encoder)}'s embedding of a target image into "
+        f"noise{_budget(run, ' (L∞ budget {})')} that is added to a clean image; {pairs} of "
+        f"{text(run.dataset)}, evaluated on {text(', '.join(run.victims))}. Success is "
+        "targeted: a victim should take the adversarial image for its target. The clean "
+        "images give the floor (an attack that does nothing), the targets themselves the "
+        "ceiling (a perfect one)."
+    )
+
+
+def _examples(run: AnyAttackRun) -> tuple[Flowable, ...]:
+    style = styles()
+    folder = run.folder / EXAMPLES_DIR
+    try:
+        record = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
+        examples = list(record["examples"])[:EXAMPLES_SHOWN]
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            Paragraph(
+                f"No examples: {EXAMPLES_DIR}/examples.json is missing or unreadable.",
+                style.note,
+            ),
+        )
+    image_width = 62.0
+    caption_width = FRAME_WIDTH - len(QUADRUPLE) * (image_width + 4)
+    rows = []
+    for example in examples:
+        files = example.get("files", {})
+        pictures: list[Flowable | str] = [
+            bitmap(folder / str(files.get(kind, f"{kind}.png")), image_width) for kind in QUADRUPLE
+        ]
+        rows.append([*pictures, Paragraph(_captions(example), style.cell)])
+    return (
+        Paragraph("Examples", style.subheading),
+        image_grid(
+            (*QUADRUPLE, "captions"),
+            rows,
+            (*([image_width + 4] * len(QUADRUPLE)), caption_width),
+        ),
+        Paragraph(
+            f"Noise is shown mapped from [−eps, eps] to [0, 1]. Captions: the first reference "
+            f"of the clean and of the target image, then what each captioner generated on "
+            "the adversarial image and on the clean one. Files: "
+            f"{EXAMPLES_DIR}/examples.json and the PNGs it names.",
+            style.caption,
+        ),
+    )
+
+
+def _captions(example: dict[str, Any]) -> str:
+    lines = []
+    for who, key in (("clean", "clean_captions"), ("target", "target_captions")):
+        references = example.get(key) or []
+        if references:
+            lines.append(f"<b>{who}:</b> {text(references[0])}")
+    for victim, by_gallery in sorted(example.get("generated", {}).items()):
+        for gallery, label in (("adv", "on adversarial"), ("floor", "on clean")):
+            if gallery in by_gallery:
+                lines.append(f"<b>{text(victim)} {label}:</b> {text(by_gallery[gallery])}")
+    return "<br/>".join(lines)
+
+
+def _recall_chart(scores: list[AnyAttackScore]) -> tuple[Flowable, ...]:
+    style = styles()
+    panels = [
+        (
+            f"targeted {direction} R@1",
+            [
+                (
+                    score.victim,
+                    tuple(
+                        score.metrics.get(f"{gallery}_{direction.lower()}_r1", math.nan)
+                        for gallery in GALLERIES
+                    ),
+                )
+                for score in scores
+            ],
+        )
+        for direction in ("TR", "IR")
+    ]
+    return (
+        Paragraph("Targeted success", style.subheading),
+        figures.to_drawing(
+            figures.grouped_bars(panels, tuple(GALLERIES.values()), "R@1 %", columns=2),
+            FRAME_WIDTH,
+            FIGURE_MAX_HEIGHT,
+        ),
+        Paragraph(
+            "Targeted R@1 (%) per victim: how often an image retrieves its target's captions "
+            "(TR) and a target caption retrieves its pair's image (IR), with clean images, "
+            "AnyAttack's adversarial images and the target images themselves.",
+            style.caption,
+        ),
+    )
+
+
+def _retrieval_table(scores: list[AnyAttackScore]) -> tuple[Flowable, ...]:
+    rows = [
+        (
+            score.victim,
+            label,
+            *(percent(score.metrics.get(f"{gallery}_{m}", math.nan)) for m in RECALLS),
+        )
+        for score in scores
+        for gallery, label in GALLERIES.items()
+    ]
+    header = (
+        "victim",
+        "images",
+        *two_line("TR R@1", "TR R@5", "TR R@10", "IR R@1", "IR R@5", "IR R@10"),
+    )
+    return (
+        Paragraph("Targeted retrieval", styles().subheading),
+        data_table(header, rows, column_widths((110, 90), numbers=6), numeric_from=2),
+        Paragraph(
+            "Targeted recall in %, against the target's captions; the adversarial row is the "
+            "attack's targeted success.",
+            styles().caption,
+        ),
+    )
+
+
+def _caption_table(scores: list[AnyAttackScore]) -> tuple[Flowable, ...]:
+    style = styles()
+    rows = [
+        (
+            score.victim,
+            label,
+            *(
+                percent(score.metrics.get(f"{gallery}_vs_{against}_{metric}", math.nan))
+                for against in ("target", "clean")
+                for metric, _ in CAPTION_SCORES
+            ),
+        )
+        for score in scores
+        for gallery, label in GALLERIES.items()
+    ]
+    names = [name for _, name in CAPTION_SCORES]
+    header = (
+        "captioner",
+        "images",
+        *two_line(*(f"{name} vs target" for name in names)),
+        *two_line(*(f"{name} vs clean" for name in names)),
+    )
+    return (
+        Paragraph("Targeted captioning", style.subheading),
+        data_table(header, rows, column_widths((90, 80), numbers=6), numeric_from=2),
+        Paragraph(
+            "Generated captions scored against the target image's references (higher: the "
+            "attack steers the caption to the target) and the clean image's (lower: it leaves "
+            "the clean content), ×100; emb. sim. is the mean cosine similarity of caption "
+            "embeddings from the encoder's text tower.",
+            style.caption,
+        ),
+    )
