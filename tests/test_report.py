@@ -493,6 +493,8 @@ def test_patch_section_prints_patch_and_control_rows_and_embeds_the_patch_lossle
     assert len(images) == 2 + 2 * 2 * 3  # patch, control, 2 examples x 3 variants x 2 targets
     # every patch pixel survives exactly, as a block of the enlarged bitmap
     assert any(np.array_equal(_pixel_blocks(image, 3), patch) for image in images)
+    again = build_report(tmp_path / "run", tmp_path / "again.pdf").path
+    assert again.read_bytes() == summary.path.read_bytes()  # bitmaps keep the build repeatable
 
 
 def test_patch_section_is_noted_without_patch_rows_and_survives_missing_files(tmp_path):
