@@ -133,7 +133,7 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
     for attack in ("pgd", "bert_attack", "sep_attack", "co_attack", "sga"):
         assert f"{attack}: R@1 ASR" in result.output
     with ResultStore.in_run_dir(tmp_path / "matrix") as store:
-        sga = store.metrics(store.latest_run_id(), attack="sga", metric="tr_asr_r1")
+        sga = store.metrics(attack="sga", metric="tr_asr_r1", scoring="itc")
         assert len(sga) == 4  # every (source, target) pair of the two toys
         assert all(0.0 <= row.value <= 1.0 for row in sga)
     with ResultStore.in_run_dir(tmp_path / "patch") as store:
@@ -149,7 +149,7 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
         }
     with ResultStore.in_run_dir(tmp_path / "matrix") as store:
         commands = [store.run_info(r)["spec"].get("command") for r in store.run_ids()]
-        assert sorted(commands) == ["bias caption", "bias cache", "matrix"]
+        assert sorted(commands) == ["bias cache", "bias caption", "matrix"]
     with ResultStore.in_run_dir(tmp_path / "anyattack") as store:
         targeted = store.metrics(store.latest_run_id(), attack="anyattack", metric="adv_tr_r1")
         assert {row.target for row in targeted} == {"toy-clip-vit", "toy-clip-rn"}
