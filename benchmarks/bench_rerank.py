@@ -1,8 +1,4 @@
-"""ITM re-ranked retrieval on the world with a toy-size ALBEF: overhead and memory growth.
-
-Speed and memory depend on the architecture, not on the weights, so the victim is a
-randomly initialised ALBEF at the toy zoo's size (64 px, ViT width 96 x 4 layers, BERT
-hidden 64 x 4 layers with fusion from layer 2) over the world vocabulary.
+"""ITM re-ranked retrieval on the world with the shipped toy-albef: overhead and memory.
 
 Time: the whole re-ranked evaluation of test-1k at k_test=128 against the bare ITM
 forwards it needs ((images + captions) x k_test fusion passes, timed alone in the same
@@ -20,38 +16,9 @@ from benchmarks.common import peak_memory_in_fresh_process, write_result
 from robust.data.world import generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
+from robust.victims import load_victim
 
-VICTIM = "toy-size ALBEF (random weights)"
-TOY_ALBEF = {
-    "image_size": 64,
-    "patch_size": 8,
-    "vision_width": 96,
-    "vision_depth": 4,
-    "vision_heads": 4,
-    "hidden_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 256,
-    "max_position_embeddings": 64,
-    "fusion_layer": 2,
-    "encoder_width": 96,
-    "embed_dim": 64,
-}
-
-
-def toy_albef():
-    """A seeded random ALBEF victim at toy size over the world WordPiece vocabulary."""
-    import tempfile
-    from pathlib import Path
-
-    from robust.victims.albef import AlbefConfig, AlbefModel, AlbefVictim
-    from robust.zoo.vocab import build_world_vocab
-
-    vocab = build_world_vocab(Path(tempfile.mkdtemp()) / "vocab.txt", train_images=2000)
-    size = len(vocab.read_text().splitlines())
-    torch.manual_seed(0)
-    model = AlbefModel(AlbefConfig(vocab_size=size, **TOY_ALBEF))
-    return AlbefVictim(VICTIM, model, vocab).eval()
+VICTIM = "toy-albef"
 
 
 K_TEST = 128
@@ -88,13 +55,13 @@ def reranked_evaluation(victim, dataset, k_test: int):
 
 def reranked_call(split: str, k_test: str):
     """Set-up for the memory probe: the whole re-ranked evaluation of `split` as one call."""
-    victim = toy_albef()
+    victim = load_victim(VICTIM)
     dataset = generate_world(split)
     return lambda: reranked_evaluation(victim, dataset, int(k_test))
 
 
 def run() -> dict:
-    victim = toy_albef()
+    victim = load_victim(VICTIM)
     test_1k = generate_world("test-1k")
     start = time.perf_counter()
     result, reranker = reranked_evaluation(victim, test_1k, K_TEST)

@@ -89,11 +89,15 @@ class ItmReranker:
                     text_masks.append(mask)
                     task.advance(len(texts))
         length = max(mask.shape[1] for mask in text_masks)
+        text_mask = torch.cat([_pad_length(m, length) for m in text_masks])
+        # Columns that are padding in every caption change no score: drop them once here
+        # rather than run them through the fusion layers for every candidate pair.
+        used = max(1, int(text_mask.sum(dim=1).max()))
         return cls(
             victim,
             torch.cat(image_tokens),
-            torch.cat([_pad_length(t, length) for t in text_inputs]),
-            torch.cat([_pad_length(m, length) for m in text_masks]),
+            torch.cat([_pad_length(t, length) for t in text_inputs])[:, :used],
+            text_mask[:, :used],
             image_features.to(victim.device),
             text_features.to(victim.device),
             pair_batch_size=pair_batch_size,
