@@ -29,7 +29,7 @@ PAIR_BATCH = 256
 def bare_itm_seconds(reranker: ItmReranker, pairs: int) -> float:
     """`pairs` fusion passes on cached inputs in pair batches, with no ranking around them."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, reranker.image_tokens.shape[0], (pairs,), generator=generator)
+    images = torch.randint(0, reranker.image_inputs.shape[0], (pairs,), generator=generator)
     texts = torch.randint(0, reranker.text_inputs.shape[0], (pairs,), generator=generator)
     start = time.perf_counter()
     with torch.no_grad():
@@ -37,7 +37,7 @@ def bare_itm_seconds(reranker: ItmReranker, pairs: int) -> float:
             i = images[offset : offset + PAIR_BATCH]
             t = texts[offset : offset + PAIR_BATCH]
             reranker.victim.itm_from_inputs(
-                reranker.image_tokens[i], reranker.text_inputs[t], reranker.text_mask[t]
+                reranker.image_inputs[i], reranker.text_inputs[t], reranker.text_mask[t]
             )
     return time.perf_counter() - start
 
