@@ -1,8 +1,7 @@
-"""ITM re-ranked retrieval on the world with a toy-size ALBEF: overhead and memory growth.
+"""ITM re-ranked retrieval on the world with the shipped toy-albef: overhead and memory.
 
-Speed and memory depend on the architecture, not on the weights, so the victim is a
-randomly initialised ALBEF at the toy zoo's size (64 px, ViT width 96 x 4 layers, BERT
-hidden 64 x 4 layers with fusion from layer 2) over the world vocabulary.
+Until toy-albef ships, a seeded random ALBEF with toy-albef's recipe architecture and the
+zoo's vocab stands in: speed and memory do not depend on the weights.
 
 Time: the whole re-ranked evaluation of test-1k at k_test=128 against the bare ITM
 forwards it needs ((images + captions) x k_test fusion passes, timed alone in the same
@@ -20,38 +19,30 @@ from benchmarks.common import peak_memory_in_fresh_process, write_result
 from robust.data.world import generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
+from robust.victims import load_victim
 
-VICTIM = "toy-size ALBEF (random weights)"
-TOY_ALBEF = {
-    "image_size": 64,
-    "patch_size": 8,
-    "vision_width": 96,
-    "vision_depth": 4,
-    "vision_heads": 4,
-    "hidden_size": 64,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 256,
-    "max_position_embeddings": 64,
-    "fusion_layer": 2,
-    "encoder_width": 96,
-    "embed_dim": 64,
-}
+VICTIM = "toy-albef"
+STAND_IN = "toy-albef architecture (random weights)"
 
 
-def toy_albef():
-    """A seeded random ALBEF victim at toy size over the world WordPiece vocabulary."""
+def benchmark_victim():
+    """The shipped toy-albef, or a seeded random ALBEF of its recipe's size and vocab."""
     import tempfile
     from pathlib import Path
 
-    from robust.victims.albef import AlbefConfig, AlbefModel, AlbefVictim
-    from robust.zoo.vocab import build_world_vocab
+    from robust.victims.albef import AlbefModel, AlbefVictim
+    from robust.victims.zoo import KNOWN_VICTIMS, weights_present
+    from robust.zoo.train_albef import albef_recipe_for
+    from robust.zoo.warm_start import masked_lm_state
 
-    vocab = build_world_vocab(Path(tempfile.mkdtemp()) / "vocab.txt", train_images=2000)
-    size = len(vocab.read_text().splitlines())
+    if weights_present(KNOWN_VICTIMS[VICTIM]):
+        return load_victim(VICTIM)
+    recipe = albef_recipe_for(VICTIM)
+    _, tokens = masked_lm_state(recipe.text_init)
+    vocab = Path(tempfile.mkdtemp()) / "vocab.txt"
+    vocab.write_text("".join(f"{token}\n" for token in tokens))
     torch.manual_seed(0)
-    model = AlbefModel(AlbefConfig(vocab_size=size, **TOY_ALBEF))
-    return AlbefVictim(VICTIM, model, vocab).eval()
+    return AlbefVictim(STAND_IN, AlbefModel(recipe.model_config()), vocab).eval()
 
 
 K_TEST = 128
@@ -62,7 +53,7 @@ PAIR_BATCH = 256
 def bare_itm_seconds(reranker: ItmReranker, pairs: int) -> float:
     """`pairs` fusion passes on cached inputs in pair batches, with no ranking around them."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, reranker.image_tokens.shape[0], (pairs,), generator=generator)
+    images = torch.randint(0, reranker.image_inputs.shape[0], (pairs,), generator=generator)
     texts = torch.randint(0, reranker.text_inputs.shape[0], (pairs,), generator=generator)
     start = time.perf_counter()
     with torch.no_grad():
@@ -70,7 +61,7 @@ def bare_itm_seconds(reranker: ItmReranker, pairs: int) -> float:
             i = images[offset : offset + PAIR_BATCH]
             t = texts[offset : offset + PAIR_BATCH]
             reranker.victim.itm_from_inputs(
-                reranker.image_tokens[i], reranker.text_inputs[t], reranker.text_mask[t]
+                reranker.image_inputs[i], reranker.text_inputs[t], reranker.text_mask[t]
             )
     return time.perf_counter() - start
 
@@ -88,13 +79,13 @@ def reranked_evaluation(victim, dataset, k_test: int):
 
 def reranked_call(split: str, k_test: str):
     """Set-up for the memory probe: the whole re-ranked evaluation of `split` as one call."""
-    victim = toy_albef()
+    victim = benchmark_victim()
     dataset = generate_world(split)
     return lambda: reranked_evaluation(victim, dataset, int(k_test))
 
 
 def run() -> dict:
-    victim = toy_albef()
+    victim = benchmark_victim()
     test_1k = generate_world("test-1k")
     start = time.perf_counter()
     result, reranker = reranked_evaluation(victim, test_1k, K_TEST)

@@ -90,6 +90,9 @@ def test_cached_pair_scores_match_pairwise_itm(albef, world_small):
     with torch.no_grad():
         expected = albef.itm_logits(images, texts).view(2, 3)
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    # the cache keeps only up to the longest caption's tokens, not all padded positions
+    longest = max(int(albef.tokenize([text])[1].sum()) for text in dataset.captions)
+    assert reranker.text_inputs.shape[1] == reranker.text_mask.shape[1] == longest
 
 
 def test_reranker_refuses_dual_encoders(tiny_open_clip_dir, world_small):

@@ -27,6 +27,7 @@ from robust.zoo.train_blip import (
     new_masked_lm,
     retrieval_losses,
     train_blip_captioner,
+    train_blip_recipe,
     train_blip_retrieval,
     train_mlm,
     world_tokenizer,
@@ -124,6 +125,7 @@ def test_train_blip_retrieval_writes_a_loadable_folder_that_learned(
         learning_rate=3e-3,
         warmup_fraction=0.1,
         text_init=str(tiny_mlm_dir),
+        vision_init=None,
         bf16_autocast=False,
     )
     report = train_blip_retrieval(recipe, tmp_path / "toy-blip", dataset=batch_images)
@@ -247,3 +249,10 @@ def test_blip_text_starts_from_the_masked_lm(tiny_mlm_dir):
 def test_missing_text_init_is_one_clear_error(tmp_path):
     with pytest.raises(RobustError, match="train it first"):
         load_text_init(str(tmp_path / "no-such-mlm"))
+
+
+def test_train_blip_recipe_refuses_a_foreign_recipe(tmp_path):
+    from robust.zoo.recipes import RECIPES
+
+    with pytest.raises(RobustError, match="no trainer"):
+        train_blip_recipe(RECIPES["toy-clip-vit"], tmp_path)

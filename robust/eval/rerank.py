@@ -1,7 +1,8 @@
 """ITM re-ranking of the ITC top-k candidates, batched over candidate pairs.
 
-Each image's vision tokens and each caption's ITM inputs are computed once; per query
-only the fusion (cross-attention) layers run on its k candidates, in pair batches. Scores
+Each image's ITM inputs (its vision tokens, or for ALBEF/TCL their cross-attention keys
+and values) and each caption's ITM inputs are computed once; per query only the fusion
+layers run on its k candidates, in pair batches. Scores
 combine per family (`Victim.retrieval_score_fusion`): ALBEF/TCL rank by the ITM logit
 alone, BLIP by ITM logit + ITC cosine.
 """
@@ -27,12 +28,12 @@ def default_k_test(dataset: CaptionDataset) -> int:
 
 
 class ItmReranker:
-    """A `Reranker` over one dataset: cached vision tokens and text inputs, batched ITM."""
+    """A `Reranker` over one dataset: cached image and text ITM inputs, batched ITM."""
 
     def __init__(
         self,
         victim: Victim,
-        image_tokens: Tensor,
+        image_inputs: Tensor,
         text_inputs: Tensor,
         text_mask: Tensor,
         image_features: Tensor,
@@ -45,7 +46,7 @@ class ItmReranker:
         if pair_batch_size <= 0:
             raise ValueError(f"pair_batch_size must be positive, got {pair_batch_size}")
         self.victim = victim
-        self.image_tokens = image_tokens
+        self.image_inputs = image_inputs
         self.text_inputs = text_inputs
         self.text_mask = text_mask
         self.image_features = image_features
@@ -69,7 +70,7 @@ class ItmReranker:
         from robust.data.images import load_images
 
         progress = ensure_progress(progress)
-        image_tokens: list[Tensor] = []
+        image_inputs: list[Tensor] = []
         text_inputs: list[Tensor] = []
         text_masks: list[Tensor] = []
         with torch.no_grad():
@@ -79,7 +80,7 @@ class ItmReranker:
                     images = load_images(
                         dataset.images, indices, victim.image_size, victim.resize_mode
                     ).to(victim.device)
-                    image_tokens.append(victim.image_tokens(images))
+                    image_inputs.append(victim.itm_image_inputs(victim.image_tokens(images)))
                     task.advance(len(indices))
             with progress.task(f"{victim.name}: ITM text cache", dataset.num_captions) as task:
                 for start in range(0, dataset.num_captions, batch_size):
@@ -89,11 +90,15 @@ class ItmReranker:
                     text_masks.append(mask)
                     task.advance(len(texts))
         length = max(mask.shape[1] for mask in text_masks)
+        text_mask = torch.cat([_pad_length(m, length) for m in text_masks])
+        # Columns that are padding in every caption change no score: drop them once here
+        # rather than run them through the fusion layers for every candidate pair.
+        used = max(1, int(text_mask.sum(dim=1).max()))
         return cls(
             victim,
-            torch.cat(image_tokens),
-            torch.cat([_pad_length(t, length) for t in text_inputs]),
-            torch.cat([_pad_length(m, length) for m in text_masks]),
+            torch.cat(image_inputs),
+            torch.cat([_pad_length(t, length) for t in text_inputs])[:, :used],
+            text_mask[:, :used],
             image_features.to(victim.device),
             text_features.to(victim.device),
             pair_batch_size=pair_batch_size,
@@ -108,7 +113,7 @@ class ItmReranker:
         return self._score_pairs(image_candidates.reshape(-1), pairs_text).view_as(image_candidates)
 
     def _score_pairs(self, image_index: Tensor, text_index: Tensor) -> Tensor:
-        device = self.image_tokens.device
+        device = self.image_inputs.device
         image_index = image_index.to(device)
         text_index = text_index.to(device)
         scores = []
@@ -117,7 +122,7 @@ class ItmReranker:
                 images = image_index[start : start + self.pair_batch_size]
                 texts = text_index[start : start + self.pair_batch_size]
                 logits = self.victim.itm_from_inputs(
-                    self.image_tokens[images], self.text_inputs[texts], self.text_mask[texts]
+                    self.image_inputs[images], self.text_inputs[texts], self.text_mask[texts]
                 ).float()
                 if self.add_itc:
                     logits = logits + (self.image_features[images] * self.text_features[texts]).sum(

@@ -263,17 +263,28 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(context_width, hidden)
         self.value = nn.Linear(context_width, hidden)
 
+    def context_heads(self, context: torch.Tensor) -> torch.Tensor:
+        """Keys and values of `context` split into heads, stacked `[B, 2, heads, L, d]`."""
+        key = _split_heads(self.key(context), self.heads)
+        return torch.stack([key, _split_heads(self.value(context), self.heads)], dim=1)
+
+    def attend(
+        self, hidden: torch.Tensor, heads: torch.Tensor, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of `hidden` to precomputed `context_heads` output."""
+        query = _split_heads(self.query(hidden), self.heads)
+        attended = F.scaled_dot_product_attention(
+            query, heads[:, 0], heads[:, 1], attn_mask=context_mask
+        )
+        return _merge_heads(attended)
+
     def forward(
         self,
         hidden: torch.Tensor,
         context: torch.Tensor,
         context_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        query = _split_heads(self.query(hidden), self.heads)
-        key = _split_heads(self.key(context), self.heads)
-        value = _split_heads(self.value(context), self.heads)
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=context_mask)
-        return _merge_heads(attended)
+        return self.attend(hidden, self.context_heads(context), context_mask)
 
 
 class BertSelfOutput(nn.Module):
@@ -301,6 +312,12 @@ class BertAttention(nn.Module):
         context_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         return self.output(self.self(hidden, context, context_mask), hidden)
+
+    def attend(
+        self, hidden: torch.Tensor, heads: torch.Tensor, context_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """As `forward`, with the context's keys and values already computed."""
+        return self.output(self.self.attend(hidden, heads, context_mask), hidden)
 
 
 class BertIntermediate(nn.Module):
@@ -338,13 +355,19 @@ class BertLayer(nn.Module):
         hidden: torch.Tensor,
         text_mask: torch.Tensor,
         image_tokens: torch.Tensor | None = None,
+        image_heads: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`image_heads` (this layer's cross-attention keys/values of the image tokens) may
+        replace `image_tokens`, so a cached image is not re-projected per caption."""
         hidden = self.attention(hidden, hidden, text_mask)
         if hasattr(self, "crossattention"):
-            if image_tokens is None:
-                raise ValueError("a fusion layer needs image tokens for cross-attention")
             # ALBEF's retrieval evaluation attends to every image token (mask of ones).
-            hidden = self.crossattention(hidden, image_tokens, None)
+            if image_heads is not None:
+                hidden = self.crossattention.attend(hidden, image_heads, None)
+            elif image_tokens is not None:
+                hidden = self.crossattention(hidden, image_tokens, None)
+            else:
+                raise ValueError("a fusion layer needs image tokens for cross-attention")
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -384,6 +407,24 @@ class AlbefTextEncoder(nn.Module):
         hidden = text_hidden
         for layer in self.encoder.layer[self.fusion_layer :]:
             hidden = layer(hidden, mask, image_tokens)
+        return hidden
+
+    def image_heads(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Every fusion layer's cross-attention keys/values of the image tokens,
+        `[B, fusion layers, 2, heads, P, d]`: what `fusion_from_heads` reuses per image."""
+        fusion = self.encoder.layer[self.fusion_layer :]
+        return torch.stack(
+            [layer.crossattention.self.context_heads(image_tokens) for layer in fusion], dim=1
+        )
+
+    def fusion_from_heads(
+        self, text_hidden: torch.Tensor, attention_mask: torch.Tensor, image_heads: torch.Tensor
+    ) -> torch.Tensor:
+        """`fusion` with the images' cross-attention keys/values from `image_heads`."""
+        mask = _key_mask(attention_mask)
+        hidden = text_hidden
+        for index, layer in enumerate(self.encoder.layer[self.fusion_layer :]):
+            hidden = layer(hidden, mask, image_heads=image_heads[:, index])
         return hidden
 
 
@@ -582,10 +623,17 @@ class AlbefVictim(Victim):
         """ALBEF caches the unimodal text states, so re-ranking runs only the fusion layers."""
         return self.text_hidden(texts)
 
+    def itm_image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """ALBEF caches each image's cross-attention keys/values, so re-ranking projects an
+        image once rather than once per candidate caption."""
+        return self.model.text_encoder.image_heads(image_tokens)
+
     def itm_from_inputs(
-        self, image_tokens: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.itm_from_hidden(image_tokens, text_inputs, text_mask)
+        _check_pairs(image_inputs, text_inputs, text_mask)
+        fused = self.model.text_encoder.fusion_from_heads(text_inputs, text_mask, image_inputs)
+        return self.model.itm_head(fused[:, 0])[:, 1]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.image_features(self.image_tokens(images))

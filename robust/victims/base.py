@@ -98,10 +98,15 @@ class Victim(nn.Module, ABC):
         """Per-caption ITM inputs `[T, L, ...]` and their mask `[T, L]`, cacheable (fusion)."""
         raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
 
+    def itm_image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-image ITM inputs `[B, ...]` from `image_tokens` output, cacheable (fusion);
+        by default the tokens themselves."""
+        return image_tokens
+
     def itm_from_inputs(
-        self, image_tokens: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Match logits `[N]` for N aligned (image tokens, text inputs) rows (fusion)."""
+        """Match logits `[N]` for N aligned (image inputs, text inputs) rows (fusion)."""
         raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
 
     def generate_captions(self, images: torch.Tensor) -> list[str]:

@@ -211,9 +211,9 @@ class BlipRetrievalVictim(_BlipVictim):
         return self.text_tokens(texts)
 
     def itm_from_inputs(
-        self, image_tokens: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.itm_from_tokens(image_tokens, text_inputs, text_mask)
+        return self.itm_from_tokens(image_inputs, text_inputs, text_mask)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_embedding_from_tokens(self.image_tokens(images))

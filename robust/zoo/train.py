@@ -35,6 +35,7 @@ class TrainReport:
 
 def zoo_recipes() -> dict[str, tuple[Any, Callable[..., TrainReport]]]:
     """Every zoo member's recipe and the trainer that runs it, by name."""
+    from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
     from robust.zoo.train_blip import (
         BLIP_RECIPES,
         BlipCaptionRecipe,
@@ -55,6 +56,7 @@ def zoo_recipes() -> dict[str, tuple[Any, Callable[..., TrainReport]]]:
         name: (recipe, train_clip) for name, recipe in RECIPES.items()
     }
     recipes.update({name: (r, blip_trainer(r)) for name, r in BLIP_RECIPES.items()})
+    recipes.update({name: (r, train_albef) for name, r in ALBEF_RECIPES.items()})
     return recipes
 
 

@@ -29,6 +29,12 @@ from robust.victims.blip import DEC_TOKEN, ENC_TOKEN, ITM_MATCH_CLASS
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
 from robust.zoo.train import TrainReport, write_training_record
+from robust.zoo.warm_start import (
+    clip_visual_state,
+    copy_into,
+    image_projection_from_clip,
+    vit_from_clip,
+)
 
 # BLIP clamps its learnable ITC temperature to this range (blip_retrieval.py).
 TEMPERATURE_RANGE = (0.001, 0.5)
@@ -53,6 +59,18 @@ def _vision_defaults() -> dict:
     }
 
 
+def _clip_vit_vision() -> dict:
+    # toy-clip-vit's visual sizes (3 heads of 32, MLP x3), so toy-blip's ViT can start from it.
+    return {
+        "initializer_range": 0.02,
+        "patch_size": 8,
+        "hidden_size": 96,
+        "intermediate_size": 288,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 3,
+    }
+
+
 def _text_defaults() -> dict:
     # The self-attention layers come from toy-mlm; cross-attention and heads start wider
     # than BERT's 0.02, which leaves the ITC text embeddings nearly identical at first.
@@ -69,14 +87,18 @@ def _text_defaults() -> dict:
 class BlipRetrievalRecipe:
     """A tiny `BlipForImageTextRetrieval` and its ITC + hard-negative ITM schedule.
 
-    `captions_per_image` captions of each image enter ITC per step (one ViT pass).
+    `captions_per_image` captions of each image enter ITC per step (one ViT pass). The ViT
+    and `vision_proj` start from `vision_init`'s visual tower and the text encoder from
+    `text_init` (as BLIP starts from a pre-trained ViT and bert-base); `fusion_lr_scale`
+    multiplies the learning rate of the parts that start fresh (cross-attention, `text_proj`,
+    ITM head).
     """
 
     name: str
-    vision: dict = field(default_factory=_vision_defaults)
+    vision: dict = field(default_factory=_clip_vit_vision)
     text: dict = field(default_factory=_text_defaults)
     embed_dim: int = 64
-    epochs: int = 7
+    epochs: int = 4
     batch_size: int = 128
     captions_per_image: int = 2
     learning_rate: float = 5e-4
@@ -84,7 +106,9 @@ class BlipRetrievalRecipe:
     warmup_fraction: float = 0.1
     temperature: float = 0.07
     itm_weight: float = 1.0
+    fusion_lr_scale: float = 4.0
     text_init: str | None = "toy-mlm"
+    vision_init: str | None = "toy-clip-vit"
     bf16_autocast: bool = True
     seed: int = 0
     train_images: int | None = None
@@ -220,23 +244,44 @@ def blip_config(recipe: BlipRetrievalRecipe | BlipCaptionRecipe, tokenizer, *, e
 
 
 def _adamw(
-    named_parameters: Sequence[tuple[str, nn.Parameter]], learning_rate: float, weight_decay: float
+    named_parameters: Sequence[tuple[str, nn.Parameter]],
+    learning_rate: float,
+    weight_decay: float,
+    *,
+    lr_scale: Callable[[str], float] = lambda _name: 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW that decays matrices only (not biases, norms, embeddings, the temperature)."""
-    decay, no_decay = [], []
+    """AdamW that decays matrices only (not biases, norms, embeddings, the temperature).
+
+    Each group carries an `lr_scale` (by parameter name) that `_set_learning_rate` applies.
+    """
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, parameter in named_parameters:
         if not parameter.requires_grad:
             continue
         is_matrix = parameter.ndim >= 2 and "embedding" not in name
-        (decay if is_matrix else no_decay).append(parameter)
+        groups.setdefault((is_matrix, float(lr_scale(name))), []).append(parameter)
     return torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {
+                "params": params,
+                "weight_decay": weight_decay if is_matrix else 0.0,
+                "lr_scale": scale,
+            }
+            for (is_matrix, scale), params in groups.items()
         ],
         lr=learning_rate,
         betas=(0.9, 0.98),
     )
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate * group.get("lr_scale", 1.0)
+
+
+def _is_fusion_parameter(name: str) -> bool:
+    """Parameters that start untrained in a warm start: cross-attention and the heads."""
+    return "crossattention" in name or name.startswith(("itm_head", "text_proj"))
 
 
 def cosine_learning_rate(
@@ -503,11 +548,19 @@ def train_blip_retrieval(
     if masked_lm is not None:
         init_text_from_masked_lm(victim.model.text_encoder, masked_lm)
     model = victim.model
+    if recipe.vision_init is not None:
+        clip_visual = clip_visual_state(recipe.vision_init)
+        tensors = {
+            **vit_from_clip(clip_visual, "blip", "vision_model."),
+            **image_projection_from_clip(clip_visual, "vision_proj"),
+        }
+        copy_into(model, tensors, recipe.vision_init)
     temperature = nn.Parameter(torch.tensor(float(recipe.temperature)))
     optimizer = _adamw(
         [*model.named_parameters(), ("temperature", temperature)],
         recipe.learning_rate,
         recipe.weight_decay,
+        lr_scale=lambda name: recipe.fusion_lr_scale if _is_fusion_parameter(name) else 1.0,
     )
     pixels = _pixels(dataset)
     rng = np.random.default_rng(recipe.seed)
@@ -521,8 +574,7 @@ def train_blip_retrieval(
     with progress.task(f"train {recipe.name}", total_steps) as task:
         for indices in _image_batches(dataset.num_images, recipe.batch_size, recipe.epochs, rng):
             texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(step)
+            _set_learning_rate(optimizer, schedule(step))
             itc, itm = retrieval_losses(
                 victim,
                 _as_unit(pixels[indices]),
@@ -612,8 +664,7 @@ def train_blip_captioner(
     with progress.task(f"train {recipe.name}", total_steps) as task:
         for indices in _image_batches(dataset.num_images, recipe.batch_size, recipe.epochs, rng):
             texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(step)
+            _set_learning_rate(optimizer, schedule(step))
             with _autocast(recipe.bf16_autocast):
                 loss = caption_training_loss(victim, _as_unit(pixels[indices]), texts)
             optimizer.zero_grad(set_to_none=True)
@@ -776,8 +827,7 @@ def train_mlm(
                 generator,
                 mask_probability=recipe.mask_probability,
             )
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(step)
+            _set_learning_rate(optimizer, schedule(step))
             loss = masked_lm_loss(model, corrupted, attention_mask, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

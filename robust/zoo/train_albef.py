@@ -1,0 +1,608 @@
+"""The project's own training code for the toy fusion victims `toy-albef` and `toy-tcl`.
+
+Both train the same `AlbefModel` that the ALBEF/TCL victim loads, on world train, and save it
+as an official-layout `.pth` (`{'model': state_dict, 'config': ...}` plus config.json and the
+world WordPiece vocab.txt beside it), so the zoo goes through `load_albef_checkpoint`.
+
+Objectives, scaled down from the papers to what a CPU trains in minutes:
+
+- ALBEF: ITC (symmetric InfoNCE, learnable temperature clamped to [0.001, 0.5]) and ITM with
+  in-batch hard negatives drawn from the ITC similarity. No MLM and no momentum distillation
+  (neither is needed for retrieval at this scale).
+- TCL: the same, plus its intra-modal contrastive terms: image-image InfoNCE between two
+  augmented views of each image and text-text InfoNCE between two different captions of it.
+  TCL's local mutual-information term is omitted.
+
+ITC sees `captions_per_image` captions of every image in a batch (multi-positive InfoNCE):
+text is cheap next to the ViT, so this buys signal per image at little cost on a CPU.
+Captions with identical token ids count as positives of each other (ALBEF's `idx`-based
+targets), so duplicate world captions are not pushed apart. Text is tokenised by the
+victim's own `tokenize` (`[CLS] x`, no `[SEP]`, 30 tokens) and images are normalised by the
+victim's own `normalize`, so training sees exactly what evaluation sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust.data.dataset import CaptionDataset
+from robust.errors import RobustError
+from robust.progress import Progress, ensure_progress
+from robust.victims.albef import (
+    FAMILIES,
+    AlbefConfig,
+    AlbefModel,
+    AlbefVictim,
+    save_albef_checkpoint,
+)
+from robust.zoo.recipes import WORLD_IMAGE_SIZE
+from robust.zoo.train import TrainReport, write_training_record
+from robust.zoo.vocab import build_world_vocab
+from robust.zoo.warm_start import (
+    TEXT_SOURCE,
+    VISION_SOURCE,
+    bert_layers_from_masked_lm,
+    clip_visual_state,
+    copy_into,
+    image_projection_from_clip,
+    masked_lm_state,
+    vit_from_clip,
+)
+
+CHECKPOINT_FILE = "checkpoint.pth"
+TEMPERATURE_RANGE = (0.001, 0.5)  # ALBEF clamps its learnable `temp` to this range
+TOKENIZE_CHUNK = 4096
+
+
+def _toy_model() -> dict:
+    """An AlbefConfig dict for the toy ALBEF/TCL at world resolution.
+
+    The ViT has toy-clip-vit's visual sizes (width 96, 4 layers, 3 heads, MLP x3, patch 8)
+    and the BERT toy-mlm's (hidden 64, 4 heads, FFN 256, 64 positions, its 235-token
+    vocabulary), so both warm starts fit: 4 text layers are toy-mlm's 4 layers and the 2
+    fusion layers start from its top 2 (cross-attention fresh), as ALBEF's fusion layers start
+    from bert-base's top 6. ITC embeddings are 64-d like toy-clip-vit's, so `vision_proj`
+    starts as its image projection.
+    """
+    return {
+        "image_size": WORLD_IMAGE_SIZE,
+        "patch_size": 8,
+        "vision_width": 96,
+        "vision_depth": 4,
+        "vision_heads": 3,
+        "mlp_ratio": 3.0,
+        "vocab_size": 235,
+        "hidden_size": 64,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "intermediate_size": 256,
+        "max_position_embeddings": 64,
+        "fusion_layer": 4,
+        "encoder_width": 96,
+        "embed_dim": 64,
+    }
+
+
+@dataclass(frozen=True)
+class AlbefRecipe:
+    """A tiny ALBEF/TCL model and the schedule that trains it on world train.
+
+    `model` holds `AlbefConfig` fields. `vision_init` / `text_init` name the zoo members
+    (or folders) the ViT and the BERT start from (None: random); weights that start fresh
+    train at `fresh_lr_scale` times `learning_rate`. `captions_per_image`
+    captions of each image enter ITC per step. `image_image_weight` / `text_text_weight`
+    switch on TCL's intra-modal terms; `augment` applies the cheap pixel augmentation
+    (shift up to `max_shift` px, brightness +-`brightness`) to the image-text view as well
+    (TCL's second image view is always augmented).
+    """
+
+    name: str
+    family: str
+    model: dict
+    epochs: int = 4
+    batch_size: int = 128
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.02
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    train_images: int | None = None
+    initial_temperature: float = 0.07
+    init_std: float = 0.02
+    fresh_lr_scale: float = 4.0
+    vision_init: str | None = VISION_SOURCE
+    text_init: str | None = TEXT_SOURCE
+    captions_per_image: int = 2
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    image_image_weight: float = 0.0
+    text_text_weight: float = 0.0
+    augment: bool = False
+    max_shift: int = 4
+    brightness: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise RobustError(f"recipe {self.name}: family must be one of {FAMILIES}")
+        if self.captions_per_image < (2 if self.intra_modal else 1):
+            raise RobustError(
+                f"recipe {self.name}: captions_per_image must be at least "
+                f"{2 if self.intra_modal else 1} (TCL's text-text term pairs two captions)"
+            )
+
+    @property
+    def intra_modal(self) -> bool:
+        """Whether TCL's second views (augmented image, second caption) are needed."""
+        return self.image_image_weight > 0 or self.text_text_weight > 0
+
+    def model_config(self) -> AlbefConfig:
+        return AlbefConfig.from_dict(self.model, f"recipe {self.name}")
+
+    def config(self) -> dict:
+        return asdict(self)
+
+
+ALBEF_RECIPES: dict[str, AlbefRecipe] = {
+    "toy-albef": AlbefRecipe(
+        name="toy-albef",
+        family="albef",
+        model=_toy_model(),
+        epochs=4,
+    ),
+    "toy-tcl": AlbefRecipe(
+        name="toy-tcl",
+        family="tcl",
+        model=_toy_model(),
+        epochs=3,
+        image_image_weight=0.5,
+        text_text_weight=0.5,
+        augment=True,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def init_albef_model(recipe: AlbefRecipe) -> tuple[AlbefModel, list[str]]:
+    """The model a recipe starts from, and the weight names warm-started from the zoo.
+
+    Everything is first initialised as BERT/ViT do (seeded truncated normal, std
+    `init_std`, zero biases, unit LayerNorms); then the ViT and `vision_proj` come from
+    `recipe.vision_init`'s visual tower and the BERT's embeddings, self-attention and
+    feed-forward from `recipe.text_init` (see `robust.zoo.warm_start`). Cross-attention,
+    `text_proj` and `itm_head` stay fresh, as in ALBEF.
+    """
+    torch.manual_seed(recipe.seed)
+    model = AlbefModel(recipe.model_config())
+    std = recipe.init_std
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    copied: list[str] = []
+    if recipe.vision_init is not None:
+        clip_visual = clip_visual_state(recipe.vision_init)
+        tensors = {
+            **vit_from_clip(clip_visual, "albef", "visual_encoder."),
+            **image_projection_from_clip(clip_visual, "vision_proj"),
+        }
+        copied += copy_into(model, tensors, recipe.vision_init)
+    if recipe.text_init is not None:
+        bert, _ = masked_lm_state(recipe.text_init)
+        sources = text_layer_sources(model.config, _masked_lm_depth(bert), recipe.text_init)
+        tensors = bert_layers_from_masked_lm(bert, sources, "text_encoder.")
+        copied += copy_into(model, tensors, recipe.text_init)
+    return model.train(), copied
+
+
+def _masked_lm_depth(bert: dict[str, torch.Tensor]) -> int:
+    return len({key.split(".")[2] for key in bert if key.startswith("encoder.layer.")})
+
+
+def text_layer_sources(config: AlbefConfig, source_depth: int, source: str) -> dict[int, int]:
+    """Which masked-LM layer each BERT layer starts from: text layers from the bottom ones,
+    fusion layers from the top ones (ALBEF: bert-base layers 0-5 and 6-11)."""
+    fusion_depth = config.num_hidden_layers - config.fusion_layer
+    if config.fusion_layer > source_depth or fusion_depth > source_depth:
+        raise RobustError(
+            f"warm start from {source}: it has {source_depth} layers, but the model needs "
+            f"{config.fusion_layer} text and {fusion_depth} fusion layers from it; use at most "
+            f"{source_depth} of each"
+        )
+    sources = {layer: layer for layer in range(config.fusion_layer)}
+    for layer in range(config.fusion_layer, config.num_hidden_layers):
+        sources[layer] = source_depth - (config.num_hidden_layers - layer)
+    return sources
+
+
+def _optimizer(
+    model: AlbefModel, temperature: nn.Parameter, recipe: AlbefRecipe, warm_started: set[str]
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, norms, embeddings, temperature).
+
+    Weights that start fresh (cross-attention, `text_proj`, `itm_head`, the temperature)
+    learn `fresh_lr_scale` times faster than the warm-started towers, which a high rate
+    would wash out; each group's `lr_scale` is applied by the training loop.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        is_matrix = parameter.ndim >= 2 and name.endswith(".weight")
+        decays = is_matrix and "embeddings" not in name
+        groups.setdefault((decays, name in warm_started), []).append(parameter)
+    groups.setdefault((False, False), []).append(temperature)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "weight_decay": recipe.weight_decay if decays else 0.0,
+                "lr_scale": 1.0 if warm else recipe.fresh_lr_scale,
+            }
+            for (decays, warm), params in groups.items()
+        ],
+        lr=recipe.learning_rate,
+        betas=(0.9, 0.98),
+    )
+
+
+def _cosine_with_warmup(recipe: AlbefRecipe, total_steps: int):
+    warmup = max(1, int(recipe.warmup_fraction * total_steps))
+
+    def learning_rate(step: int) -> float:
+        if step < warmup:
+            return recipe.learning_rate * (step + 1) / warmup
+        done = (step - warmup) / max(1, total_steps - warmup)
+        return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * done))
+
+    return learning_rate
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def tokenize_all(victim: AlbefVictim, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every caption through the victim's own tokenizer, once, in chunks."""
+    ids, masks = [], []
+    for start in range(0, len(captions), TOKENIZE_CHUNK):
+        chunk_ids, chunk_mask = victim.tokenize(list(captions[start : start + TOKENIZE_CHUNK]))
+        ids.append(chunk_ids.cpu())
+        masks.append(chunk_mask.cpu())
+    return torch.cat(ids), torch.cat(masks)
+
+
+def caption_keys(input_ids: torch.Tensor) -> torch.Tensor:
+    """An id per distinct token sequence: captions with equal keys are the same text."""
+    _, keys = torch.unique(input_ids, dim=0, return_inverse=True)
+    return keys
+
+
+def _caption_table(dataset: CaptionDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Captions of each image as a padded `[N, max]` table plus per-image counts."""
+    counts = np.array([len(c) for c in dataset.image_captions], dtype=np.int64)
+    if counts.min() < 1:
+        missing = int(np.argmin(counts))
+        raise RobustError(f"{dataset.name}: image {missing} has no caption; every image needs one")
+    table = np.zeros((len(counts), int(counts.max())), dtype=np.int64)
+    for row, captions in enumerate(dataset.image_captions):
+        table[row, : len(captions)] = captions
+    return table, counts
+
+
+def sample_captions(
+    table: np.ndarray,
+    counts: np.ndarray,
+    images: np.ndarray,
+    rng: np.random.Generator,
+    per_image: int = 2,
+) -> np.ndarray:
+    """`[B, per_image]` caption indices: distinct captions of each image, repeating only
+    where an image has fewer than `per_image`."""
+    n = counts[images]
+    shuffled = rng.random((len(images), table.shape[1]))
+    shuffled[np.arange(table.shape[1])[None, :] >= n[:, None]] = np.inf
+    order = np.argsort(shuffled, axis=1)
+    columns = order[np.arange(len(images))[:, None], np.arange(per_image)[None, :] % n[:, None]]
+    return table[images[:, None], columns]
+
+
+def _dataset_pixels(dataset: CaptionDataset, image_size: int) -> torch.Tensor:
+    """All images as uint8 `[N, 3, S, S]` (the world keeps them in one array)."""
+    pixels = getattr(dataset.images, "pixels", None)
+    if pixels is None:
+        from robust.data.images import load_images, to_uint8_array
+
+        indices = list(range(dataset.num_images))
+        pixels = to_uint8_array(load_images(dataset.images, indices, image_size, "squash"))
+    pixels = np.asarray(pixels)
+    if pixels.shape[1:] != (image_size, image_size, 3):
+        raise RobustError(
+            f"{dataset.name}: images are {pixels.shape[1]}x{pixels.shape[2]} but the recipe's "
+            f"model takes {image_size}x{image_size}; resize the dataset or change image_size"
+        )
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def augment_images(
+    images: torch.Tensor, *, max_shift: int, brightness: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Cheap label-preserving views of `[B,3,S,S]` pixels in [0,1]: a random shift of up to
+    `max_shift` px (reflect padding) and a brightness scale in [1-b, 1+b]. No flips, since
+    world captions name left and right."""
+    batch, _, height, width = images.shape
+    if max_shift > 0:
+        padded = F.pad(images, (max_shift,) * 4, mode="reflect")
+        dy, dx = torch.randint(0, 2 * max_shift + 1, (2, batch), generator=generator)
+        rows = (dy[:, None] + torch.arange(height))[:, :, None]
+        cols = (dx[:, None] + torch.arange(width))[:, None, :]
+        picked = padded[torch.arange(batch)[:, None, None], :, rows, cols]  # [B, H, W, 3]
+        images = picked.permute(0, 3, 1, 2)
+    if brightness > 0:
+        scale = 1 + brightness * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
+        images = (images * scale).clamp(0, 1)
+    return images.contiguous()
+
+
+# --------------------------------------------------------------------------------- losses
+
+
+def soft_info_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row against a uniform target over its positive columns."""
+    targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def symmetric_info_nce(
+    a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor, temperature: torch.Tensor
+) -> torch.Tensor:
+    """InfoNCE both ways between L2-normalised `a` and `b` (`positives[i, j]`: a_i ~ b_j)."""
+    logits = a @ b.T / temperature
+    return (soft_info_nce(logits, positives) + soft_info_nce(logits.T, positives.T)) / 2
+
+
+def _trim(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing columns that are padding in every row: exact, and saves compute."""
+    length = max(1, int(mask.sum(dim=1).max()))
+    return input_ids[:, :length], mask[:, :length]
+
+
+def _sample_negatives(
+    similarity: torch.Tensor, positives: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """One hard negative column per row, drawn with probability softmax(similarity) over
+    non-positives (ALBEF's ITM sampling); rows without any non-positive fall back to uniform."""
+    with torch.no_grad():
+        weights = F.softmax(similarity.float(), dim=1) + 1e-5
+        weights = weights.masked_fill(positives, 0)
+        empty = weights.sum(dim=1) == 0
+        weights[empty] = 1.0
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+@dataclass
+class Batch:
+    """One training batch of B images: pixel views in [0,1] and k captions per image.
+
+    Captions are view-major: row `v * B + i` is caption view `v` of image `i`, so
+    `input_ids[:B]` holds one caption of every image. `keys` tells identical texts apart.
+    """
+
+    images: torch.Tensor
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    keys: torch.Tensor
+    images_2: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[0]
+
+
+def _caption_positives(keys: torch.Tensor, size: int) -> torch.Tensor:
+    """`[B, kB]`: image i matches caption j if j is one of its captions or the same text as
+    one of them (so duplicate world captions are not pushed apart)."""
+    owner = torch.arange(keys.shape[0]) % size
+    owns = owner[None, :] == torch.arange(size)[:, None]
+    same_text = keys[:, None] == keys[None, :]
+    return (owns.float() @ same_text.float()) > 0
+
+
+def training_losses(
+    victim: AlbefVictim,
+    temperature: torch.Tensor,
+    batch: Batch,
+    recipe: AlbefRecipe,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Every loss term of one step (unweighted) plus their weighted sum under "loss"."""
+    model = victim.model
+    size = batch.size
+    temp = temperature.clamp(*TEMPERATURE_RANGE)
+
+    image_tokens = model.visual_encoder(victim.normalize(batch.images))
+    input_ids, mask = _trim(batch.input_ids, batch.mask)
+    text_hidden = model.text_encoder.text(input_ids, mask)
+    image_feat = model.image_features(image_tokens)
+    text_feat = model.text_features(text_hidden)
+    positives = _caption_positives(batch.keys, size)
+    losses = {"itc": symmetric_info_nce(image_feat, text_feat, positives, temp)}
+
+    # ITM: each image with its first caption (positive) and with a hard negative among all
+    # captions; each first caption with a hard negative image. Negatives are drawn from the
+    # (detached) ITC similarity, as ALBEF does.
+    similarity = image_feat @ text_feat.T / temp
+    negative_text = _sample_negatives(similarity, positives, generator)
+    first = slice(0, size)
+    negative_image = _sample_negatives(similarity[:, first].T, positives[:, first].T, generator)
+    fused = model.text_encoder.fusion(
+        torch.cat([text_hidden[first], text_hidden[first], text_hidden[negative_text]]),
+        torch.cat([mask[first], mask[first], mask[negative_text]]),
+        torch.cat([image_tokens, image_tokens[negative_image], image_tokens]),
+    )
+    itm_labels = torch.cat([torch.ones(size), torch.zeros(2 * size)]).long()
+    losses["itm"] = F.cross_entropy(model.itm_head(fused[:, 0]), itm_labels)
+
+    if recipe.intra_modal:
+        if batch.images_2 is None or batch.input_ids.shape[0] < 2 * size:
+            raise ValueError("TCL's intra-modal terms need a second image view and caption")
+        image_feat_2 = model.image_features(model.visual_encoder(victim.normalize(batch.images_2)))
+        # The second view is aligned with the captions too, as TCL aligns both views.
+        losses["itc"] = (
+            losses["itc"] + symmetric_info_nce(image_feat_2, text_feat, positives, temp)
+        ) / 2
+        eye = torch.eye(size, dtype=torch.bool)
+        losses["image_image"] = symmetric_info_nce(image_feat, image_feat_2, eye, temp)
+        second = slice(size, 2 * size)
+        text_positives = (batch.keys[first, None] == batch.keys[None, second]) | eye
+        losses["text_text"] = symmetric_info_nce(
+            text_feat[first], text_feat[second], text_positives, temp
+        )
+
+    weights = {
+        "itc": recipe.itc_weight,
+        "itm": recipe.itm_weight,
+        "image_image": recipe.image_image_weight,
+        "text_text": recipe.text_text_weight,
+    }
+    losses["loss"] = sum(weights[name] * value for name, value in losses.items())
+    return losses
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def train_albef(
+    recipe: AlbefRecipe,
+    output_dir: Path,
+    *,
+    dataset: CaptionDataset | None = None,
+    vocab_file: Path | None = None,
+    progress: Progress | None = None,
+) -> TrainReport:
+    """Train a toy ALBEF/TCL on world train and save it as an official-layout checkpoint.
+
+    The vocabulary saved beside it is the text warm start's (toy-mlm's world WordPiece
+    vocab); without a text warm start it is `vocab_file`, or one built from world train.
+    """
+    from robust.data.world import generate_world
+
+    if recipe.epochs <= 0:
+        raise RobustError(f"epochs must be positive, got {recipe.epochs}")
+    progress = ensure_progress(progress)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    vocab_target = output_dir / "vocab.txt"
+    if recipe.text_init is not None:
+        _, tokens = masked_lm_state(recipe.text_init)
+        vocab_target.write_text("".join(f"{token}\n" for token in tokens))
+    elif vocab_file is None:
+        build_world_vocab(vocab_target)
+    elif not vocab_target.exists() or not vocab_target.samefile(vocab_file):
+        shutil.copyfile(vocab_file, vocab_target)
+
+    model, warm_started = init_albef_model(recipe)
+    victim = AlbefVictim(recipe.name, model, vocab_target, family=recipe.family)
+    model.train()
+    temperature = nn.Parameter(torch.tensor(float(recipe.initial_temperature)))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+
+    if dataset is None:
+        dataset = generate_world("train", count=recipe.train_images)
+    elif recipe.train_images is not None:
+        dataset = dataset.subset(recipe.train_images)
+    pixels = _dataset_pixels(dataset, model.config.image_size)
+    all_ids, all_masks = tokenize_all(victim, dataset.captions)
+    all_keys = caption_keys(all_ids)
+    table, counts = _caption_table(dataset)
+
+    num_images = pixels.shape[0]
+    batch_size = min(recipe.batch_size, num_images)
+    steps_per_epoch = num_images // batch_size
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = _optimizer(model, temperature, recipe, set(warm_started))
+    learning_rate = _cosine_with_warmup(recipe, total_steps)
+    parameters = [*model.parameters(), temperature]
+
+    start = time.perf_counter()
+    step = 0
+    last: dict[str, float] = {}
+    with progress.task(f"train {recipe.name}", total_steps) as task:
+        for _ in range(recipe.epochs):
+            order = rng.permutation(num_images)
+            for batch_start in range(0, steps_per_epoch * batch_size, batch_size):
+                indices = order[batch_start : batch_start + batch_size]
+                batch = _make_batch(
+                    recipe, pixels, indices, table, counts, all_ids, all_masks, all_keys, rng,
+                    generator,
+                )  # fmt: skip
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step) * group["lr_scale"]
+                losses = training_losses(victim, temperature, batch, recipe, generator)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+                with torch.no_grad():
+                    temperature.clamp_(*TEMPERATURE_RANGE)
+                last = {name: float(value.detach()) for name, value in losses.items()}
+                step += 1
+                task.advance()
+    seconds = time.perf_counter() - start
+
+    model.eval()
+    save_albef_checkpoint(victim, output_dir / CHECKPOINT_FILE)
+    report = TrainReport(recipe.name, output_dir, seconds, step, last["loss"], recipe.config())
+    record_path = write_training_record(report, dataset)
+    record = json.loads(record_path.read_text())
+    record["final_loss_terms"] = {k: v for k, v in last.items() if k != "loss"}
+    record["final_temperature"] = float(temperature.detach())
+    record["warm_started_weights"] = len(warm_started)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return report
+
+
+def _make_batch(
+    recipe: AlbefRecipe,
+    pixels: torch.Tensor,
+    indices: np.ndarray,
+    table: np.ndarray,
+    counts: np.ndarray,
+    all_ids: torch.Tensor,
+    all_masks: torch.Tensor,
+    all_keys: torch.Tensor,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> Batch:
+    """Pixels (augmented where the recipe says) and sampled captions of the given images."""
+    captions = torch.from_numpy(
+        sample_captions(table, counts, indices, rng, recipe.captions_per_image).T.reshape(-1)
+    )
+    images = pixels[torch.from_numpy(indices)].float() / 255.0
+    views = {"max_shift": recipe.max_shift, "brightness": recipe.brightness}
+    view_1 = augment_images(images, **views, generator=generator) if recipe.augment else images
+    view_2 = augment_images(images, **views, generator=generator) if recipe.intra_modal else None
+    return Batch(view_1, all_ids[captions], all_masks[captions], all_keys[captions], view_2)
+
+
+def albef_recipe_for(name: str, **overrides: object) -> AlbefRecipe:
+    """A toy fusion recipe by name with optional field overrides (None values are ignored)."""
+    if name not in ALBEF_RECIPES:
+        raise RobustError(
+            f"no ALBEF/TCL zoo recipe named {name!r}; choose one of {', '.join(ALBEF_RECIPES)}"
+        )
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    return replace(ALBEF_RECIPES[name], **changes)  # type: ignore[arg-type]
