@@ -54,6 +54,8 @@ def world_spec(output_dir: Path, **changes):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A light local Ray instance; this module's test classes travel to workers by value."""
+    if ray.is_initialized():  # started by an earlier test's executor (e.g. the demo's)
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
