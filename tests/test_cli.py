@@ -5,25 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pypdf import PdfReader
-from typer.testing import CliRunner
 
-from robust.cli import app
 from robust.harness.store import ResultStore
 from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], result.output
+from tests.cli_helpers import assert_one_line_error, invoke
 
 
 def test_victims_lists_names_families_and_weights():

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from robust.attacks.advclip import AdvCLIP, knn_graph, topology_deviation
 from robust.attacks.base import AttackConfigError
@@ -33,22 +32,13 @@ from robust.harness.patch import CONTROL_ATTACK, PATCH_ATTACK, run_patch_evaluat
 from robust.harness.store import ResultStore
 from robust.victims.base import Victim
 from robust.victims.zoo import load_victim
-
-runner = CliRunner()
+from tests.cli_helpers import assert_one_line_error, runner
 
 
 def make_artifact(seed: int = 3, placement: str = "fixed") -> PatchArtifact:
     side = patch_side(64, 0.03)
     patch = torch.rand(3, side, side, generator=torch.Generator().manual_seed(seed))
     return PatchArtifact(patch, "toy-clip-vit", 64, 0.03, placement, seed=seed)
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], result.output
 
 
 # -- geometry --------------------------------------------------------------------------------

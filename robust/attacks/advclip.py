@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -455,11 +455,5 @@ class AdvCLIP(Attack):
         return True
 
     def config(self) -> dict[str, Any]:
-        return {
-            "attack": self.name,
-            "kind": self.kind,
-            "source": self.victim.name,
-            "seed": self.seed,
-            "side": self.side,
-            **asdict(self._params),
-        }
+        """The common attack config plus the patch side in source pixels."""
+        return {**super().config(), "side": self.side}

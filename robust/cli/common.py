@@ -6,6 +6,7 @@ User-facing errors (`RobustError`) become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +25,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
+# Piped output (make demo's log, CI) has no terminal width; rich would assume 80 columns and
+# truncate victim names, so tables get room for them there.
+PIPED_WIDTH = 140
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 error_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
