@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -519,6 +520,65 @@ def retrieval_losses(
     return itc, itm
 
 
+def _train_steps(
+    recipe: BlipRetrievalRecipe | BlipCaptionRecipe,
+    dataset: CaptionDataset,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor, list[str]], torch.Tensor],
+    progress: Progress,
+    *,
+    after_step: Callable[[], None] | None = None,
+) -> tuple[int, float, float]:
+    """The loop both BLIP trainers share: seeded image batches with sampled captions, cosine
+    learning rate, clipped steps. Returns (steps, final loss, seconds)."""
+    pixels = _pixels(dataset)
+    rng = np.random.default_rng(recipe.seed)
+    total_steps = _steps(dataset.num_images, recipe.batch_size, recipe.epochs)
+    schedule = cosine_learning_rate(recipe.learning_rate, total_steps, recipe.warmup_fraction)
+    model.train()
+    start = time.perf_counter()
+    step, loss_value = 0, float("nan")
+    with progress.task(f"train {recipe.name}", total_steps) as task:
+        for indices in _image_batches(dataset.num_images, recipe.batch_size, recipe.epochs, rng):
+            texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
+            _set_learning_rate(optimizer, schedule(step))
+            loss = batch_loss(_as_unit(pixels[indices]), texts)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            loss_value = float(loss.detach())
+            step += 1
+            task.advance()
+    model.eval()
+    return step, loss_value, time.perf_counter() - start
+
+
+def _save_trained(
+    recipe: BlipRetrievalRecipe | BlipCaptionRecipe,
+    model: nn.Module,
+    tokenizer: Any,
+    output_dir: Path,
+    dataset: CaptionDataset,
+    steps: int,
+    final_loss: float,
+    seconds: float,
+    config: dict[str, Any],
+) -> TrainReport:
+    """Save a trained BLIP as a Hugging Face folder and write its training record."""
+    from robust.victims.blip import save_blip
+
+    save_blip(
+        model, tokenizer, output_dir, mean=recipe.mean, std=recipe.std, image_size=WORLD_IMAGE_SIZE
+    )
+    report = TrainReport(recipe.name, Path(output_dir), seconds, steps, final_loss, config)
+    write_training_record(report, dataset)
+    return report
+
+
 def new_blip_retrieval_victim(recipe: BlipRetrievalRecipe, tokenizer):
     """A freshly initialised (seeded) retrieval model wrapped in the victim that scores it."""
     from transformers import BlipForImageTextRetrieval
@@ -539,8 +599,6 @@ def train_blip_retrieval(
     progress: Progress | None = None,
 ) -> TrainReport:
     """Train toy-blip (ITC + hard-negative ITM) on world train; save an `hf-blip:` folder."""
-    from robust.victims.blip import save_blip
-
     progress = ensure_progress(progress)
     dataset = _train_dataset(dataset, recipe.train_images)
     tokenizer, masked_lm = _blip_start(recipe, dataset)
@@ -562,47 +620,25 @@ def train_blip_retrieval(
         recipe.weight_decay,
         lr_scale=lambda name: recipe.fusion_lr_scale if _is_fusion_parameter(name) else 1.0,
     )
-    pixels = _pixels(dataset)
-    rng = np.random.default_rng(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
-    total_steps = _steps(dataset.num_images, recipe.batch_size, recipe.epochs)
-    schedule = cosine_learning_rate(recipe.learning_rate, total_steps, recipe.warmup_fraction)
 
-    model.train()
-    start = time.perf_counter()
-    step, loss_value = 0, float("nan")
-    with progress.task(f"train {recipe.name}", total_steps) as task:
-        for indices in _image_batches(dataset.num_images, recipe.batch_size, recipe.epochs, rng):
-            texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
-            _set_learning_rate(optimizer, schedule(step))
-            itc, itm = retrieval_losses(
-                victim,
-                _as_unit(pixels[indices]),
-                texts,
-                temperature,
-                generator,
-                bf16_autocast=recipe.bf16_autocast,
-            )
-            loss = itc + recipe.itm_weight * itm
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            with torch.no_grad():
-                temperature.clamp_(*TEMPERATURE_RANGE)
-            loss_value = float(loss.detach())
-            step += 1
-            task.advance()
-    seconds = time.perf_counter() - start
+    def batch_loss(images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        itc, itm = retrieval_losses(
+            victim, images, texts, temperature, generator, bf16_autocast=recipe.bf16_autocast
+        )
+        return itc + recipe.itm_weight * itm
 
-    model.eval()
-    save_blip(
-        model, tokenizer, output_dir, mean=recipe.mean, std=recipe.std, image_size=WORLD_IMAGE_SIZE
+    def clamp_temperature() -> None:
+        with torch.no_grad():
+            temperature.clamp_(*TEMPERATURE_RANGE)
+
+    steps, final_loss, seconds = _train_steps(
+        recipe, dataset, model, optimizer, batch_loss, progress, after_step=clamp_temperature
     )
     config = {**recipe.config(), "final_temperature": float(temperature.detach())}
-    report = TrainReport(recipe.name, Path(output_dir), seconds, step, loss_value, config)
-    write_training_record(report, dataset)
-    return report
+    return _save_trained(
+        recipe, model, tokenizer, output_dir, dataset, steps, final_loss, seconds, config
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -643,8 +679,6 @@ def train_blip_captioner(
     progress: Progress | None = None,
 ) -> TrainReport:
     """Train toy-blip-cap with `BlipCaptionVictim`'s LM loss; save an `hf-blip-cap:` folder."""
-    from robust.victims.blip import save_blip
-
     progress = ensure_progress(progress)
     dataset = _train_dataset(dataset, recipe.train_images)
     tokenizer, masked_lm = _blip_start(recipe, dataset)
@@ -653,36 +687,17 @@ def train_blip_captioner(
         init_text_from_masked_lm(victim.model.text_decoder, masked_lm)
     model = victim.model
     optimizer = _adamw(list(model.named_parameters()), recipe.learning_rate, recipe.weight_decay)
-    pixels = _pixels(dataset)
-    rng = np.random.default_rng(recipe.seed)
-    total_steps = _steps(dataset.num_images, recipe.batch_size, recipe.epochs)
-    schedule = cosine_learning_rate(recipe.learning_rate, total_steps, recipe.warmup_fraction)
 
-    model.train()
-    start = time.perf_counter()
-    step, loss_value = 0, float("nan")
-    with progress.task(f"train {recipe.name}", total_steps) as task:
-        for indices in _image_batches(dataset.num_images, recipe.batch_size, recipe.epochs, rng):
-            texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
-            _set_learning_rate(optimizer, schedule(step))
-            with _autocast(recipe.bf16_autocast):
-                loss = caption_training_loss(victim, _as_unit(pixels[indices]), texts)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            loss_value = float(loss.detach())
-            step += 1
-            task.advance()
-    seconds = time.perf_counter() - start
+    def batch_loss(images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        with _autocast(recipe.bf16_autocast):
+            return caption_training_loss(victim, images, texts)
 
-    model.eval()
-    save_blip(
-        model, tokenizer, output_dir, mean=recipe.mean, std=recipe.std, image_size=WORLD_IMAGE_SIZE
+    steps, final_loss, seconds = _train_steps(
+        recipe, dataset, model, optimizer, batch_loss, progress
     )
-    report = TrainReport(recipe.name, Path(output_dir), seconds, step, loss_value, recipe.config())
-    write_training_record(report, dataset)
-    return report
+    return _save_trained(
+        recipe, model, tokenizer, output_dir, dataset, steps, final_loss, seconds, recipe.config()
+    )
 
 
 # --------------------------------------------------------------------------------------
