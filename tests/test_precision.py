@@ -9,7 +9,7 @@ from robust.attacks import build_attack
 from robust.data.images import load_images
 from robust.errors import RobustError
 from robust.harness.executors import CraftCell
-from robust.harness.matrix import _request
+from robust.harness.matrix import craft_request
 from robust.harness.spec import parse_spec
 from robust.precision import check_precision, precision_scope, prepare_model
 from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS, load_victim
@@ -89,8 +89,8 @@ def test_precision_names_spec_field_and_fingerprint():
     low = parse_spec(spec_data(precision="bf16"))
     assert low.fingerprint() != reference.fingerprint()
     cell = CraftCell("pgd", "toy-clip-vit", 0)
-    assert "precision" not in _request(reference, cell)
-    assert _request(low, cell)["precision"] == "bf16"
+    assert "precision" not in craft_request(reference, cell)
+    assert craft_request(low, cell)["precision"] == "bf16"
 
 
 def test_tf32_is_set_inside_the_scope_and_restored():

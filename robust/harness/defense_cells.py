@@ -32,10 +32,10 @@ from robust.harness.matrix import (
     HEADLINE_METRIC,
     CellRunner,
     CleanResult,
-    _request,
-    _valid_manifest,
-    _Writer,
+    MatrixWriter,
     attack_column,
+    craft_request,
+    valid_manifest,
 )
 from robust.harness.spec import ExperimentSpec
 from robust.harness.store import MetricRow, ResultStore
@@ -61,7 +61,7 @@ class _FreshDraws:
         return self.runner(cell)
 
 
-class _DefendedWriter(_Writer):
+class _DefendedWriter(MatrixWriter):
     """The matrix writer for derived defended names: plain victim names in the victim,
     source and target columns, the defense (and /adaptive) in the defense column."""
 
@@ -137,7 +137,7 @@ def run_defense_cells(
     """Compute and store every defense cell not yet in the store; returns counts."""
     axis = spec.defenses
     names = _derived_names(spec)
-    plain = _Writer(store, run_id, dataset, split, spec)
+    plain = MatrixWriter(store, run_id, dataset, split, spec)
     writer = _DefendedWriter(store, run_id, dataset, split, spec, names=names)
     computed = {"defense_crafted": 0, "defense_clean": 0, "defense_evaluated": 0}
     run_cell = _FreshDraws(runner)
@@ -153,7 +153,7 @@ def run_defense_cells(
             for seed in spec.seeds:
                 cell = CraftCell(attack.label, name, seed)
                 entry = runner.entry(attack.label, name, seed)
-                if _valid_manifest(entry, _request(spec, cell)) is None:
+                if valid_manifest(entry, craft_request(spec, cell)) is None:
                     to_craft.append(cell)
     with progress.task("crafting through defenses", len(to_craft)) as task:
         for _ in executor.map(run_cell, to_craft):

@@ -307,8 +307,8 @@ class CellRunner:
         from robust.data.images import load_images, to_uint8_array
 
         entry = self.entry(cell.attack_label, cell.source, cell.seed)
-        request = _request(self.spec, cell)
-        manifest = _valid_manifest(entry, request)
+        request = craft_request(self.spec, cell)
+        manifest = valid_manifest(entry, request)
         if manifest is not None:
             return CraftResult(
                 cell, manifest["image_size"], manifest["resize_mode"], manifest["num_images"], 0
@@ -484,7 +484,7 @@ def _resume_or_start(
     return store.start_run(record, seeds)
 
 
-def _valid_manifest(entry: CacheEntry, request: dict[str, Any]) -> dict[str, Any] | None:
+def valid_manifest(entry: CacheEntry, request: dict[str, Any]) -> dict[str, Any] | None:
     """The entry's manifest if it is complete and was crafted for `request`, else None."""
     if not entry.is_complete():
         return None
@@ -492,7 +492,7 @@ def _valid_manifest(entry: CacheEntry, request: dict[str, Any]) -> dict[str, Any
     return manifest if manifest.get("plan", {}).get("request") == request else None
 
 
-def _request(spec: ExperimentSpec, cell: CraftCell) -> dict[str, Any]:
+def craft_request(spec: ExperimentSpec, cell: CraftCell) -> dict[str, Any]:
     """What a cache entry was asked to contain, so a stale entry is never reused."""
     attack = spec.attack(cell.attack_label)
     request = {
@@ -510,7 +510,7 @@ def _request(spec: ExperimentSpec, cell: CraftCell) -> dict[str, Any]:
     return jsonable(request)
 
 
-class _Writer:
+class MatrixWriter:
     """The driver's side of the store: completeness checks, row writes, clean look-ups."""
 
     def __init__(
@@ -631,7 +631,7 @@ def run_matrix(
 
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = _resume_or_start(store, spec, fingerprint, executor_info)
-        writer = _Writer(store, run_id, dataset_name, split, spec)
+        writer = MatrixWriter(store, run_id, dataset_name, split, spec)
 
         # 1. adversarial examples, once per (attack, source, seed), grouped by source
         geometry: dict[str, tuple[int, str]] = {}
@@ -641,7 +641,7 @@ def run_matrix(
                 for seed in spec.seeds:
                     cell = CraftCell(attack.label, source.name, seed)
                     entry = runner.entry(cell.attack_label, cell.source, cell.seed)
-                    manifest = _valid_manifest(entry, _request(spec, cell))
+                    manifest = valid_manifest(entry, craft_request(spec, cell))
                     if manifest is None:
                         to_craft.append(cell)
                     else:
