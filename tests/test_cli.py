@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pypdf import PdfReader
@@ -87,6 +89,26 @@ def test_zoo_train_writes_a_loadable_open_clip_folder(tmp_path):
     assert victim.image_size == 64
 
 
+def test_zoo_train_init_fine_tunes_a_member_and_keeps_its_record(tmp_path):
+    """`--init` starts from the shipped weights (so one small step stays close to them) and
+    the new training.json carries the record of the run it started from."""
+    from robust.zoo.warm_start import clip_state
+
+    out = tmp_path / "tuned"
+    result = invoke(
+        "zoo", "train", "toy-clip-vit", "--init", "toy-clip-vit", "--out", str(out),
+        "--epochs", "1", "--train-images", "256", "--learning-rate", "1e-5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["recipe"]["init"] == "toy-clip-vit" and record["recipe"]["learning_rate"] == 1e-5
+    assert record["init_record"]["steps"] > record["steps"] == 1
+    shipped, tuned = clip_state("toy-clip-vit"), clip_state(str(out))
+    assert shipped.keys() == tuned.keys()
+    moved = max(float((shipped[k] - tuned[k]).abs().max()) for k in shipped)
+    assert 0 < moved < 0.01
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -99,6 +121,10 @@ def test_zoo_train_writes_a_loadable_open_clip_folder(tmp_path):
             ("/no.json",),
         ),
         (("zoo", "train", "toy-imaginary"), ("no zoo recipe",)),
+        (("zoo", "train", "toy-albef", "--init", "toy-clip-vit"), ("--init", "toy-albef")),
+        (("zoo", "train", "toy-clip-vit", "--learning-rate", "0"), ("--learning-rate",)),
+        (("zoo", "train", "toy-clip-rn", "--init", "toy-clip-vit"), ("--init", "do not fit")),
+        (("zoo", "train", "toy-clip-vit", "--init", "/nonexistent"), ("/nonexistent",)),
         (("world", "export", "/tmp/x", "--split", "nope"), ("unknown world split",)),
     ],
 )

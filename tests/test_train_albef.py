@@ -15,15 +15,17 @@ import torch.nn.functional as F
 from robust.data.world import generate_world
 from robust.eval.retrieval import evaluate_retrieval
 from robust.victims.albef import AlbefVictim, load_albef_checkpoint
+from robust.zoo import ZOO_DIR
+from robust.zoo.augment import augment_images
 from robust.zoo.train_albef import (
     ALBEF_RECIPES,
     CHECKPOINT_FILE,
     AlbefRecipe,
     _caption_table,
     _make_batch,
-    augment_images,
     caption_keys,
     init_albef_model,
+    new_masked_lm_head,
     sample_captions,
     tokenize_all,
     train_albef,
@@ -150,6 +152,19 @@ def test_tcl_adds_finite_intra_modal_terms(world_train, vocab_file):
     albef_losses = training_losses(victim, temperature, batch, TINY_ALBEF, generator)
     assert "image_image" not in albef_losses and "text_text" not in albef_losses
 
+    # ALBEF's MLM term: the fusion encoder predicts masked words against the image, so its
+    # gradient reaches the cross-attention; the head is required exactly when it is on.
+    with_mlm = replace(TINY_ALBEF, mlm_weight=1.0)
+    head = new_masked_lm_head(victim.config, with_mlm)
+    victim.model.zero_grad()
+    losses = training_losses(victim, temperature, batch, with_mlm, generator, head)
+    assert torch.isfinite(losses["mlm"]) and losses["mlm"] > 0
+    losses["mlm"].backward()
+    cross = [p.grad for n, p in victim.model.named_parameters() if ".crossattention." in n]
+    assert cross and all(g is not None and g.abs().sum() > 0 for g in cross)
+    with pytest.raises(ValueError, match="MLM head"):
+        training_losses(victim, temperature, batch, with_mlm, generator)
+
 
 def test_views_shift_without_flipping_and_captions_differ():
     generator = torch.Generator().manual_seed(0)
@@ -173,6 +188,19 @@ def test_views_shift_without_flipping_and_captions_differ():
     assert len(set(chosen[0])) == 3 and len(set(chosen[1])) == 3
     assert np.all(chosen[:2] // 5 == np.arange(2)[:, None])
     assert np.all(chosen[2] == 10)  # an image with one caption repeats it
+
+
+def test_mlm_head_starts_as_the_masked_lm_head():
+    """The fusion MLM head warm-started from toy-mlm predicts exactly as toy-mlm's own head."""
+    from transformers import BertForMaskedLM
+
+    recipe = replace(ALBEF_RECIPES["toy-albef"], mlm_weight=1.0)
+    head = new_masked_lm_head(recipe.model_config(), recipe)
+    masked_lm = BertForMaskedLM.from_pretrained(ZOO_DIR / "toy-mlm").eval()
+    hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
+    words = masked_lm.bert.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        torch.testing.assert_close(head(hidden, words), masked_lm.cls(hidden))
 
 
 def test_shipped_recipes_warm_start_from_the_zoo():

@@ -92,6 +92,13 @@ def zoo_train_command(
     train_images: Annotated[
         int | None, typer.Option(help="Train on the first N world-train images.")
     ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Override the recipe's peak learning rate.")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="CLIP toys: fine-tune from this member or open_clip folder."),
+    ] = None,
 ) -> None:
     """Train a toy victim on world train with the project's own recipe and save it."""
     from robust.zoo.train import train_zoo_member
@@ -103,6 +110,8 @@ def zoo_train_command(
             seed=seed,
             epochs=epochs,
             train_images=train_images,
+            learning_rate=learning_rate,
+            init=init,
             progress=RichProgress(bar),
         )
     console.print(

@@ -23,6 +23,13 @@ class ClipRecipe:
     warmup_fraction: float = 0.05
     seed: int = 0
     train_images: int | None = None
+    # Random Erasing (robust.zoo.augment.random_erasing): the share of training images
+    # that get one uniform-noise rectangle of `erase_area` of their area.
+    erase_probability: float = 0.0
+    erase_area: tuple[float, float] = (0.01, 0.08)
+    # A zoo member or open_clip local-dir folder to start from instead of random weights
+    # (the schedule then runs as a fine-tune of it).
+    init: str | None = None
     # Saved in fp16 (as OpenAI's own CLIP release is) to keep the shipped file small; the
     # model is rebuilt in fp32 on load.
     save_dtype: str = "float16"
@@ -57,6 +64,7 @@ RECIPES: dict[str, ClipRecipe] = {
             },
             "text_cfg": dict(TEXT_CFG),
         },
+        erase_probability=0.5,
     ),
     "toy-clip-rn": ClipRecipe(
         name="toy-clip-rn",
@@ -72,5 +80,6 @@ RECIPES: dict[str, ClipRecipe] = {
             },
             "text_cfg": dict(TEXT_CFG),
         },
+        erase_probability=0.5,
     ),
 }

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.zoo import ZOO_DIR
+from robust.zoo.augment import random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
+from robust.zoo.warm_start import clip_state, training_record
 
 
 @dataclass(frozen=True)
@@ -67,23 +69,39 @@ def train_zoo_member(
     seed: int | None = None,
     epochs: int | None = None,
     train_images: int | None = None,
+    learning_rate: float | None = None,
+    init: str | None = None,
     dataset: CaptionDataset | None = None,
     progress: Progress | None = None,
 ) -> TrainReport:
-    """Train one toy victim on world train and save it in its family's real format."""
+    """Train one toy victim on world train and save it in its family's real format.
+
+    `init` (CLIP toys) starts from an existing member's weights, so the recipe's schedule
+    runs as a fine-tune of it; its training record is kept inside the new one.
+    """
     recipes = zoo_recipes()
     if name not in recipes:
         raise RobustError(f"no zoo recipe named {name!r}; choose one of {', '.join(recipes)}")
     recipe, trainer = recipes[name]
-    overrides = {
-        k: v
-        for k, v in {"seed": seed, "epochs": epochs, "train_images": train_images}.items()
-        if v is not None
+    requested = {
+        "seed": seed,
+        "epochs": epochs,
+        "train_images": train_images,
+        "learning_rate": learning_rate,
+        "init": init,
     }
+    overrides = {k: v for k, v in requested.items() if v is not None}
     if overrides.get("epochs", 1) <= 0:
         raise RobustError(f"--epochs must be positive, got {epochs}")
     if overrides.get("train_images", 1) <= 0:
         raise RobustError(f"--train-images must be positive, got {train_images}")
+    if overrides.get("learning_rate", 1.0) <= 0:
+        raise RobustError(f"--learning-rate must be positive, got {learning_rate}")
+    accepted = {f.name for f in fields(recipe)}
+    for key in overrides:
+        if key not in accepted:
+            option = "--" + key.replace("_", "-")
+            raise RobustError(f"{option} does not apply to {name}'s recipe; leave it out")
     recipe = replace(recipe, **overrides)
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
     return trainer(recipe, output_dir, dataset=dataset, progress=progress)
@@ -106,6 +124,7 @@ def train_clip(
     progress = ensure_progress(progress)
     torch.manual_seed(recipe.seed)
     generator = np.random.default_rng(recipe.seed)
+    erase_generator = torch.Generator().manual_seed(recipe.seed)
     if dataset is None:
         dataset = generate_world("train", count=recipe.train_images)
     pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
@@ -114,6 +133,21 @@ def train_clip(
     image_captions = [np.asarray(c) for c in dataset.image_captions]
 
     model = CLIP(**recipe.model_cfg)
+    init_record = None
+    if recipe.init is not None:
+        init_record = training_record(recipe.init)
+        state = clip_state(recipe.init)
+        own = model.state_dict()
+        misfit = sorted(
+            key for key in own.keys() | state.keys()
+            if key not in own or key not in state or own[key].shape != state[key].shape
+        )  # fmt: skip
+        if misfit:
+            raise RobustError(
+                f"--init {recipe.init}: its weights do not fit {recipe.name}'s architecture "
+                f"(first at {misfit[0]}); start from a member trained with the same recipe"
+            )
+        model.load_state_dict(state)
     model.train()
     mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
@@ -149,7 +183,15 @@ def train_clip(
             for batch_start in range(0, steps_per_epoch * recipe.batch_size, recipe.batch_size):
                 indices = order[batch_start : batch_start + recipe.batch_size]
                 chosen = [int(generator.choice(image_captions[i])) for i in indices]
-                images = (pixels[indices].float() / 255.0 - mean) / std
+                images = pixels[indices].float() / 255.0
+                if recipe.erase_probability > 0:
+                    images = random_erasing(
+                        images,
+                        probability=recipe.erase_probability,
+                        area_range=tuple(recipe.erase_area),
+                        generator=erase_generator,
+                    )
+                images = (images - mean) / std
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
@@ -171,7 +213,12 @@ def train_clip(
     saved = model.to(dtype)
     save_local_dir(saved, recipe.model_cfg, recipe.preprocess_cfg, output_dir)
     report = TrainReport(recipe.name, output_dir, seconds, step, loss_value, recipe.config())
-    write_training_record(report, dataset)
+    record_path = write_training_record(report, dataset)
+    if recipe.init is not None:
+        record = json.loads(record_path.read_text())
+        record["command"] += f" --init {recipe.init}"
+        record["init_record"] = init_record
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
     return report
 
 

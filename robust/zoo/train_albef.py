@@ -7,8 +7,9 @@ world WordPiece vocab.txt beside it), so the zoo goes through `load_albef_checkp
 Objectives, scaled down from the papers to what a CPU trains in minutes:
 
 - ALBEF: ITC (symmetric InfoNCE, learnable temperature clamped to [0.001, 0.5]) and ITM with
-  in-batch hard negatives drawn from the ITC similarity. No MLM and no momentum distillation
-  (neither is needed for retrieval at this scale).
+  in-batch negatives drawn from the ITC similarity (hard), after a curriculum of uniformly
+  drawn (easy) ones. MLM on the fusion encoder is a recipe option (`mlm_weight`), off in
+  the toys: in a 100-step pilot it held ITM at its prior. No momentum distillation.
 - TCL: the same, plus its intra-modal contrastive terms: image-image InfoNCE between two
   augmented views of each image and text-text InfoNCE between two different captions of it.
   TCL's local mutual-information term is omitted.
@@ -46,6 +47,8 @@ from robust.victims.albef import (
     AlbefVictim,
     save_albef_checkpoint,
 )
+from robust.zoo.augment import augment_images
+from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
 from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.vocab import build_world_vocab
@@ -56,6 +59,7 @@ from robust.zoo.warm_start import (
     clip_visual_state,
     copy_into,
     image_projection_from_clip,
+    masked_lm_head_state,
     masked_lm_state,
     vit_from_clip,
 )
@@ -63,6 +67,7 @@ from robust.zoo.warm_start import (
 CHECKPOINT_FILE = "checkpoint.pth"
 TEMPERATURE_RANGE = (0.001, 0.5)  # ALBEF clamps its learnable `temp` to this range
 TOKENIZE_CHUNK = 4096
+HEAD_PREFIX = "mlm_head."
 
 
 def _toy_model() -> dict:
@@ -102,9 +107,14 @@ class AlbefRecipe:
     (or folders) the ViT and the BERT start from (None: random); weights that start fresh
     train at `fresh_lr_scale` times `learning_rate`. `captions_per_image`
     captions of each image enter ITC per step. `image_image_weight` / `text_text_weight`
-    switch on TCL's intra-modal terms; `augment` applies the cheap pixel augmentation
-    (shift up to `max_shift` px, brightness +-`brightness`) to the image-text view as well
-    (TCL's second image view is always augmented).
+    switch on TCL's intra-modal terms; `mlm_weight` the fusion encoder's masked-LM term
+    (`mlm_probability` of caption tokens masked, BERT's 80/10/10); `augment` applies the
+    cheap pixel augmentation (shift up to `max_shift` px, brightness +-`brightness`) to the
+    image-text view as well (TCL's second image view is always augmented).
+    `itm_easy_schedule` (first step, last step; linear between) is the share of ITM
+    negatives drawn uniformly instead of by ITC similarity: from a fresh cross-attention,
+    hard negatives alone (world scenes that differ in one attribute) leave ITM at its
+    1-in-3 prior, and so does an even mix; easy ones first teach it to read the image.
     """
 
     name: str
@@ -127,11 +137,23 @@ class AlbefRecipe:
     itm_weight: float = 1.0
     image_image_weight: float = 0.0
     text_text_weight: float = 0.0
+    mlm_weight: float = 0.0
+    mlm_probability: float = 0.15
+    itm_easy_schedule: tuple[float, float] = (0.0, 0.0)
     augment: bool = False
     max_shift: int = 4
     brightness: float = 0.1
 
     def __post_init__(self) -> None:
+        # JSON records hold the schedule as a list; a recipe read back must equal the original
+        object.__setattr__(self, "itm_easy_schedule", tuple(self.itm_easy_schedule))
+        if len(self.itm_easy_schedule) != 2 or not all(
+            0.0 <= share <= 1.0 for share in self.itm_easy_schedule
+        ):
+            raise RobustError(
+                f"recipe {self.name}: itm_easy_schedule must be two shares in [0, 1] (first "
+                f"and last step), got {self.itm_easy_schedule}"
+            )
         if self.family not in FAMILIES:
             raise RobustError(f"recipe {self.name}: family must be one of {FAMILIES}")
         if self.captions_per_image < (2 if self.intra_modal else 1):
@@ -149,7 +171,8 @@ class AlbefRecipe:
         return AlbefConfig.from_dict(self.model, f"recipe {self.name}")
 
     def config(self) -> dict:
-        return asdict(self)
+        """The recipe as its JSON record holds it (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 ALBEF_RECIPES: dict[str, AlbefRecipe] = {
@@ -157,13 +180,15 @@ ALBEF_RECIPES: dict[str, AlbefRecipe] = {
         name="toy-albef",
         family="albef",
         model=_toy_model(),
-        epochs=4,
+        epochs=6,
+        itm_easy_schedule=(1.0, 0.0),
     ),
     "toy-tcl": AlbefRecipe(
         name="toy-tcl",
         family="tcl",
         model=_toy_model(),
-        epochs=3,
+        epochs=4,
+        itm_easy_schedule=(1.0, 0.0),
         image_image_weight=0.5,
         text_text_weight=0.5,
         augment=True,
@@ -210,6 +235,21 @@ def init_albef_model(recipe: AlbefRecipe) -> tuple[AlbefModel, list[str]]:
     return model.train(), copied
 
 
+def new_masked_lm_head(config: AlbefConfig, recipe: AlbefRecipe) -> MaskedLmHead:
+    """The fusion encoder's MLM head: from the text warm start's `cls.predictions` when the
+    recipe has one (as ALBEF's comes from bert-base), else seeded fresh."""
+    torch.manual_seed(recipe.seed + 1)
+    head = MaskedLmHead(config.hidden_size, config.vocab_size, config.layer_norm_eps)
+    nn.init.trunc_normal_(head.dense.weight, std=recipe.init_std)
+    nn.init.zeros_(head.dense.bias)
+    if recipe.text_init is not None:
+        try:
+            head.load_masked_lm(masked_lm_head_state(recipe.text_init))
+        except (KeyError, ValueError) as error:
+            raise RobustError(f"MLM head warm start from {recipe.text_init}: {error}") from None
+    return head
+
+
 def _masked_lm_depth(bert: dict[str, torch.Tensor]) -> int:
     return len({key.split(".")[2] for key in bert if key.startswith("encoder.layer.")})
 
@@ -231,16 +271,27 @@ def text_layer_sources(config: AlbefConfig, source_depth: int, source: str) -> d
 
 
 def _optimizer(
-    model: AlbefModel, temperature: nn.Parameter, recipe: AlbefRecipe, warm_started: set[str]
+    model: AlbefModel,
+    temperature: nn.Parameter,
+    recipe: AlbefRecipe,
+    warm_started: set[str],
+    head: MaskedLmHead | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases, norms, embeddings, temperature).
 
     Weights that start fresh (cross-attention, `text_proj`, `itm_head`, the temperature)
     learn `fresh_lr_scale` times faster than the warm-started towers, which a high rate
-    would wash out; each group's `lr_scale` is applied by the training loop.
+    would wash out; each group's `lr_scale` is applied by the training loop. The MLM head
+    is warm-started whenever the text is.
     """
+    named = list(model.named_parameters())
+    if head is not None:
+        head_named = [(f"{HEAD_PREFIX}{name}", p) for name, p in head.named_parameters()]
+        named += head_named
+        if recipe.text_init is not None:
+            warm_started = warm_started | {name for name, _ in head_named}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
+    for name, parameter in named:
         is_matrix = parameter.ndim >= 2 and name.endswith(".weight")
         decays = is_matrix and "embeddings" not in name
         groups.setdefault((decays, name in warm_started), []).append(parameter)
@@ -336,26 +387,6 @@ def _dataset_pixels(dataset: CaptionDataset, image_size: int) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 
 
-def augment_images(
-    images: torch.Tensor, *, max_shift: int, brightness: float, generator: torch.Generator
-) -> torch.Tensor:
-    """Cheap label-preserving views of `[B,3,S,S]` pixels in [0,1]: a random shift of up to
-    `max_shift` px (reflect padding) and a brightness scale in [1-b, 1+b]. No flips, since
-    world captions name left and right."""
-    batch, _, height, width = images.shape
-    if max_shift > 0:
-        padded = F.pad(images, (max_shift,) * 4, mode="reflect")
-        dy, dx = torch.randint(0, 2 * max_shift + 1, (2, batch), generator=generator)
-        rows = (dy[:, None] + torch.arange(height))[:, :, None]
-        cols = (dx[:, None] + torch.arange(width))[:, None, :]
-        picked = padded[torch.arange(batch)[:, None, None], :, rows, cols]  # [B, H, W, 3]
-        images = picked.permute(0, 3, 1, 2)
-    if brightness > 0:
-        scale = 1 + brightness * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
-        images = (images * scale).clamp(0, 1)
-    return images.contiguous()
-
-
 # --------------------------------------------------------------------------------- losses
 
 
@@ -380,12 +411,18 @@ def _trim(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def _sample_negatives(
-    similarity: torch.Tensor, positives: torch.Tensor, generator: torch.Generator
+    similarity: torch.Tensor,
+    positives: torch.Tensor,
+    generator: torch.Generator,
+    easy_fraction: float = 0.0,
 ) -> torch.Tensor:
-    """One hard negative column per row, drawn with probability softmax(similarity) over
-    non-positives (ALBEF's ITM sampling); rows without any non-positive fall back to uniform."""
+    """One negative column per row: hard ones drawn with probability softmax(similarity)
+    over non-positives (ALBEF's ITM sampling), and for `easy_fraction` of the rows uniformly
+    over non-positives. Rows without any non-positive fall back to uniform."""
     with torch.no_grad():
         weights = F.softmax(similarity.float(), dim=1) + 1e-5
+        easy = torch.rand(len(weights), generator=generator) < easy_fraction
+        weights[easy] = 1.0
         weights = weights.masked_fill(positives, 0)
         empty = weights.sum(dim=1) == 0
         weights[empty] = 1.0
@@ -426,8 +463,15 @@ def training_losses(
     batch: Batch,
     recipe: AlbefRecipe,
     generator: torch.Generator,
+    head: MaskedLmHead | None = None,
+    easy: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Every loss term of one step (unweighted) plus their weighted sum under "loss"."""
+    """Every loss term of one step (unweighted) plus their weighted sum under "loss".
+
+    `head` (needed when `recipe.mlm_weight` > 0) is the MLM head of the fusion encoder;
+    `easy` is this step's share of uniformly drawn ITM negatives."""
+    if (head is None) != (recipe.mlm_weight <= 0):
+        raise ValueError("pass an MLM head exactly when the recipe's mlm_weight is positive")
     model = victim.model
     size = batch.size
     temp = temperature.clamp(*TEMPERATURE_RANGE)
@@ -444,9 +488,11 @@ def training_losses(
     # captions; each first caption with a hard negative image. Negatives are drawn from the
     # (detached) ITC similarity, as ALBEF does.
     similarity = image_feat @ text_feat.T / temp
-    negative_text = _sample_negatives(similarity, positives, generator)
+    negative_text = _sample_negatives(similarity, positives, generator, easy)
     first = slice(0, size)
-    negative_image = _sample_negatives(similarity[:, first].T, positives[:, first].T, generator)
+    negative_image = _sample_negatives(
+        similarity[:, first].T, positives[:, first].T, generator, easy
+    )
     fused = model.text_encoder.fusion(
         torch.cat([text_hidden[first], text_hidden[first], text_hidden[negative_text]]),
         torch.cat([mask[first], mask[first], mask[negative_text]]),
@@ -454,6 +500,19 @@ def training_losses(
     )
     itm_labels = torch.cat([torch.ones(size), torch.zeros(2 * size)]).long()
     losses["itm"] = F.cross_entropy(model.itm_head(fused[:, 0]), itm_labels)
+
+    if head is not None:
+        # ALBEF's MLM: a masked copy of each first caption, read by the fusion encoder
+        # against its own image, predicts the masked words.
+        masked_ids, labels = mask_tokens(
+            input_ids[first], mask[first], victim.tokenizer, generator,
+            mask_probability=recipe.mlm_probability,
+        )  # fmt: skip
+        masked_hidden = model.text_encoder.text(masked_ids, mask[first])
+        fused_masked = model.text_encoder.fusion(masked_hidden, mask[first], image_tokens)
+        word_embeddings = model.text_encoder.embeddings.word_embeddings.weight
+        logits = head(fused_masked, word_embeddings)
+        losses["mlm"] = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
     if recipe.intra_modal:
         if batch.images_2 is None or batch.input_ids.shape[0] < 2 * size:
@@ -476,6 +535,7 @@ def training_losses(
         "itm": recipe.itm_weight,
         "image_image": recipe.image_image_weight,
         "text_text": recipe.text_text_weight,
+        "mlm": recipe.mlm_weight,
     }
     losses["loss"] = sum(weights[name] * value for name, value in losses.items())
     return losses
@@ -516,6 +576,7 @@ def train_albef(
     model, warm_started = init_albef_model(recipe)
     victim = AlbefVictim(recipe.name, model, vocab_target, family=recipe.family)
     model.train()
+    head = new_masked_lm_head(model.config, recipe) if recipe.mlm_weight > 0 else None
     temperature = nn.Parameter(torch.tensor(float(recipe.initial_temperature)))
     generator = torch.Generator().manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -533,9 +594,11 @@ def train_albef(
     batch_size = min(recipe.batch_size, num_images)
     steps_per_epoch = num_images // batch_size
     total_steps = steps_per_epoch * recipe.epochs
-    optimizer = _optimizer(model, temperature, recipe, set(warm_started))
+    optimizer = _optimizer(model, temperature, recipe, set(warm_started), head)
     learning_rate = _cosine_with_warmup(recipe, total_steps)
     parameters = [*model.parameters(), temperature]
+    if head is not None:
+        parameters += list(head.parameters())
 
     start = time.perf_counter()
     step = 0
@@ -551,7 +614,9 @@ def train_albef(
                 )  # fmt: skip
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step) * group["lr_scale"]
-                losses = training_losses(victim, temperature, batch, recipe, generator)
+                start_easy, end_easy = recipe.itm_easy_schedule
+                easy = start_easy + (end_easy - start_easy) * step / max(1, total_steps - 1)
+                losses = training_losses(victim, temperature, batch, recipe, generator, head, easy)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(parameters, 1.0)

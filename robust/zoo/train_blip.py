@@ -28,6 +28,7 @@ from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.victims.blip import DEC_TOKEN, ENC_TOKEN, ITM_MATCH_CLASS
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from robust.zoo.masked_lm import mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
 from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.warm_start import (
@@ -39,9 +40,6 @@ from robust.zoo.warm_start import (
 
 # BLIP clamps its learnable ITC temperature to this range (blip_retrieval.py).
 TEMPERATURE_RANGE = (0.001, 0.5)
-# BERT's masking: of the chosen tokens 80% become [MASK], 10% a random token, 10% stay.
-MASK_REPLACE_FRACTION = 0.8
-MASK_RANDOM_FRACTION = 0.1
 # Text positions: BLIP uses at most 35 (ITC/ITM) and 40 (decoder) tokens; BERT-Attack adds
 # sub-words, so the masked LM gets a little more room.
 BLIP_TEXT_POSITIONS = 48
@@ -703,37 +701,6 @@ def train_blip_captioner(
 # --------------------------------------------------------------------------------------
 # toy-mlm: BERT masked language model for BERT-Attack
 # --------------------------------------------------------------------------------------
-
-
-def mask_tokens(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    tokenizer,
-    generator: torch.Generator,
-    *,
-    mask_probability: float = 0.15,
-    replace_fraction: float = MASK_REPLACE_FRACTION,
-    random_fraction: float = MASK_RANDOM_FRACTION,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking: (corrupted ids, labels with -100 wherever nothing is predicted).
-
-    Each real, non-special token is chosen with `mask_probability`; a chosen token becomes
-    `[MASK]` (80%), a random non-special token (10%) or stays (10%).
-    """
-    special = torch.tensor(tokenizer.all_special_ids)
-    eligible = attention_mask.bool() & ~torch.isin(input_ids, special)
-    draws = torch.rand(input_ids.shape, generator=generator)
-    chosen = eligible & (draws < mask_probability)
-    labels = input_ids.masked_fill(~chosen, -100)
-    corrupted = input_ids.clone()
-    kind = torch.rand(input_ids.shape, generator=generator)
-    to_mask = chosen & (kind < replace_fraction)
-    to_random = chosen & (kind >= replace_fraction) & (kind < replace_fraction + random_fraction)
-    corrupted[to_mask] = tokenizer.mask_token_id
-    first_word = max(tokenizer.all_special_ids) + 1
-    random_ids = torch.randint(first_word, len(tokenizer), input_ids.shape, generator=generator)
-    corrupted[to_random] = random_ids[to_random]
-    return corrupted, labels
 
 
 def new_masked_lm(recipe: MlmRecipe, tokenizer):

@@ -13,6 +13,7 @@ where they use GELU; open_clip's patch convolution has no bias (the target bias 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,17 +40,28 @@ def _member_folder(name_or_path: str, needed: str) -> Path:
     return folder
 
 
-def clip_visual_state(name_or_path: str = VISION_SOURCE) -> dict[str, torch.Tensor]:
-    """The fp32 visual-tower tensors of an open_clip local-dir model, `visual.` stripped."""
+def clip_state(name_or_path: str = VISION_SOURCE) -> dict[str, torch.Tensor]:
+    """Every tensor of an open_clip local-dir model (a zoo name or a folder), in fp32."""
     from safetensors.torch import load_file
 
     folder = _member_folder(name_or_path, CLIP_WEIGHTS_FILE)
-    state = load_file(str(folder / CLIP_WEIGHTS_FILE))
+    return {key: value.float() for key, value in load_file(str(folder / CLIP_WEIGHTS_FILE)).items()}
+
+
+def clip_visual_state(name_or_path: str = VISION_SOURCE) -> dict[str, torch.Tensor]:
+    """The fp32 visual-tower tensors of an open_clip local-dir model, `visual.` stripped."""
     return {
-        key.removeprefix("visual."): value.float()
-        for key, value in state.items()
+        key.removeprefix("visual."): value
+        for key, value in clip_state(name_or_path).items()
         if key.startswith("visual.")
     }
+
+
+def training_record(name_or_path: str) -> dict | None:
+    """The `training.json` beside a zoo member (None when it has none)."""
+    folder = Path(name_or_path) if Path(name_or_path).is_dir() else ZOO_DIR / name_or_path
+    path = folder / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def masked_lm_state(name_or_path: str = TEXT_SOURCE) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -70,6 +82,15 @@ def masked_lm_state(name_or_path: str = TEXT_SOURCE) -> tuple[dict[str, torch.Te
         if key.startswith("bert.")
     }
     return bert, [token for token, _ in vocabulary]
+
+
+def masked_lm_head_state(name_or_path: str = TEXT_SOURCE) -> dict[str, torch.Tensor]:
+    """The `cls.predictions.*` (MLM head) tensors of a `save_pretrained` BertForMaskedLM."""
+    from safetensors.torch import load_file
+
+    folder = _member_folder(name_or_path, "model.safetensors")
+    state = load_file(str(folder / "model.safetensors"))
+    return {key: value.float() for key, value in state.items() if key.startswith("cls.")}
 
 
 _CLIP_BLOCK_PARTS = {

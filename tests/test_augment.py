@@ -1,0 +1,49 @@
+"""Random Erasing for the CLIP toys: one noise rectangle of the requested size, seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust.zoo.augment import random_erasing
+
+
+def _erased(images: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    out = random_erasing(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    return out, (out != images).any(dim=1)  # [B, H, W] where a pixel changed
+
+
+def test_every_image_gets_one_rectangle_of_the_requested_area():
+    images = torch.full((64, 3, 32, 32), 0.5)
+    out, changed = _erased(images, probability=1.0, area_range=(0.04, 0.1))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    for mask in changed:
+        rows = mask.any(dim=1).nonzero().flatten()
+        cols = mask.any(dim=0).nonzero().flatten()
+        height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        # everything changed lies in one rectangle, whose area is within the range (+rounding)
+        assert int(mask.sum()) == height * width
+        assert 0.04 * 1024 * 0.75 <= height * width <= 0.1 * 1024 * 1.3
+
+
+def test_probability_zero_is_the_identity_and_the_draws_are_seeded():
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out, _ = _erased(images, probability=0.0, area_range=(0.01, 0.08))
+    assert torch.equal(out, images)
+    first, changed = _erased(images, probability=0.5, area_range=(0.01, 0.08))
+    second, _ = _erased(images, probability=0.5, area_range=(0.01, 0.08))
+    assert torch.equal(first, second)
+    assert 0 < int(changed.any(dim=(1, 2)).sum()) < 16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"probability": 1.5, "area_range": (0.01, 0.08)}, "probability"),
+        ({"probability": 0.5, "area_range": (0.2, 0.1)}, "area range"),
+        ({"probability": 0.5, "area_range": (0.0, 0.1)}, "area range"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        random_erasing(torch.zeros(1, 3, 8, 8), generator=torch.Generator(), **kwargs)
