@@ -15,35 +15,14 @@ import time
 
 import torch
 
-from benchmarks.common import peak_memory_in_fresh_process, write_result
+from benchmarks.common import (
+    peak_memory_in_fresh_process,
+    toy_albef_or_stand_in,
+    write_result,
+)
 from robust.data.world import generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
-from robust.victims import load_victim
-
-VICTIM = "toy-albef"
-STAND_IN = "toy-albef architecture (random weights)"
-
-
-def benchmark_victim():
-    """The shipped toy-albef, or a seeded random ALBEF of its recipe's size and vocab."""
-    import tempfile
-    from pathlib import Path
-
-    from robust.victims.albef import AlbefModel, AlbefVictim
-    from robust.victims.zoo import KNOWN_VICTIMS, weights_present
-    from robust.zoo.train_albef import albef_recipe_for
-    from robust.zoo.warm_start import masked_lm_state
-
-    if weights_present(KNOWN_VICTIMS[VICTIM]):
-        return load_victim(VICTIM)
-    recipe = albef_recipe_for(VICTIM)
-    _, tokens = masked_lm_state(recipe.text_init)
-    vocab = Path(tempfile.mkdtemp()) / "vocab.txt"
-    vocab.write_text("".join(f"{token}\n" for token in tokens))
-    torch.manual_seed(0)
-    return AlbefVictim(STAND_IN, AlbefModel(recipe.model_config()), vocab).eval()
-
 
 K_TEST = 128
 MEMORY_K_TEST = 16
@@ -79,13 +58,13 @@ def reranked_evaluation(victim, dataset, k_test: int):
 
 def reranked_call(split: str, k_test: str):
     """Set-up for the memory probe: the whole re-ranked evaluation of `split` as one call."""
-    victim = benchmark_victim()
+    victim = toy_albef_or_stand_in()
     dataset = generate_world(split)
     return lambda: reranked_evaluation(victim, dataset, int(k_test))
 
 
 def run() -> dict:
-    victim = benchmark_victim()
+    victim = toy_albef_or_stand_in()
     test_1k = generate_world("test-1k")
     start = time.perf_counter()
     result, reranker = reranked_evaluation(victim, test_1k, K_TEST)
@@ -104,7 +83,7 @@ def run() -> dict:
             ),
         }
     return {
-        "victim": VICTIM,
+        "victim": victim.name,
         "k_test": K_TEST,
         "pair_batch_size": PAIR_BATCH,
         "threads": torch.get_num_threads(),

@@ -15,6 +15,30 @@ from typing import Any
 from robust.harness.provenance import collect_provenance
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TOY_ALBEF = "toy-albef"
+TOY_ALBEF_STAND_IN = "toy-albef architecture (random weights)"
+
+
+def toy_albef_or_stand_in():
+    """The shipped toy-albef, or until it ships a seeded random ALBEF of its recipe's
+    architecture and vocab: speed and memory do not depend on the weights."""
+    import tempfile
+
+    import torch
+
+    from robust.victims.albef import AlbefModel, AlbefVictim
+    from robust.victims.zoo import KNOWN_VICTIMS, load_victim, weights_present
+    from robust.zoo.train_albef import albef_recipe_for
+    from robust.zoo.warm_start import masked_lm_state
+
+    if weights_present(KNOWN_VICTIMS[TOY_ALBEF]):
+        return load_victim(TOY_ALBEF)
+    recipe = albef_recipe_for(TOY_ALBEF)
+    _, tokens = masked_lm_state(recipe.text_init)
+    vocab = Path(tempfile.mkdtemp()) / "vocab.txt"
+    vocab.write_text("".join(f"{token}\n" for token in tokens))
+    torch.manual_seed(0)
+    return AlbefVictim(TOY_ALBEF_STAND_IN, AlbefModel(recipe.model_config()), vocab).eval()
 
 
 def best_time(function: Callable[[], Any], repeats: int = 3) -> float:
