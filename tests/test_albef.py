@@ -335,3 +335,15 @@ def test_config_json_rejects_unknown_keys():
         AlbefConfig.from_dict({"hidden_dropout_prob": 0.1})
     with pytest.raises(RobustError, match="fusion_layer"):
         AlbefConfig.from_dict({"fusion_layer": 12})
+
+
+def test_text_embeddings_skip_shared_padding_exactly(source):
+    """encode_text drops the padding columns every caption shares; the 30-token result and
+    the trimmed one agree, for short captions and for a batch with one long caption."""
+    model = source.model
+    for texts in (["a red circle", "two blue squares"], ["a dog", "word " * 40]):
+        input_ids, mask = source.tokenize(texts)
+        with torch.no_grad():
+            full = model.text_features(model.text_encoder.text(input_ids, mask))
+            trimmed = source.encode_text(texts)
+        torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-5)

@@ -16,6 +16,7 @@ from torch import Tensor
 from robust.data.dataset import CaptionDataset
 from robust.eval.retrieval import RetrievalResult, encode_dataset, rank_from_features
 from robust.progress import Progress, ensure_progress
+from robust.victims.albef import trim_padding
 from robust.victims.base import Victim
 
 FLICKR_K_TEST = 128
@@ -93,12 +94,14 @@ class ItmReranker:
         text_mask = torch.cat([_pad_length(m, length) for m in text_masks])
         # Columns that are padding in every caption change no score: drop them once here
         # rather than run them through the fusion layers for every candidate pair.
-        used = max(1, int(text_mask.sum(dim=1).max()))
+        text_hidden, text_mask = trim_padding(
+            torch.cat([_pad_length(t, length) for t in text_inputs]), text_mask
+        )
         return cls(
             victim,
             torch.cat(image_inputs),
-            torch.cat([_pad_length(t, length) for t in text_inputs])[:, :used],
-            text_mask[:, :used],
+            text_hidden,
+            text_mask,
             image_features.to(victim.device),
             text_features.to(victim.device),
             pair_batch_size=pair_batch_size,

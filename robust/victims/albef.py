@@ -639,8 +639,11 @@ class AlbefVictim(Victim):
         return self.model.image_features(self.image_tokens(images))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        hidden, _ = self.text_hidden(texts)
-        return self.model.text_features(hidden)
+        """ITC text embeddings. Padding columns shared by every caption are dropped first:
+        exact (keys are masked and positions absolute) and, for short captions, most of the
+        cost of the 30-token layout, which text attacks pay per candidate."""
+        input_ids, attention_mask = trim_padding(*self.tokenize(texts))
+        return self.model.text_features(self.model.text_encoder.text(input_ids, attention_mask))
 
     def itm_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         if len(texts) != images.shape[0]:
@@ -674,6 +677,14 @@ class AlbefVictim(Victim):
         return load_albef_checkpoint(
             checkpoint, family=family, trust_pickle=trust_pickle, name=display
         )
+
+
+def trim_padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing columns that are padding in every row (at least one column stays)."""
+    length = max(1, int(attention_mask.sum(dim=1).max())) if len(attention_mask) else 1
+    return input_ids[:, :length], attention_mask[:, :length]
 
 
 def _check_pairs(image_tokens: torch.Tensor, text_hidden: torch.Tensor, mask: torch.Tensor) -> None:

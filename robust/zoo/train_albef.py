@@ -46,6 +46,7 @@ from robust.victims.albef import (
     AlbefModel,
     AlbefVictim,
     save_albef_checkpoint,
+    trim_padding,
 )
 from robust.zoo.augment import augment_images
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
@@ -404,12 +405,6 @@ def symmetric_info_nce(
     return (soft_info_nce(logits, positives) + soft_info_nce(logits.T, positives.T)) / 2
 
 
-def _trim(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing columns that are padding in every row: exact, and saves compute."""
-    length = max(1, int(mask.sum(dim=1).max()))
-    return input_ids[:, :length], mask[:, :length]
-
-
 def _sample_negatives(
     similarity: torch.Tensor,
     positives: torch.Tensor,
@@ -477,7 +472,7 @@ def training_losses(
     temp = temperature.clamp(*TEMPERATURE_RANGE)
 
     image_tokens = model.visual_encoder(victim.normalize(batch.images))
-    input_ids, mask = _trim(batch.input_ids, batch.mask)
+    input_ids, mask = trim_padding(batch.input_ids, batch.mask)
     text_hidden = model.text_encoder.text(input_ids, mask)
     image_feat = model.image_features(image_tokens)
     text_feat = model.text_features(text_hidden)
