@@ -18,6 +18,7 @@ from robust.attacks.patch_artifact import (
     sidecar_path,
 )
 from robust.attacks.patch_geometry import (
+    PatchBoxes,
     apply_patch,
     corner_position,
     patch_masks,
@@ -28,7 +29,13 @@ from robust.cli import app
 from robust.data.images import load_images
 from robust.errors import CapabilityError
 from robust.eval import downstream
-from robust.harness.patch import CONTROL_ATTACK, PATCH_ATTACK, run_patch_evaluation
+from robust.harness.evaluate import dataset_key
+from robust.harness.patch import (
+    CONTROL_ATTACK,
+    PATCH_ATTACK,
+    occluded_by_patch,
+    run_patch_evaluation,
+)
 from robust.harness.store import ResultStore
 from robust.victims.base import Victim
 from robust.victims.zoo import load_victim
@@ -264,6 +271,40 @@ def test_patch_evaluation_stores_every_task_with_a_control_row(tmp_path, world_s
     assert (tmp_path / "patch" / "advclip-patch.png").is_file()
     assert (tmp_path / "patch" / "random-patch.json").is_file()
     assert len(list((tmp_path / "examples").rglob("*.png"))) == 2 * 3 * 2
+
+    # World runs also score the images whose captioned objects the fixed corner patch
+    # misses: exactly those without an object in the bottom-right grid cell.
+    whole = [
+        i for i, label in enumerate(data.labels)
+        if not any((o["row"], o["col"]) == (2, 2) for o in label["objects"])
+    ]  # fmt: skip
+    assert 0 < len(whole) < data.num_images
+    assert values[("toy-clip-vit", None, "itc", "images_unoccluded")] == len(whole)
+    with ResultStore.in_run_dir(tmp_path) as store:
+        name, split = dataset_key(data)
+        ranks = store.query_ranks(
+            evaluation.run_id, victim="toy-clip-vit", dataset=name, split=split,
+            direction="tr", scoring="itc", attack=CONTROL_ATTACK,
+            source="toy-clip-vit", target="toy-clip-vit",
+        )  # fmt: skip
+    expected = float(np.mean(np.asarray(ranks)[whole] < 1))
+    assert values[("toy-clip-vit", CONTROL_ATTACK, "itc", "tr_r1_unoccluded")] == pytest.approx(
+        expected
+    )
+    assert 0 <= values[("toy-clip-vit", PATCH_ATTACK, "itc", "tr_asr_r1_unoccluded")] <= 1
+
+
+def test_occlusion_follows_the_patch_box_over_the_world_grid():
+    labels = [
+        {"objects": [{"row": 2, "col": 2}]},
+        {"objects": [{"row": 0, "col": 0}, {"row": 1, "col": 2}]},
+        {"objects": [{"row": 1, "col": 1}]},
+    ]
+    corner = make_artifact().boxes(3, 64)  # fixed: inside the bottom-right cell
+    assert occluded_by_patch(labels, corner, 64).tolist() == [True, False, False]
+    # a box across the top-left four cells' shared corner overlaps all four of them
+    middle = PatchBoxes(torch.tensor([16] * 3), torch.tensor([16] * 3), torch.tensor([20] * 3))
+    assert occluded_by_patch(labels, middle, 64).tolist() == [False, True, True]
 
 
 # -- CLI -------------------------------------------------------------------------------------

@@ -364,7 +364,13 @@ PATCH_SPEC = {
 }
 # (target, attack, scoring) -> metrics, as `run_patch_evaluation` names them
 PATCH_ROWS = {
-    ("toy-clip-vit", None, "itc"): {"tr_r1": 0.95, "ir_r1": 0.9},
+    ("toy-clip-vit", None, "itc"): {
+        "tr_r1": 0.95,
+        "ir_r1": 0.9,
+        "images_unoccluded": 15.0,
+        "tr_r1_unoccluded": 1.0,
+        "ir_r1_unoccluded": 0.96,
+    },
     ("toy-clip-vit", "advclip-patch", "itc"): {
         "tr_r1": 0.15,
         "ir_r1": 0.35,
@@ -372,6 +378,10 @@ PATCH_ROWS = {
         "ir_asr_r1": 0.6111,
         "tr_drop_r1": 0.8,
         "ir_drop_r1": 0.55,
+        "tr_r1_unoccluded": 0.2,
+        "ir_r1_unoccluded": 0.4,
+        "tr_asr_r1_unoccluded": 0.8,
+        "ir_asr_r1_unoccluded": 0.5833,
     },
     ("toy-clip-vit", "random-patch", "itc"): {
         "tr_r1": 0.65,
@@ -380,6 +390,10 @@ PATCH_ROWS = {
         "ir_asr_r1": 0.2222,
         "tr_drop_r1": 0.3,
         "ir_drop_r1": 0.2,
+        "tr_r1_unoccluded": 0.9333,
+        "ir_r1_unoccluded": 0.92,
+        "tr_asr_r1_unoccluded": 0.0667,
+        "ir_asr_r1_unoccluded": 0.0417,
     },
     ("toy-clip-vit", None, "zero-shot"): {"color_acc": 0.975},
     ("toy-clip-vit", "advclip-patch", "zero-shot"): {
@@ -483,6 +497,10 @@ def test_patch_section_prints_patch_and_control_rows_and_embeds_the_patch_lossle
     # retrieval: R@1, ASR (SGA) and drop (Co-Attack) for patch and control; white-box starred
     assert "toy-clip-vit* itc patch 15.0 35.0 84.2 61.1 80.0 55.0" in text
     assert "toy-clip-vit* itc random patch 65.0 70.0 31.6 22.2 30.0 20.0" in text
+    # the same over the images the patch leaves whole (world runs): kept count, R@1, ASR
+    assert "toy-clip-vit* itc clean 15 100.0 96.0" in text
+    assert "toy-clip-vit* itc patch 15 20.0 40.0 80.0 58.3" in text
+    assert "toy-clip-vit* itc random patch 15 93.3 92.0 6.7 4.2" in text
     # zero-shot colour: clean, patch acc/drop/fooled, control acc/drop/fooled
     assert "toy-clip-vit zero-shot color 97.5 62.5 35.0 37.5 95.0 2.5 5.0" in text
     # captions x100, drops and change rate

@@ -126,10 +126,15 @@ def eval_command(
     console.print(f"results: {out / 'results.sqlite'} (run {evaluation.run_id})", highlight=False)
 
 
+# World runs: the same over images whose captioned objects the patch does not cover
+_UNOCCLUDED = ("images_unoccluded", "tr_r1_unoccluded", "ir_r1_unoccluded",
+               "tr_asr_r1_unoccluded", "ir_asr_r1_unoccluded")  # fmt: skip
 # (scoring, title, metrics shown; clean rows show the first column's metric)
 _TABLES = (
     ("itc", "Retrieval (ITC)", ("tr_r1", "ir_r1", "tr_asr_r1", "ir_asr_r1", "tr_drop_r1")),
     ("rerank", "Retrieval (ITM re-ranked)", ("tr_r1", "ir_r1", "tr_asr_r1", "ir_asr_r1")),
+    ("itc", "Retrieval (ITC) of images the patch leaves whole", _UNOCCLUDED),
+    ("rerank", "Retrieval (ITM re-ranked) of images the patch leaves whole", _UNOCCLUDED),
     ("zero-shot", "Zero-shot (world labels)", ("shape_acc", "color_acc", "background_acc")),
     ("knn", "k-NN on frozen features", ("shape_acc", "color_acc", "background_acc")),
     ("caption", "Captioning", ("bleu4", "cider", "caption_change_rate", "cider_drop")),
@@ -140,7 +145,7 @@ def print_patch_tables(evaluation) -> None:
     """One table per task: clean, patch and random-patch control rows, in percent."""
     for scoring, title, metrics in _TABLES:
         rows = evaluation.table(scoring)
-        if not rows:
+        if not any(metric in row for row in rows for metric in metrics):
             continue
         extra = ("fooling_rate",) if scoring in ("zero-shot", "knn") else ()
         table = Table(title=f"{title}: patch from {evaluation.source} (%)")
@@ -150,6 +155,14 @@ def print_patch_tables(evaluation) -> None:
         for metric in shown:
             table.add_column(metric, justify="right")
         for row in rows:
-            cells = ["-" if m not in row else f"{100 * row[m]:.1f}" for m in shown]
+            cells = [_cell(row, m) for m in shown]
             table.add_row(row["target"], row["attack"] or "clean", *cells)
         console.print(table)
+
+
+def _cell(row: dict, metric: str) -> str:
+    """A metric in percent; image counts as they are; "-" where the row has none."""
+    if metric not in row:
+        return "-"
+    value = row[metric]
+    return f"{value:.0f}" if metric.startswith("images") else f"{100 * value:.1f}"

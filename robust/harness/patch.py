@@ -6,7 +6,10 @@ and `attack` = "advclip-patch" (the patch), "random-patch" (the control: uniform
 the same size and placement) or absent (clean). `scoring` names the task:
 
 - "itc" / "rerank": retrieval R@1/5/10 (`tr_r1`, ...), and on patched rows both ASR
-  conventions (`{tr,ir}_asr_r{K}` SGA, `{tr,ir}_drop_r{K}` Co-Attack);
+  conventions (`{tr,ir}_asr_r{K}` SGA, `{tr,ir}_drop_r{K}` Co-Attack); on world data the
+  same again with the suffix `_unoccluded`, over the queries of images whose patch box
+  overlaps no grid cell holding a captioned object (clean rows add `images_unoccluded`),
+  so hiding a named object is not counted as the patch's adversarial effect;
 - "zero-shot": `{task}_acc` per world label task (shape, color, background), and on
   patched rows `{task}_acc_drop` and `{task}_fooling_rate`;
 - "knn": the same three metrics from a k-NN vote over clean features (leave-one-out);
@@ -31,11 +34,13 @@ import torch
 from PIL import Image
 
 from robust.attacks.patch_artifact import PatchArtifact, load_patch, random_patch_like
+from robust.attacks.patch_geometry import PatchBoxes, apply_patch
 from robust.data.dataset import ArrayImages, CaptionDataset
 from robust.data.images import from_uint8_array, load_images, to_uint8_array
+from robust.data.world import POSITIONS
 from robust.eval import downstream
 from robust.eval.captioning import caption_change_rate, caption_metrics
-from robust.eval.retrieval import attack_success
+from robust.eval.retrieval import RetrievalResult, attack_success
 from robust.harness.evaluate import dataset_key, retrieval_results
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
@@ -43,6 +48,7 @@ from robust.victims.base import Victim
 from robust.victims.zoo import load_victim, resolve_spec
 
 PATCH_ATTACK = "advclip-patch"
+UNOCCLUDED = "_unoccluded"  # suffix of metrics over images whose captioned objects the patch misses
 CONTROL_ATTACK = "random-patch"
 ZERO_SHOT = "zero-shot"
 KNN = "knn"
@@ -70,16 +76,60 @@ def train_patch(
     return artifact
 
 
+def patch_boxes(
+    artifact: PatchArtifact, count: int, image_size: int, seed: int, batch_size: int = 256
+) -> PatchBoxes:
+    """Where `patched_pixels` pastes the patch on `count` images (seeded, drawn per batch)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    parts = [
+        artifact.boxes(min(batch_size, count - start), image_size, generator)
+        for start in range(0, count, batch_size)
+    ]
+    return PatchBoxes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("top", "left", "side")))
+
+
 def patched_pixels(
     artifact: PatchArtifact, pixels: np.ndarray, seed: int, batch_size: int = 256
 ) -> np.ndarray:
     """uint8 images `[N,H,W,3]` with the patch pasted at the artifact's placement (seeded)."""
-    generator = torch.Generator().manual_seed(int(seed))
+    boxes = patch_boxes(artifact, len(pixels), int(pixels.shape[2]), seed, batch_size)
     chunks = []
     for start in range(0, len(pixels), batch_size):
         images = from_uint8_array(pixels[start : start + batch_size])
-        chunks.append(to_uint8_array(artifact.apply(images, generator)))
+        chunk = slice(start, start + batch_size)
+        chunk_boxes = PatchBoxes(boxes.top[chunk], boxes.left[chunk], boxes.side[chunk])
+        chunks.append(to_uint8_array(apply_patch(images, artifact.patch, chunk_boxes)))
     return np.concatenate(chunks)
+
+
+def occluded_by_patch(labels: Sequence[dict], boxes: PatchBoxes, image_size: int) -> np.ndarray:
+    """Per world image: does its patch box overlap a grid cell that holds a captioned object?
+
+    A patch there may hide what the captions name, so retrieval can fail without any
+    adversarial effect; the `*_unoccluded` metrics keep only the images it leaves whole.
+    """
+    cell = image_size / len(POSITIONS)
+    occluded = np.zeros(len(labels), dtype=bool)
+    for index, label in enumerate(labels):
+        top, left = float(boxes.top[index]), float(boxes.left[index])
+        side = float(boxes.side[index])
+        occluded[index] = any(
+            top < (obj["row"] + 1) * cell
+            and top + side > obj["row"] * cell
+            and left < (obj["col"] + 1) * cell
+            and left + side > obj["col"] * cell
+            for obj in label["objects"]
+        )
+    return occluded
+
+
+def _query_subset(result: RetrievalResult, images: np.ndarray, caption_image) -> RetrievalResult:
+    """The same ranks, for image queries in `images` and caption queries of those images."""
+    keep = np.zeros(len(result.tr_ranks), dtype=bool)
+    keep[images] = True
+    return RetrievalResult(
+        tr_ranks=result.tr_ranks[keep], ir_ranks=result.ir_ranks[keep[np.asarray(caption_image)]]
+    )
 
 
 def dataset_pixels(
@@ -153,6 +203,7 @@ class _TargetEvaluation:
         k_test: int | None,
         knn_k: int,
         progress: Progress,
+        occluded: np.ndarray | None = None,
     ) -> None:
         self.victim = victim
         self.data = {
@@ -164,8 +215,10 @@ class _TargetEvaluation:
         self.knn_k = knn_k
         self.progress = progress
         self.labels = dataset.labels
+        self.caption_image = dataset.caption_image
         self.references = dataset.captions_of(range(dataset.num_images))
         self.ranks: dict[str | None, dict] = {}
+        self.unoccluded = None if occluded is None else np.flatnonzero(~occluded)
 
     def metrics(self) -> dict[tuple[str | None, str], dict[str, float]]:
         """(attack, scoring) -> metrics for every task this victim supports."""
@@ -197,8 +250,23 @@ class _TargetEvaluation:
                 values = result.metrics()
                 if attack is not None:
                     values |= attack_success(results[None][scoring], result)
+                if self.unoccluded is not None:
+                    values |= self._unoccluded_metrics(results[None][scoring], result, attack)
                 out[(attack, scoring)] = values
         return out
+
+    def _unoccluded_metrics(
+        self, clean: RetrievalResult, result: RetrievalResult, attack: str | None
+    ) -> dict[str, float]:
+        """Retrieval metrics (and ASR) over the queries of images the patch leaves whole."""
+        subset = _query_subset(result, self.unoccluded, self.caption_image)
+        values = subset.metrics()
+        if attack is None:
+            values["images"] = float(len(self.unoccluded))
+        else:
+            clean_subset = _query_subset(clean, self.unoccluded, self.caption_image)
+            values |= attack_success(clean_subset, subset)
+        return {f"{name}{UNOCCLUDED}": value for name, value in values.items()}
 
     def _classification(self, zero_shot: bool) -> dict[tuple[str | None, str], dict[str, float]]:
         features = {
@@ -307,6 +375,10 @@ def run_patch_evaluation(
                 CONTROL_ATTACK: patched_pixels(control, clean, placement_seed),
             }
             _save_examples(run_dir, name, variants, examples)
+            occluded = None
+            if dataset.labels and "objects" in dataset.labels[0]:
+                boxes = patch_boxes(artifact, len(clean), victim.image_size, placement_seed)
+                occluded = occluded_by_patch(dataset.labels, boxes, victim.image_size)
             target = _TargetEvaluation(
                 victim,
                 dataset,
@@ -315,6 +387,7 @@ def run_patch_evaluation(
                 k_test=k_test,
                 knn_k=knn_k,
                 progress=progress,
+                occluded=occluded,
             )
             keys = {"victim": name, "dataset": dataset_name, "split": split, "target": name}
             rows = []

@@ -16,7 +16,14 @@ from reportlab.platypus import Flowable, Paragraph
 
 from robust.harness.cache import slug
 from robust.harness.evaluate import RERANK
-from robust.harness.patch import CAPTION, CONTROL_ATTACK, KNN, PATCH_ATTACK, ZERO_SHOT
+from robust.harness.patch import (
+    CAPTION,
+    CONTROL_ATTACK,
+    KNN,
+    PATCH_ATTACK,
+    UNOCCLUDED,
+    ZERO_SHOT,
+)
 from robust.report import figures
 from robust.report.bitmaps import bitmap, image_grid
 from robust.report.data import PatchRun, PatchScore, ReportData
@@ -105,6 +112,7 @@ def _run_blocks(run: PatchRun, scores: list[PatchScore], named: bool) -> list[Bl
     ]
     for title, table in (
         ("Retrieval", _retrieval_table(run, scores)),
+        ("Retrieval of images the patch leaves whole", _unoccluded_table(run, scores)),
         ("Classification", _classification_table(run, scores)),
         ("Captioning", _caption_table(run, scores)),
     ):
@@ -290,6 +298,44 @@ def _retrieval_table(run: PatchRun, scores: list[PatchScore]) -> list[Flowable]:
             "R@1 in %; ASR in SGA's convention (share of clean-correct queries the images make "
             "wrong) and drop in Co-Attack's (clean R@1 minus patched R@1), both in %. A star "
             "marks the white-box target (the patch was fitted on it).",
+            styles().caption,
+        ),
+    ]
+
+
+def _unoccluded_table(run: PatchRun, scores: list[PatchScore]) -> list[Flowable]:
+    """World runs: retrieval over the images whose captioned objects the patch misses."""
+    metrics = [f"{m}{UNOCCLUDED}" for m in ("tr_r1", "ir_r1", "tr_asr_r1", "ir_asr_r1")]
+    rows = []
+    for target in _targets(run, scores):
+        for scoring in _retrieval_scorings(scores):
+            clean = _find(scores, target, None, scoring)
+            count = None if clean is None else clean.metrics.get(f"images{UNOCCLUDED}")
+            if count is None:
+                continue
+            for attack, images in IMAGES.items():
+                score = _find(scores, target, attack, scoring)
+                if score is not None:
+                    rows.append(
+                        (
+                            target + ("*" if target == run.source else ""),
+                            scoring,
+                            images,
+                            f"{count:.0f}",
+                            *(percent(score.metrics.get(m, math.nan)) for m in metrics),
+                        )
+                    )
+    if not rows:
+        return []
+    header = ("target", "scoring", "images", "kept", *two_line("TR R@1", "IR R@1",
+              "TR ASR@1", "IR ASR@1"))  # fmt: skip
+    return [
+        data_table(header, rows, column_widths((90, 50, 70, 40), numbers=4), numeric_from=3),
+        Paragraph(
+            "The same metrics over the images (kept: how many) whose patch box overlaps no "
+            "grid cell holding an object their captions name, with the caption queries of "
+            "those images: where the patch may hide a named object, a failed query need not "
+            "be adversarial, so this isolates the patch's effect from plain occlusion.",
             styles().caption,
         ),
     ]
