@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from robust.data.world import generate_world
+from robust.errors import RobustError
 from robust.eval.retrieval import evaluate_retrieval
 from robust.victims.albef import AlbefVictim, load_albef_checkpoint
 from robust.zoo import ZOO_DIR
@@ -213,3 +214,21 @@ def test_shipped_recipes_warm_start_from_the_zoo():
         if ".crossattention." in key or key.startswith(("text_proj", "itm_head"))
     )  # fmt: skip
     assert ALBEF_RECIPES["toy-tcl"].intra_modal and not ALBEF_RECIPES["toy-albef"].intra_modal
+
+
+def test_itm_negatives_are_never_positives_and_follow_the_easy_schedule():
+    from robust.zoo.itm_negatives import easy_share, sample_negatives
+
+    generator = torch.Generator().manual_seed(0)
+    similarity = torch.zeros(400, 4)
+    similarity[:, 3] = 50.0  # column 3 is by far the hardest negative
+    positives = torch.zeros(400, 4, dtype=torch.bool)
+    positives[:, 0] = True
+    hard = sample_negatives(similarity, positives, generator, easy_fraction=0.0)
+    easy = sample_negatives(similarity, positives, generator, easy_fraction=1.0)
+    assert (hard == 3).all()
+    assert not (easy == 0).any() and {1, 2, 3} == set(easy.tolist())
+    assert easy_share((1.0, 0.0), 0, 11) == 1.0 and easy_share((1.0, 0.0), 10, 11) == 0.0
+    assert easy_share((1.0, 0.0), 5, 11) == pytest.approx(0.5)
+    with pytest.raises(RobustError, match="itm_easy_schedule"):
+        replace(ALBEF_RECIPES["toy-albef"], itm_easy_schedule=(1.5, 0.0))

@@ -49,6 +49,7 @@ from robust.victims.albef import (
     trim_padding,
 )
 from robust.zoo.augment import augment_images
+from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
 from robust.zoo.train import TrainReport, write_training_record
@@ -147,14 +148,11 @@ class AlbefRecipe:
 
     def __post_init__(self) -> None:
         # JSON records hold the schedule as a list; a recipe read back must equal the original
-        object.__setattr__(self, "itm_easy_schedule", tuple(self.itm_easy_schedule))
-        if len(self.itm_easy_schedule) != 2 or not all(
-            0.0 <= share <= 1.0 for share in self.itm_easy_schedule
-        ):
-            raise RobustError(
-                f"recipe {self.name}: itm_easy_schedule must be two shares in [0, 1] (first "
-                f"and last step), got {self.itm_easy_schedule}"
-            )
+        try:
+            schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
+        except ValueError as error:
+            raise RobustError(str(error)) from None
+        object.__setattr__(self, "itm_easy_schedule", schedule)
         if self.family not in FAMILIES:
             raise RobustError(f"recipe {self.name}: family must be one of {FAMILIES}")
         if self.captions_per_image < (2 if self.intra_modal else 1):
@@ -405,25 +403,6 @@ def symmetric_info_nce(
     return (soft_info_nce(logits, positives) + soft_info_nce(logits.T, positives.T)) / 2
 
 
-def _sample_negatives(
-    similarity: torch.Tensor,
-    positives: torch.Tensor,
-    generator: torch.Generator,
-    easy_fraction: float = 0.0,
-) -> torch.Tensor:
-    """One negative column per row: hard ones drawn with probability softmax(similarity)
-    over non-positives (ALBEF's ITM sampling), and for `easy_fraction` of the rows uniformly
-    over non-positives. Rows without any non-positive fall back to uniform."""
-    with torch.no_grad():
-        weights = F.softmax(similarity.float(), dim=1) + 1e-5
-        easy = torch.rand(len(weights), generator=generator) < easy_fraction
-        weights[easy] = 1.0
-        weights = weights.masked_fill(positives, 0)
-        empty = weights.sum(dim=1) == 0
-        weights[empty] = 1.0
-        return torch.multinomial(weights, 1, generator=generator).squeeze(1)
-
-
 @dataclass
 class Batch:
     """One training batch of B images: pixel views in [0,1] and k captions per image.
@@ -483,9 +462,9 @@ def training_losses(
     # captions; each first caption with a hard negative image. Negatives are drawn from the
     # (detached) ITC similarity, as ALBEF does.
     similarity = image_feat @ text_feat.T / temp
-    negative_text = _sample_negatives(similarity, positives, generator, easy)
+    negative_text = sample_negatives(similarity, positives, generator, easy)
     first = slice(0, size)
-    negative_image = _sample_negatives(
+    negative_image = sample_negatives(
         similarity[:, first].T, positives[:, first].T, generator, easy
     )
     fused = model.text_encoder.fusion(
@@ -609,8 +588,7 @@ def train_albef(
                 )  # fmt: skip
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step) * group["lr_scale"]
-                start_easy, end_easy = recipe.itm_easy_schedule
-                easy = start_easy + (end_easy - start_easy) * step / max(1, total_steps - 1)
+                easy = easy_share(recipe.itm_easy_schedule, step, total_steps)
                 losses = training_losses(victim, temperature, batch, recipe, generator, head, easy)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()

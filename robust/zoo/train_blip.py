@@ -10,6 +10,7 @@ share the world WordPiece vocabulary (`robust.zoo.vocab`) and are saved in the r
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -28,6 +29,7 @@ from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.victims.blip import DEC_TOKEN, ENC_TOKEN, ITM_MATCH_CLASS
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
 from robust.zoo.train import TrainReport, write_training_record
@@ -90,7 +92,8 @@ class BlipRetrievalRecipe:
     and `vision_proj` start from `vision_init`'s visual tower and the text encoder from
     `text_init` (as BLIP starts from a pre-trained ViT and bert-base); `fusion_lr_scale`
     multiplies the learning rate of the parts that start fresh (cross-attention, `text_proj`,
-    ITM head).
+    ITM head). `itm_easy_schedule` is the share of uniformly drawn ITM negatives at the
+    first and last step (`robust.zoo.itm_negatives`).
     """
 
     name: str
@@ -113,6 +116,14 @@ class BlipRetrievalRecipe:
     train_images: int | None = None
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
+    itm_easy_schedule: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        try:
+            schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
+        except ValueError as error:
+            raise RobustError(str(error)) from None
+        object.__setattr__(self, "itm_easy_schedule", schedule)
 
     def config(self) -> dict:
         return asdict(self)
@@ -170,7 +181,7 @@ class MlmRecipe:
 BlipRecipe = BlipRetrievalRecipe | BlipCaptionRecipe | MlmRecipe
 
 BLIP_RECIPES: dict[str, BlipRecipe] = {
-    "toy-blip": BlipRetrievalRecipe(name="toy-blip"),
+    "toy-blip": BlipRetrievalRecipe(name="toy-blip", itm_easy_schedule=(1.0, 0.0)),
     "toy-blip-cap": BlipCaptionRecipe(name="toy-blip-cap"),
     "toy-mlm": MlmRecipe(name="toy-mlm"),
 }
@@ -464,6 +475,7 @@ def retrieval_losses(
     generator: torch.Generator,
     *,
     bf16_autocast: bool = False,
+    easy: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ITC, ITM) losses of BLIP's retrieval objective on a batch of images and their texts.
 
@@ -472,7 +484,8 @@ def retrieval_losses(
     soft targets over same-image texts), text-to-image with the one image. ITM: each image
     with its first caption, plus for that caption a hard negative image and for each image a
     hard negative text, drawn in proportion to their ITC similarity (BLIP's in-batch hard
-    negative mining). `bf16_autocast` runs the ViT and the ITM pass in bf16; the unimodal
+    negative mining), except `easy` of them drawn uniformly (`robust.zoo.itm_negatives`).
+    `bf16_autocast` runs the ViT and the ITM pass in bf16; the unimodal
     text encoder, the projections and the similarities stay fp32, since at the start of
     training the embeddings differ by less than bf16 resolves and ITC never leaves its
     plateau.
@@ -498,14 +511,9 @@ def retrieval_losses(
     itc = (image_to_text_loss.mean() + F.cross_entropy(logits.T, text_image)) / 2
 
     first_texts = torch.arange(batch, device=device) * per_image
-    with torch.no_grad():
-        weights_text = (F.softmax(logits, dim=1) + 1e-4).masked_fill(positive, 0)
-        own_image = torch.eye(batch, dtype=torch.bool, device=device)
-        weights_image = (F.softmax(logits.T[first_texts], dim=1) + 1e-4).masked_fill(own_image, 0)
-        negative_texts = torch.multinomial(weights_text.cpu(), 1, generator=generator)
-        negative_images = torch.multinomial(weights_image.cpu(), 1, generator=generator)
-    negative_texts = negative_texts.squeeze(1).to(device)
-    negative_images = negative_images.squeeze(1).to(device)
+    own_image = torch.eye(batch, dtype=torch.bool, device=device)
+    negative_texts = sample_negatives(logits, positive, generator, easy)
+    negative_images = sample_negatives(logits.T[first_texts], own_image, generator, easy)
     positive_ids, positive_mask = input_ids[first_texts], attention_mask[first_texts]
     pair_images = torch.cat([image_tokens, image_tokens[negative_images], image_tokens])
     pair_ids = torch.cat([positive_ids, positive_ids, input_ids[negative_texts]])
@@ -619,11 +627,14 @@ def train_blip_retrieval(
         lr_scale=lambda name: recipe.fusion_lr_scale if _is_fusion_parameter(name) else 1.0,
     )
     generator = torch.Generator().manual_seed(recipe.seed)
+    total_steps = _steps(dataset.num_images, recipe.batch_size, recipe.epochs)
+    step = itertools.count()
 
     def batch_loss(images: torch.Tensor, texts: list[str]) -> torch.Tensor:
         itc, itm = retrieval_losses(
-            victim, images, texts, temperature, generator, bf16_autocast=recipe.bf16_autocast
-        )
+            victim, images, texts, temperature, generator, bf16_autocast=recipe.bf16_autocast,
+            easy=easy_share(recipe.itm_easy_schedule, next(step), total_steps),
+        )  # fmt: skip
         return itc + recipe.itm_weight * itm
 
     def clamp_temperature() -> None:
