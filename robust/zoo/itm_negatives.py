@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from robust.errors import RobustError
+
 
 def sample_negatives(
     similarity: torch.Tensor,
@@ -34,10 +36,11 @@ def sample_negatives(
 
 
 def check_easy_schedule(schedule: tuple[float, float], recipe: str) -> tuple[float, float]:
-    """The schedule as a tuple of two shares in [0, 1], or a ValueError naming the recipe."""
+    """The schedule as a tuple of two shares in [0, 1] (JSON records hold it as a list), or
+    one error naming the recipe."""
     schedule = tuple(float(share) for share in schedule)
     if len(schedule) != 2 or not all(0.0 <= share <= 1.0 for share in schedule):
-        raise ValueError(
+        raise RobustError(
             f"recipe {recipe}: itm_easy_schedule must be two shares in [0, 1] (first and "
             f"last step), got {schedule}"
         )

@@ -147,11 +147,7 @@ class AlbefRecipe:
     brightness: float = 0.1
 
     def __post_init__(self) -> None:
-        # JSON records hold the schedule as a list; a recipe read back must equal the original
-        try:
-            schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
-        except ValueError as error:
-            raise RobustError(str(error)) from None
+        schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
         object.__setattr__(self, "itm_easy_schedule", schedule)
         if self.family not in FAMILIES:
             raise RobustError(f"recipe {self.name}: family must be one of {FAMILIES}")

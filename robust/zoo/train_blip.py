@@ -119,10 +119,7 @@ class BlipRetrievalRecipe:
     itm_easy_schedule: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
-        try:
-            schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
-        except ValueError as error:
-            raise RobustError(str(error)) from None
+        schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
         object.__setattr__(self, "itm_easy_schedule", schedule)
 
     def config(self) -> dict:
