@@ -145,8 +145,12 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
         assert f"{attack}: R@1 ASR" in result.output
     with ResultStore.in_run_dir(tmp_path / "matrix") as store:
         sga = store.metrics(attack="sga", metric="tr_asr_r1", scoring="itc")
-        assert len(sga) == 4  # every (source, target) pair of the two toys
+        pairs = {(row.source, row.target) for row in sga}
+        assert pairs == {(s, t) for s in TOY_RETRIEVAL_VICTIMS for t in TOY_RETRIEVAL_VICTIMS}
         assert all(0.0 <= row.value <= 1.0 for row in sga)
+        # the fusion toy is also scored by ITM re-ranking, as ALBEF ranks
+        reranked = store.metrics(attack="sga", metric="tr_asr_r1", scoring="rerank")
+        assert {row.target for row in reranked} == {"toy-albef"}
     with ResultStore.in_run_dir(tmp_path / "patch") as store:
         patched = store.metrics(store.latest_run_id(), attack="advclip-patch", metric="tr_asr_r1")
         assert {row.target for row in patched} >= {"toy-clip-vit", "toy-clip-rn"}
