@@ -23,6 +23,7 @@ from robust.attacks.anyattack_train import (
     PretrainConfig,
     finetune,
     load_checkpoint,
+    new_state,
     pretrain,
     pretrain_loss,
     temperature,
@@ -157,6 +158,19 @@ def test_temperature_follows_the_global_step():
     assert temperature(config, 50) == pytest.approx(0.07**0.5)
     assert temperature(config, 100) == pytest.approx(0.07)
     assert temperature(config, 10_000) == pytest.approx(0.07)
+
+
+def test_decoder_initialisation_follows_the_seed_and_leaves_the_global_generator_alone():
+    config = tiny_pretrain()
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    first = new_state(config).decoder.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(1)
+    second = new_state(config).decoder.state_dict()
+    other_seed = new_state(tiny_pretrain(seed=config.seed + 1)).decoder.state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert not all(torch.equal(first[name], other_seed[name]) for name in first)
 
 
 def test_resume_continues_the_same_run(tmp_path, toy_vit):

@@ -183,6 +183,26 @@ def test_a_few_training_steps_move_embeddings_further_than_the_random_control():
     assert artifact.config["steps"] == 12 and artifact.config["alpha"] == 10.0
 
 
+def test_fitting_is_a_function_of_the_seed_alone_and_leaves_the_global_generator_alone():
+    from robust.data.world import generate_world
+
+    victim = load_victim("toy-clip-vit")
+    fit = generate_world("train", count=16)
+
+    def fit_after_global_seed(global_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(global_seed)
+        before = torch.random.get_rng_state()
+        attack = AdvCLIP(victim, seed=5, steps=2, batch_size=8, bank_size=16, log_every=1)
+        patch = attack.fit(fit).patch
+        assert torch.equal(torch.random.get_rng_state(), before)
+        return patch, torch.rand(4)
+
+    patch_a, after_a = fit_after_global_seed(0)
+    patch_b, after_b = fit_after_global_seed(1)
+    assert torch.equal(patch_a, patch_b)  # network initialisation follows `seed`, not the caller
+    assert not torch.equal(after_a, after_b)  # and the caller's own stream goes on untouched
+
+
 def test_bad_hyper_parameters_fail_before_training():
     victim = load_victim("toy-clip-vit")
     with pytest.raises(AttackConfigError, match="placement"):

@@ -48,6 +48,7 @@ from robust.attacks.patch_geometry import (
 from robust.data.dataset import CaptionDataset
 from robust.errors import CapabilityError
 from robust.progress import Progress, ensure_progress
+from robust.seeding import global_generator_seeded
 from robust.victims.base import Victim
 
 _MEMBERSHIP_EPS = 1e-4
@@ -288,14 +289,10 @@ class AdvCLIP(Attack):
         self._check_image_encoder()
         progress = ensure_progress(progress)
         generator = torch.Generator().manual_seed(self.seed)
-        torch_state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed)  # module initialisation draws from the global generator
-        try:
-            noise = torch.randn(params.noise_dim, generator=generator)
+        noise = torch.randn(params.noise_dim, generator=generator)
+        with global_generator_seeded(self.seed):  # module initialisation reads only the global one
             patch_generator = PatchGenerator(self.side, noise, params.generator_width)
             discriminator = PatchDiscriminator(params.discriminator_width)
-        finally:
-            torch.random.set_rng_state(torch_state)
         patch_generator.to(victim.device).train()
         discriminator.to(victim.device).train()
         optimiser_g = torch.optim.Adam(

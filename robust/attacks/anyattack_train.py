@@ -46,6 +46,7 @@ from robust.data.dataset import ArrayImages, FileImages, ImageSource
 from robust.data.images import load_images, resize_tensor
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
+from robust.seeding import global_generator_seeded
 from robust.victims.base import Victim
 
 CRITERIA: tuple[str, ...] = ("contrastive", "cosine")
@@ -284,8 +285,9 @@ class TrainState:
 
 def new_state(config: TrainConfig, decoder: NoiseDecoder | None = None) -> TrainState:
     """A fresh run: seeded decoder initialisation, optimiser, schedule and data generator."""
-    torch.manual_seed(config.seed)  # parameter initialisation draws from the global generator
-    decoder = decoder if decoder is not None else NoiseDecoder(config.decoder_config)
+    if decoder is None:
+        with global_generator_seeded(config.seed):  # initialisation reads only the global one
+            decoder = NoiseDecoder(config.decoder_config)
     decoder.train()
     optimizer = torch.optim.AdamW(
         decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay

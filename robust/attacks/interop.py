@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from robust.attacks.base import AttackConfigError, ImageAttack
+from robust.seeding import global_generator_seeded
 from robust.victims.base import Victim
 
 DEFAULT_LOGIT_SCALE = 100.0
@@ -94,10 +95,7 @@ class TorchattacksAttack(ImageAttack):
         attack = self._attack_class(classifier, **self._params.arguments)
         # torchattacks draws from torch's global generator; seed it from ours for determinism
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator(generator)))
-        device = self.victim.device
-        cuda_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(seed)
+        with global_generator_seeded(seed, self.victim.device):
             adversarial = attack(
                 images.to(self.victim.device), first_caption.to(self.victim.device)
             )
