@@ -232,3 +232,23 @@ def test_itm_negatives_are_never_positives_and_follow_the_easy_schedule():
     assert easy_share((1.0, 0.0), 5, 11) == pytest.approx(0.5)
     with pytest.raises(RobustError, match="itm_easy_schedule"):
         replace(ALBEF_RECIPES["toy-albef"], itm_easy_schedule=(1.5, 0.0))
+
+
+def test_random_erasing_reaches_both_views(world_train, vocab_file):
+    recipe = replace(TINY_TCL, erase_probability=1.0, augment=False)
+    victim = AlbefVictim("tcl", init_albef_model(recipe)[0], vocab_file, family="tcl")
+    ids, masks = tokenize_all(victim, world_train.captions)
+    table, counts = _caption_table(world_train)
+    pixels = torch.from_numpy(world_train.images.pixels).permute(0, 3, 1, 2)
+
+    def batch(erase: float):
+        return _make_batch(
+            replace(recipe, erase_probability=erase), pixels, np.arange(8), table, counts, ids,
+            masks, caption_keys(ids), np.random.default_rng(0), torch.Generator().manual_seed(0),
+        )  # fmt: skip
+
+    erased, plain = batch(1.0), batch(0.0)
+    for view, reference in ((erased.images, plain.images), (erased.images_2, plain.images_2)):
+        changed = (view != reference).any(dim=1).flatten(1).sum(dim=1)  # erased pixels
+        assert (changed > 0).all() and (changed < 0.1 * 64 * 64).all()
+    assert AlbefRecipe(**recipe.config()) == recipe  # erase_area survives the JSON record

@@ -48,7 +48,7 @@ from robust.victims.albef import (
     save_albef_checkpoint,
     trim_padding,
 )
-from robust.zoo.augment import augment_images
+from robust.zoo.augment import augment_images, random_erasing
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
@@ -113,6 +113,8 @@ class AlbefRecipe:
     (`mlm_probability` of caption tokens masked, BERT's 80/10/10); `augment` applies the
     cheap pixel augmentation (shift up to `max_shift` px, brightness +-`brightness`) to the
     image-text view as well (TCL's second image view is always augmented).
+    `erase_probability` / `erase_area` apply Random Erasing to every view, as the CLIP toys
+    get it (`robust.zoo.augment.random_erasing`), so the fusion toys tolerate occluders too.
     `itm_easy_schedule` (first step, last step; linear between) is the share of ITM
     negatives drawn uniformly instead of by ITC similarity: from a fresh cross-attention,
     hard negatives alone (world scenes that differ in one attribute) leave ITM at its
@@ -145,10 +147,13 @@ class AlbefRecipe:
     augment: bool = False
     max_shift: int = 4
     brightness: float = 0.1
+    erase_probability: float = 0.0
+    erase_area: tuple[float, float] = (0.01, 0.08)
 
     def __post_init__(self) -> None:
         schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
         object.__setattr__(self, "itm_easy_schedule", schedule)
+        object.__setattr__(self, "erase_area", tuple(self.erase_area))
         if self.family not in FAMILIES:
             raise RobustError(f"recipe {self.name}: family must be one of {FAMILIES}")
         if self.captions_per_image < (2 if self.intra_modal else 1):
@@ -182,8 +187,9 @@ ALBEF_RECIPES: dict[str, AlbefRecipe] = {
         name="toy-tcl",
         family="tcl",
         model=_toy_model(),
-        epochs=4,
+        epochs=6,
         itm_easy_schedule=(1.0, 0.0),
+        erase_probability=0.5,
         image_image_weight=0.5,
         text_text_weight=0.5,
         augment=True,
@@ -629,6 +635,11 @@ def _make_batch(
     views = {"max_shift": recipe.max_shift, "brightness": recipe.brightness}
     view_1 = augment_images(images, **views, generator=generator) if recipe.augment else images
     view_2 = augment_images(images, **views, generator=generator) if recipe.intra_modal else None
+    if recipe.erase_probability > 0:
+        erase = {"probability": recipe.erase_probability, "area_range": tuple(recipe.erase_area)}
+        view_1 = random_erasing(view_1, **erase, generator=generator)
+        if view_2 is not None:
+            view_2 = random_erasing(view_2, **erase, generator=generator)
     return Batch(view_1, all_ids[captions], all_masks[captions], all_keys[captions], view_2)
 
 
