@@ -293,6 +293,60 @@ def eval_command(
     )
 
 
+@anyattack_app.command("bound")
+@user_errors
+def bound_command(
+    encoder: EncoderOption = "toy-clip-vit",
+    eps: EpsOption = "16/255",
+    dataset: DatasetOption = "world",
+    pool: Annotated[
+        str, typer.Option(help="Images the oracle noise is optimised over (not the pairs').")
+    ] = "world:val",
+    pool_limit: Annotated[int, typer.Option(help="Use the first N pool images.")] = 1000,
+    pairs: PairsOption = 500,
+    optimise: Annotated[
+        int, typer.Option(help="Pairs (the first N) whose oracle noise is optimised.")
+    ] = 100,
+    steps: Annotated[int, typer.Option(help="Sign-gradient steps per target.")] = 200,
+    cleans: Annotated[int, typer.Option(help="Pool images drawn per target and step.")] = 8,
+    seed: SeedOption = 0,
+    out: Annotated[Path, typer.Option(help="Run directory for the results store.")] = Path(
+        "runs/anyattack"
+    ),
+) -> None:
+    """The best clean-independent noise per target: the ceiling for any AnyAttack decoder."""
+    from robust.attacks.anyattack import parse_eps
+    from robust.data import load_dataset
+    from robust.harness.noise_oracle import evaluate_noise_oracle
+
+    budget = parse_eps(eps)
+    data = load_dataset(dataset)
+    clean_pool = load_dataset(pool, limit=pool_limit)
+    with progress_bar() as bar:
+        result = evaluate_noise_oracle(
+            encoder,
+            data,
+            clean_pool,
+            out,
+            pairs=pairs,
+            optimised=optimise,
+            steps=steps,
+            cleans_per_step=cleans,
+            eps=budget,
+            seed=seed,
+            progress=RichProgress(bar),
+        )
+    table = Table(
+        title=f"Targeted TR R@1 on {encoder}, {optimise} of {pairs} pairs of {data.name} (%)"
+    )
+    for column in ("images", "TR R@1"):
+        table.add_column(column, justify="left" if column == "images" else "right")
+    for gallery in ("floor", "oracle", "ceiling"):
+        table.add_row(gallery, f"{100 * result.tr_r1[gallery]:.1f}")
+    console.print(table)
+    console.print(f"results: {out / 'results.sqlite'} (run {result.run_id})", highlight=False)
+
+
 @anyattack_app.command("load")
 @user_errors
 def load_command(

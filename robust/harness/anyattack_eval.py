@@ -109,7 +109,7 @@ def craft(
     return PairImages(joined["clean"], joined["target"], joined["noise"], joined["adv"])
 
 
-def _galleries(images: PairImages, victim: Victim) -> dict[str, torch.Tensor]:
+def victim_galleries(images: PairImages, victim: Victim) -> dict[str, torch.Tensor]:
     """The three galleries as the victim receives them: same resize and uint8 rounding."""
     size, mode = victim.image_size, victim.resize_mode
     return {
@@ -176,7 +176,7 @@ def evaluate_anyattack(
         evaluation = AnyAttackEvaluation(run_dir, run_id, chosen)
         for name in victims:
             victim = source if name == encoder else load_victim(name, device=device)
-            galleries = _galleries(images, victim)
+            galleries = victim_galleries(images, victim)
             metrics: dict[str, float] = {}
             if "itc" in victim.capabilities:
                 results = targeted_retrieval(victim, galleries, texts, caption_pair)
