@@ -337,7 +337,8 @@ def bound_command(
             progress=RichProgress(bar),
         )
     table = Table(
-        title=f"Targeted TR R@1 on {encoder}, {optimise} of {pairs} pairs of {data.name} (%)"
+        title="Noise oracle: targeted TR R@1 (%)",
+        caption=f"{encoder}; {optimise} of {pairs} pairs of {data.name}",
     )
     for column in ("images", "TR R@1"):
         table.add_column(column, justify="left" if column == "images" else "right")
