@@ -148,9 +148,9 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
         pairs = {(row.source, row.target) for row in sga}
         assert pairs == {(s, t) for s in TOY_RETRIEVAL_VICTIMS for t in TOY_RETRIEVAL_VICTIMS}
         assert all(0.0 <= row.value <= 1.0 for row in sga)
-        # the fusion toys are also scored by ITM re-ranking, as ALBEF and TCL rank
+        # the fusion toys are also scored by ITM re-ranking, as ALBEF, TCL and BLIP rank
         reranked = store.metrics(attack="sga", metric="tr_asr_r1", scoring="rerank")
-        assert {row.target for row in reranked} == {"toy-albef", "toy-tcl"}
+        assert {row.target for row in reranked} == {"toy-albef", "toy-tcl", "toy-blip"}
     with ResultStore.in_run_dir(tmp_path / "patch") as store:
         patched = store.metrics(store.latest_run_id(), attack="advclip-patch", metric="tr_asr_r1")
         assert {row.target for row in patched} >= {"toy-clip-vit", "toy-clip-rn"}

@@ -249,7 +249,7 @@ KNOWN_VICTIMS: dict[str, VictimEntry] = {
     )
 }
 # The toy retrieval victims whose checkpoints ship with the package (the demo's victims).
-TOY_RETRIEVAL_VICTIMS = ("toy-clip-vit", "toy-clip-rn", "toy-albef", "toy-tcl")
+TOY_RETRIEVAL_VICTIMS = ("toy-clip-vit", "toy-clip-rn", "toy-albef", "toy-tcl", "toy-blip")
 
 
 def resolve_spec(name_or_spec: str | dict) -> tuple[str, str | None]:

@@ -100,7 +100,7 @@ class BlipRetrievalRecipe:
     vision: dict = field(default_factory=_clip_vit_vision)
     text: dict = field(default_factory=_text_defaults)
     embed_dim: int = 64
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 128
     captions_per_image: int = 2
     learning_rate: float = 5e-4
