@@ -631,9 +631,14 @@ class AlbefVictim(Victim):
     def itm_from_inputs(
         self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
     ) -> torch.Tensor:
+        return self.itm_head_from_inputs(image_inputs, text_inputs, text_mask)[:, 1]
+
+    def itm_head_from_inputs(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
         _check_pairs(image_inputs, text_inputs, text_mask)
         fused = self.model.text_encoder.fusion_from_heads(text_inputs, text_mask, image_inputs)
-        return self.model.itm_head(fused[:, 0])[:, 1]
+        return self.model.itm_head(fused[:, 0])
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.image_features(self.image_tokens(images))

@@ -109,6 +109,13 @@ class Victim(nn.Module, ABC):
         """Match logits `[N]` for N aligned (image inputs, text inputs) rows (fusion)."""
         raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
 
+    def itm_head_from_inputs(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Both ITM head outputs `[N, 2]` (no match, match) of aligned rows, as
+        `itm_from_inputs` computes them: what the two-class ITM training loss reads."""
+        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
+
     def generate_captions(self, images: torch.Tensor) -> list[str]:
         """Captions for each image (captioners only)."""
         raise CapabilityError(f"{self.name} ({self.family}) cannot generate captions")

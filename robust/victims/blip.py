@@ -215,6 +215,11 @@ class BlipRetrievalVictim(_BlipVictim):
     ) -> torch.Tensor:
         return self.itm_from_tokens(image_inputs, text_inputs, text_mask)
 
+    def itm_head_from_inputs(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.itm_head_from_tokens(image_inputs, text_inputs, text_mask)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_embedding_from_tokens(self.image_tokens(images))
 
@@ -234,6 +239,17 @@ class BlipRetrievalVictim(_BlipVictim):
         `itm_head(CLS)[:, 1]` (the "match" class) is returned. A re-ranker runs the ViT once
         per image (`image_tokens`) and gathers rows for each candidate pair.
         """
+        return self.itm_head_from_tokens(image_tokens, input_ids, attention_mask)[
+            :, ITM_MATCH_CLASS
+        ]
+
+    def itm_head_from_tokens(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Both ITM head outputs `[N, 2]` of `itm_from_tokens`' pairs (BLIP trains on both)."""
         if image_tokens.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"{self.name}: itm_from_tokens pairs rows, got {image_tokens.shape[0]} images "
@@ -247,7 +263,7 @@ class BlipRetrievalVictim(_BlipVictim):
             encoder_hidden_states=image_tokens,
             encoder_attention_mask=self._image_attention(image_tokens),
         )
-        return self.model.itm_head(fused.last_hidden_state[:, 0, :])[:, ITM_MATCH_CLASS]
+        return self.model.itm_head(fused.last_hidden_state[:, 0, :])
 
     def itm_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """Pairwise match logits `[B]` for image i and text i (BLIP ITM with `[ENC]`)."""

@@ -447,23 +447,6 @@ def _blip_start(
 # --------------------------------------------------------------------------------------
 
 
-def _itm_logits_both_classes(victim, image_tokens, input_ids, attention_mask) -> torch.Tensor:
-    """ITM head output `[N, 2]` computed by the victim's own `itm_from_tokens`.
-
-    The victim returns only the match column; a forward hook keeps the full head output so
-    the two-class cross-entropy BLIP trains with sees the exact `[ENC]` path the suite scores.
-    """
-    captured: list[torch.Tensor] = []
-    handle = victim.model.itm_head.register_forward_hook(
-        lambda _module, _inputs, output: captured.append(output)
-    )
-    try:
-        victim.itm_from_tokens(image_tokens, input_ids, attention_mask)
-    finally:
-        handle.remove()
-    return captured[-1]
-
-
 def retrieval_losses(
     victim,
     images: torch.Tensor,
@@ -516,7 +499,7 @@ def retrieval_losses(
     pair_ids = torch.cat([positive_ids, positive_ids, input_ids[negative_texts]])
     pair_mask = torch.cat([positive_mask, positive_mask, attention_mask[negative_texts]])
     with _autocast(bf16_autocast):
-        itm_logits = _itm_logits_both_classes(victim, pair_images, pair_ids, pair_mask)
+        itm_logits = victim.itm_head_from_tokens(pair_images, pair_ids, pair_mask)
     labels = torch.full((3 * batch,), 1 - ITM_MATCH_CLASS, device=device)
     labels[:batch] = ITM_MATCH_CLASS
     itm = F.cross_entropy(itm_logits.float(), labels)
