@@ -10,7 +10,9 @@ from robust.data.world import (
     COLORS,
     SHAPES,
     SPLITS,
+    caption_fits_scene,
     generate_world,
+    parse_caption,
 )
 
 
@@ -102,3 +104,32 @@ def test_bad_arguments_are_clear():
         generate_world("val", count=0)
     with pytest.raises(ValueError, match="at least 16"):
         generate_world("val", size=8)
+
+
+def test_every_world_caption_is_true_of_its_own_scene():
+    dataset = generate_world("val", count=200)
+    for caption, image in zip(dataset.captions, dataset.caption_image, strict=True):
+        assert caption_fits_scene(parse_caption(caption), dataset.labels[image]), caption
+
+
+def test_a_caption_fits_only_scenes_that_agree_with_what_it_says():
+    claim = parse_caption("a picture of two objects, a red star at the top and a tiny blue box")
+    assert claim.objects == (
+        (None, "red", "star", "top"),
+        ("small", "blue", "square", None),
+    )
+    star = {"shape": "star", "color": "red", "size": "large", "position": "top"}
+    box = {"shape": "square", "color": "blue", "size": "small", "position": "left"}
+    scene = {"background": "gray", "objects": [box, star]}
+    assert caption_fits_scene(claim, scene)
+    assert not caption_fits_scene(claim, {**scene, "objects": [{**box, "size": "large"}, star]})
+    assert not caption_fits_scene(claim, {**scene, "objects": [box, {**star, "position": "left"}]})
+    assert not caption_fits_scene(claim, {**scene, "objects": [box]})
+    on_black = parse_caption("a red star at the top on a black background")
+    assert on_black.background == "black"
+    assert not caption_fits_scene(on_black, {"background": "gray", "objects": [star]})
+
+
+def test_parse_caption_rejects_text_that_is_not_a_world_caption():
+    with pytest.raises(ValueError, match="not a world caption"):
+        parse_caption("two dogs play in the snow")

@@ -303,3 +303,95 @@ def caption_vocabulary() -> dict[str, dict[str, tuple[str, ...]]]:
         "color": {color: (color,) for color in COLORS},
         "shape": dict(_SHAPE_WORDS),
     }
+
+
+@dataclass(frozen=True)
+class CaptionClaim:
+    """What a world caption asserts: per object (size or None, colour, shape, position or
+    None), and the background when it names one."""
+
+    objects: tuple[tuple[str | None, str, str, str | None], ...]
+    background: str | None
+
+
+_PREFIXES = (
+    "an image of ",
+    "there is ",
+    "a picture showing ",
+    "an image with ",
+    *(f"{word} shapes: " for word in _COUNT_WORDS.values()),
+    *(f"a picture of {word} objects, " for word in _COUNT_WORDS.values()),
+)
+
+
+def parse_caption(caption: str) -> CaptionClaim:
+    """Read a world caption back into its claims; ValueError if it is not one."""
+    text = caption
+    background = None
+    for background_name in BACKGROUNDS:
+        for suffix in (
+            f" on a {background_name} background",
+            f" against a {background_name} backdrop",
+        ):
+            if text.endswith(suffix):
+                text, background = text[: -len(suffix)], background_name
+    for prefix in _PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    head, _, last = text.rpartition(" and ")
+    phrases = [*head.split(", "), last] if head else [last]
+    return CaptionClaim(tuple(_parse_object(p, caption) for p in phrases), background)
+
+
+def _parse_object(phrase: str, caption: str) -> tuple[str | None, str, str, str | None]:
+    words = phrase.split(" ")
+    if words[0] not in ("a", "an"):
+        raise ValueError(f"not a world caption: {caption!r}")
+    words = words[1:]
+    size = next((s for s, options in _SIZE_WORDS.items() if words[0] in options), None)
+    if size is not None:
+        words = words[1:]
+    color = words[0]
+    rest = " ".join(words[1:])
+    for shape, options in _SHAPE_WORDS.items():
+        for option in options:
+            if rest == option or rest.startswith(option + " "):
+                place = rest[len(option) :].strip()
+                position = next(
+                    (p for p, phrases in _POSITION_PHRASES.items() if place in phrases), None
+                )
+                if color not in COLORS or (place and position is None):
+                    raise ValueError(f"not a world caption: {caption!r}")
+                return size, color, shape, position
+    raise ValueError(f"not a world caption: {caption!r}")
+
+
+def caption_fits_scene(claim: CaptionClaim, label: dict) -> bool:
+    """Whether every claim of a caption is true of a scene (its `label()`): the same
+    number of objects, each claimed object matched to a distinct one, background agreeing.
+    A caption that leaves out sizes or positions fits every scene that differs only there."""
+    objects = label["objects"]
+    if len(objects) != len(claim.objects):
+        return False
+    if claim.background is not None and claim.background != label["background"]:
+        return False
+
+    def fits(claimed: tuple[str | None, str, str, str | None], obj: dict) -> bool:
+        size, color, shape, position = claimed
+        return (
+            color == obj["color"]
+            and shape == obj["shape"]
+            and size in (None, obj["size"])
+            and position in (None, obj["position"])
+        )
+
+    def assign(index: int, free: tuple[int, ...]) -> bool:
+        if index == len(claim.objects):
+            return True
+        return any(
+            fits(claim.objects[index], objects[o]) and assign(index + 1, free[:k] + free[k + 1 :])
+            for k, o in enumerate(free)
+        )
+
+    return assign(0, tuple(range(len(objects))))
