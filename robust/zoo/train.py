@@ -125,13 +125,6 @@ def train_clip(
     torch.manual_seed(recipe.seed)
     generator = np.random.default_rng(recipe.seed)
     erase_generator = torch.Generator().manual_seed(recipe.seed)
-    if dataset is None:
-        dataset = generate_world("train", count=recipe.train_images)
-    pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
-    tokenizer = SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
-    tokens = tokenizer(list(dataset.captions))
-    image_captions = [np.asarray(c) for c in dataset.image_captions]
-
     model = CLIP(**recipe.model_cfg)
     init_record = None
     if recipe.init is not None:
@@ -149,6 +142,14 @@ def train_clip(
             )
         model.load_state_dict(state)
     model.train()
+    # The world split is generated only once the weights are known to fit: a bad --init
+    # fails in a second, not after rendering 20,000 images.
+    if dataset is None:
+        dataset = generate_world("train", count=recipe.train_images)
+    pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
+    tokenizer = SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
+    tokens = tokenizer(list(dataset.captions))
+    image_captions = [np.asarray(c) for c in dataset.image_captions]
     mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
