@@ -109,10 +109,34 @@ def test_zoo_train_init_fine_tunes_a_member_and_keeps_its_record(tmp_path):
     assert 0 < moved < 0.01
 
 
+def test_zoo_refine_itm_writes_a_loadable_checkpoint_with_its_history(tmp_path):
+    out = tmp_path / "albef"
+    result = invoke(
+        "zoo", "refine-itm", "toy-albef", "--out", str(out), "--train-images", "40",
+        "--negatives-from-top", "4", "--learning-rate", "1e-3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "refined toy-albef's ITM" in result.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["command"] == "robust zoo refine-itm toy-albef"
+    assert record["recipe"]["negatives_from_top"] == 4
+    assert record["init_record"]["name"] == "toy-albef"
+    import robust
+
+    assert robust.load_victim(f"albef:{out / 'checkpoint.pth'}").family == "albef"
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (("eval", "--victim", "clip-vit-b17"), ("unknown victim", "clip-vit-b17")),
+        (("zoo", "refine-itm", "toy-clip-vit"), ("no ITM to refine", "toy-albef")),
+        (("zoo", "refine-itm", "toy-tcl", "--epochs", "0"), ("epochs",)),
+        (("zoo", "refine-itm", "toy-tcl", "--init", "/nonexistent"), ("no training.json",)),
+        (
+            ("zoo", "refine-itm", "toy-tcl", "--train-images", "3"),
+            ("negatives_from_top 16", "--negatives-from-top"),
+        ),
         (("eval", "--victim", "toy-clip-vit", "--dataset", "imagenet"), ("unknown dataset",)),
         (("eval", "--victim", "toy-clip-vit", "--dataset", "world:test-2k"), ("world split",)),
         (("eval", "--victim", "toy-clip-vit", "--limit", "0"), ("--limit",)),

@@ -121,6 +121,53 @@ def zoo_train_command(
     )
 
 
+@zoo_app.command("refine-itm")
+@user_errors
+def zoo_refine_itm_command(
+    name: Annotated[str, typer.Argument(help="Fusion toy: toy-albef, toy-tcl or toy-blip.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: the shipped zoo, in place).")
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Folder to start from (default: the shipped member).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over every world-train caption (default 1).")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default 2e-4).")
+    ] = None,
+    negatives_from_top: Annotated[
+        int | None,
+        typer.Option(help="Draw negatives from each query's N ITC-nearest non-matches (16)."),
+    ] = None,
+    train_images: Annotated[
+        int | None, typer.Option(help="Refine on the first N world-train images.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the negative draws (default 0).")] = (
+        None
+    ),
+) -> None:
+    """Fine-tune a fusion toy's ITM (not its ITC) on the ITC-hard negatives re-ranking faces."""
+    from robust.zoo.itm_refine import ItmRefineRecipe, refine_zoo_member
+
+    requested = {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "negatives_from_top": negatives_from_top,
+        "train_images": train_images,
+        "seed": seed,
+    }
+    recipe = ItmRefineRecipe(**{k: v for k, v in requested.items() if v is not None})
+    with progress_bar() as bar:
+        report = refine_zoo_member(name, out, init=init, recipe=recipe, progress=RichProgress(bar))
+    console.print(
+        f"refined {report.name}'s ITM: {report.steps} steps in {report.seconds:.0f}s, "
+        f"final loss {report.final_loss:.3f}; saved to {report.output_dir}",
+        highlight=False,
+    )
+
+
 @app.command("eval")
 @user_errors
 def eval_command(
