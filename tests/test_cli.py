@@ -135,7 +135,7 @@ def test_zoo_refine_itm_writes_a_loadable_checkpoint_with_its_history(tmp_path):
         (("zoo", "refine-itm", "toy-tcl", "--init", "/nonexistent"), ("no training.json",)),
         (
             ("zoo", "refine-itm", "toy-tcl", "--train-images", "3"),
-            ("negatives_from_top 16", "--negatives-from-top"),
+            ("negatives_from_top 128", "--negatives-from-top"),
         ),
         (("eval", "--victim", "toy-clip-vit", "--dataset", "imagenet"), ("unknown dataset",)),
         (("eval", "--victim", "toy-clip-vit", "--dataset", "world:test-2k"), ("world split",)),

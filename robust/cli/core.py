@@ -132,14 +132,14 @@ def zoo_refine_itm_command(
         Path | None, typer.Option(help="Folder to start from (default: the shipped member).")
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option(help="Passes over every world-train caption (default 1).")
+        int | None, typer.Option(help="Passes over every world-train caption (default 2).")
     ] = None,
     learning_rate: Annotated[
-        float | None, typer.Option(help="Peak learning rate (default 2e-4).")
+        float | None, typer.Option(help="Peak learning rate (default 1e-3).")
     ] = None,
     negatives_from_top: Annotated[
         int | None,
-        typer.Option(help="Draw negatives from each query's N ITC-nearest non-matches (16)."),
+        typer.Option(help="Draw negatives from each query's N ITC-nearest non-matches (128)."),
     ] = None,
     train_images: Annotated[
         int | None, typer.Option(help="Refine on the first N world-train images.")

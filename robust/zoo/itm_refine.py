@@ -45,12 +45,12 @@ class ItmRefineRecipe:
     captions per step (3x as many ITM pairs), negatives drawn uniformly from each query's
     `negatives_from_top` ITC-nearest non-matches, AdamW with warmup and cosine decay."""
 
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 128
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.02
     warmup_fraction: float = 0.05
-    negatives_from_top: int = 16
+    negatives_from_top: int = 128
     seed: int = 0
     train_images: int | None = None
 
