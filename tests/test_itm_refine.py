@@ -138,7 +138,11 @@ def test_refinement_is_a_function_of_the_seed(world_train_small):
     states = []
     for _ in range(2):
         victim = load_victim("toy-albef")
-        refine_itm(victim, ItmRefineRecipe(epochs=1, batch_size=32), world_train_small)
+        refine_itm(
+            victim,
+            ItmRefineRecipe(epochs=1, batch_size=32, negatives_from_top=4),
+            world_train_small,
+        )
         states.append(victim.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -164,7 +168,7 @@ def test_refine_zoo_member_saves_a_loadable_folder_with_its_history(tmp_path, wo
     report = refine_zoo_member(
         "toy-blip",
         tmp_path / "blip",
-        recipe=ItmRefineRecipe(epochs=1, batch_size=32),
+        recipe=ItmRefineRecipe(epochs=1, batch_size=32, negatives_from_top=4),
         dataset=world_train_small,
     )
     record = json.loads((tmp_path / "blip" / "training.json").read_text())
@@ -172,6 +176,8 @@ def test_refine_zoo_member_saves_a_loadable_folder_with_its_history(tmp_path, wo
     assert record["recipe"]["batch_size"] == 32
     assert record["init_record"] == json.loads((ZOO_DIR / "toy-blip" / "training.json").read_text())
     assert report.steps == world_train_small.num_captions // 32
+    for kept in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        assert (tmp_path / "blip" / kept).read_bytes() == (ZOO_DIR / "toy-blip" / kept).read_bytes()
     reloaded = load_victim(f"hf-blip:{tmp_path / 'blip'}")
     shipped = load_victim("toy-blip")
     itm_keys = {f"model.{n}" for n, _ in itm_parameters(shipped)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -389,7 +390,7 @@ def refine_zoo_member(
     if dataset is None:
         dataset = generate_world("train", count=recipe.train_images)
     steps, final_loss, seconds = refine_itm(victim, recipe, dataset, progress=progress)
-    _save_member(member, victim, output_dir)
+    _save_member(member, victim, source, output_dir)
     report = TrainReport(name, output_dir, seconds, steps, final_loss, asdict(recipe))
     record_path = write_training_record(report, dataset)
     record = json.loads(record_path.read_text())
@@ -408,20 +409,16 @@ def _load_member(member: RefineMember, folder: Path) -> Victim:
         raise RobustError(f"--init {folder}: not a {member.name} folder ({error})") from None
 
 
-def _save_member(member: RefineMember, victim, output_dir: Path) -> None:
-    """Write the refined weights, tokenizer/vocab and config in the member's own format."""
+def _save_member(member: RefineMember, victim, source: Path, output_dir: Path) -> None:
+    """Write the refined weights in the member's own format. Only weights change, so a BLIP
+    folder keeps its source's tokenizer and processor files byte for byte."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if member.family == "hf-blip":
-        from robust.victims.blip import save_blip
-
-        save_blip(
-            victim.model,
-            victim.tokenizer,
-            output_dir,
-            mean=victim.mean,
-            std=victim.std,
-            image_size=victim.image_size,
-        )
+        victim.model.save_pretrained(output_dir)
+        if source.resolve() != output_dir.resolve():
+            for kept in source.iterdir():
+                if kept.name.startswith(("tokenizer", "special_tokens", "preprocessor")):
+                    shutil.copyfile(kept, output_dir / kept.name)
     else:
         from robust.victims.albef import save_albef_checkpoint
         from robust.zoo.train_albef import CHECKPOINT_FILE
