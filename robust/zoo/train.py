@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -20,6 +19,7 @@ from robust.progress import Progress, ensure_progress
 from robust.zoo import ZOO_DIR
 from robust.zoo.augment import random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
+from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.warm_start import clip_state, training_record
 
 
@@ -167,13 +167,7 @@ def train_clip(
     num_images = pixels.shape[0]
     steps_per_epoch = num_images // recipe.batch_size
     total_steps = steps_per_epoch * recipe.epochs
-    warmup = max(1, int(recipe.warmup_fraction * total_steps))
-
-    def learning_rate(step: int) -> float:
-        if step < warmup:
-            return recipe.learning_rate * (step + 1) / warmup
-        progress_fraction = (step - warmup) / max(1, total_steps - warmup)
-        return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * progress_fraction))
+    learning_rate = cosine_learning_rate(recipe.learning_rate, total_steps, recipe.warmup_fraction)
 
     start = time.perf_counter()
     step = 0

@@ -25,7 +25,6 @@ victim's own `normalize`, so training sees exactly what evaluation sees.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from robust.zoo.augment import augment_images, random_erasing
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
+from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.vocab import build_world_vocab
 from robust.zoo.warm_start import (
@@ -311,18 +311,6 @@ def _optimizer(
     )
 
 
-def _cosine_with_warmup(recipe: AlbefRecipe, total_steps: int):
-    warmup = max(1, int(recipe.warmup_fraction * total_steps))
-
-    def learning_rate(step: int) -> float:
-        if step < warmup:
-            return recipe.learning_rate * (step + 1) / warmup
-        done = (step - warmup) / max(1, total_steps - warmup)
-        return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * done))
-
-    return learning_rate
-
-
 # ----------------------------------------------------------------------------------- data
 
 
@@ -571,7 +559,7 @@ def train_albef(
     steps_per_epoch = num_images // batch_size
     total_steps = steps_per_epoch * recipe.epochs
     optimizer = _optimizer(model, temperature, recipe, set(warm_started), head)
-    learning_rate = _cosine_with_warmup(recipe, total_steps)
+    learning_rate = cosine_learning_rate(recipe.learning_rate, total_steps, recipe.warmup_fraction)
     parameters = [*model.parameters(), temperature]
     if head is not None:
         parameters += list(head.parameters())

@@ -11,7 +11,6 @@ share the world WordPiece vocabulary (`robust.zoo.vocab`) and are saved in the r
 from __future__ import annotations
 
 import itertools
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE
+from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.warm_start import (
     clip_visual_state,
@@ -289,21 +289,6 @@ def _set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -
 def _is_fusion_parameter(name: str) -> bool:
     """Parameters that start untrained in a warm start: cross-attention and the heads."""
     return "crossattention" in name or name.startswith(("itm_head", "text_proj"))
-
-
-def cosine_learning_rate(
-    peak: float, total_steps: int, warmup_fraction: float
-) -> Callable[[int], float]:
-    """Linear warmup to `peak`, then cosine decay to zero at `total_steps`."""
-    warmup = max(1, int(warmup_fraction * total_steps))
-
-    def learning_rate(step: int) -> float:
-        if step < warmup:
-            return peak * (step + 1) / warmup
-        fraction = (step - warmup) / max(1, total_steps - warmup)
-        return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
-
-    return learning_rate
 
 
 def _image_batches(
