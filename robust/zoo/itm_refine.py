@@ -7,7 +7,9 @@ mines, across all of world train, the `negatives_from_top` images ITC ranks high
 every caption (its own image and any image with an identical caption left out) and the
 captions ranked highest for every image, then trains the two-class ITM loss ALBEF and BLIP
 use: each caption with its image, with a mined negative image, and the image with a mined
-negative caption (one positive in three, as in the papers).
+negative caption (one positive in three, as in the papers). On world data a drawn negative
+that the scene labels say the caption truly describes (world captions leave sizes,
+positions and backgrounds out) is drawn again, so no correct pair is trained as a mismatch.
 
 Only weights that ITM alone reads are trained: ALBEF/TCL's fusion layers (and their
 cross-attention), BLIP's cross-attention, and `itm_head`. The ViT, the unimodal text
@@ -34,6 +36,7 @@ from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.zoo import ZOO_DIR
+from robust.zoo.schedule import cosine_learning_rate
 
 ITM_REFINE_COMMAND = "robust zoo refine-itm"
 IMAGE_CHUNK = 512
@@ -263,7 +266,6 @@ def refine_itm(
     the run; every flag is restored after it and the victim is left in eval mode.
     """
     from robust.eval.retrieval import encode_dataset
-    from robust.victims.albef import trim_padding
 
     progress = ensure_progress(progress)
     trainable = itm_parameters(victim)
@@ -286,7 +288,9 @@ def refine_itm(
         generator = torch.Generator().manual_seed(recipe.seed)
         steps_per_epoch = max(1, dataset.num_captions // recipe.batch_size)
         total_steps = steps_per_epoch * recipe.epochs
-        warmup = max(1, int(recipe.warmup_fraction * total_steps))
+        learning_rate = cosine_learning_rate(
+            recipe.learning_rate, total_steps, recipe.warmup_fraction
+        )
         victim.train()
         step, loss_value = 0, float("nan")
         with progress.task(f"refine ITM of {victim.name}", total_steps) as task:
@@ -300,27 +304,11 @@ def refine_itm(
                     negative_captions = draw_negatives(
                         text_negatives, images, generator, is_match, query_is_caption=False
                     )
-                    pair_images = torch.cat([images, negative_images, images])
-                    # Captions of the step, each encoded once: the batch, then its negatives.
-                    step_captions = torch.cat([batch, negative_captions])
-                    with torch.no_grad():
-                        text_inputs, text_mask = victim.itm_text_inputs(
-                            [captions[int(i)] for i in step_captions]
-                        )
-                    text_inputs, text_mask = trim_padding(text_inputs, text_mask)
-                    count = len(batch)
-                    pair_texts = torch.cat(
-                        [torch.arange(count), torch.arange(count), count + torch.arange(count)]
+                    loss = itm_pair_loss(
+                        victim, tokens, captions, batch, images, negative_images, negative_captions
                     )
-                    image_inputs = victim.itm_image_inputs(tokens[pair_images].to(victim.device))
-                    logits = victim.itm_head_from_inputs(
-                        image_inputs, text_inputs[pair_texts], text_mask[pair_texts]
-                    ).float()
-                    labels = torch.zeros(3 * count, dtype=torch.long, device=logits.device)
-                    labels[:count] = 1
-                    loss = F.cross_entropy(logits, labels)
                     for group in optimizer.param_groups:
-                        group["lr"] = _learning_rate(recipe, step, warmup, total_steps)
+                        group["lr"] = learning_rate(step)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
@@ -333,6 +321,37 @@ def refine_itm(
         victim.eval()
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
+
+
+def itm_pair_loss(
+    victim: Victim,
+    image_tokens: torch.Tensor,
+    captions: Sequence[str],
+    batch: torch.Tensor,
+    images: torch.Tensor,
+    negative_images: torch.Tensor,
+    negative_captions: torch.Tensor,
+) -> torch.Tensor:
+    """ALBEF's two-class ITM loss over (image, caption) = positive, (negative image,
+    caption) and (image, negative caption) for every caption of `batch`. Each caption's
+    ITM text inputs are computed once, without gradient (those layers are frozen)."""
+    from robust.victims.albef import trim_padding
+
+    count = len(batch)
+    with torch.no_grad():
+        text_inputs, text_mask = victim.itm_text_inputs(
+            [captions[int(i)] for i in torch.cat([batch, negative_captions])]
+        )
+    text_inputs, text_mask = trim_padding(text_inputs, text_mask)
+    pair_texts = torch.cat([torch.arange(count), torch.arange(count), count + torch.arange(count)])
+    pair_images = torch.cat([images, negative_images, images])
+    image_inputs = victim.itm_image_inputs(image_tokens[pair_images].to(victim.device))
+    logits = victim.itm_head_from_inputs(
+        image_inputs, text_inputs[pair_texts], text_mask[pair_texts]
+    ).float()
+    labels = torch.zeros(3 * count, dtype=torch.long, device=logits.device)
+    labels[:count] = 1
+    return F.cross_entropy(logits, labels)
 
 
 def _optimizer(
@@ -349,13 +368,6 @@ def _optimizer(
         lr=recipe.learning_rate,
         betas=(0.9, 0.98),
     )
-
-
-def _learning_rate(recipe: ItmRefineRecipe, step: int, warmup: int, total_steps: int) -> float:
-    if step < warmup:
-        return recipe.learning_rate * (step + 1) / warmup
-    fraction = (step - warmup) / max(1, total_steps - warmup)
-    return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
 def refine_zoo_member(
