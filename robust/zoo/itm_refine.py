@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.zoo import ZOO_DIR
 from robust.zoo.schedule import cosine_learning_rate
+
+if TYPE_CHECKING:
+    from robust.zoo.train import TrainReport
 
 ITM_REFINE_COMMAND = "robust zoo refine-itm"
 IMAGE_CHUNK = 512
@@ -378,7 +382,7 @@ def refine_zoo_member(
     recipe: ItmRefineRecipe | None = None,
     dataset: CaptionDataset | None = None,
     progress: Progress | None = None,
-):
+) -> TrainReport:
     """Refine the ITM of fusion toy `name` (read from `init`, default its zoo folder) and
     save it in the same format to `output_dir` (default: in place), with a training record
     that keeps the record of the weights it started from."""
