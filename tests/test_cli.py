@@ -134,6 +134,10 @@ def test_zoo_refine_itm_writes_a_loadable_checkpoint_with_its_history(tmp_path):
         (("zoo", "refine-itm", "toy-tcl", "--epochs", "0"), ("epochs",)),
         (("zoo", "refine-itm", "toy-tcl", "--init", "/nonexistent"), ("no training.json",)),
         (
+            ("zoo", "refine-itm", "toy-albef", "--init", "robust/zoo/toy-blip"),
+            ("not a toy-albef folder", "no checkpoint.pth"),
+        ),
+        (
             ("zoo", "refine-itm", "toy-tcl", "--train-images", "3"),
             ("negatives_from_top 128", "--negatives-from-top"),
         ),

@@ -419,6 +419,13 @@ def refine_zoo_member(
 def _load_member(member: RefineMember, folder: Path) -> Victim:
     from robust.victims.zoo import load_victim
 
+    weights = Path(member.spec(folder).split(":", 1)[1])
+    weights = weights / "config.json" if member.family == "hf-blip" else weights
+    if not weights.is_file():
+        raise RobustError(
+            f"--init {folder}: not a {member.name} folder (no {weights.name}); pass a folder "
+            f"written by `robust zoo train {member.name}`"
+        )
     try:
         return load_victim(member.spec(folder))
     except RobustError as error:
