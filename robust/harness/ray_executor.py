@@ -172,22 +172,37 @@ class RayExecutor:
         shared = ray.put(function)
         parts = self._shard_count()
         split = getattr(function, "split", None)
-        pending = []
+        pending = []  # (cell, the ref of its result, the refs of its crafting shards)
         for cell in cells:
             shards = split(cell, parts) if callable(split) else None
             if shards:
                 shard_refs = [run_cell.remote(token, shared, shard) for shard in shards]
-                pending.append((cell, join_cell.remote(token, shared, cell, *shard_refs)))
+                joined = join_cell.remote(token, shared, cell, *shard_refs)
+                pending.append((cell, joined, shard_refs))
             else:
-                pending.append((cell, run_cell.remote(token, shared, cell)))
-        delivered = 0
+                pending.append((cell, run_cell.remote(token, shared, cell), []))
+        fetched = 0
         try:
-            for cell, ref in pending:
-                yield self._result(cell, ref)
-                delivered += 1
+            for cell, ref, _ in pending:
+                result = self._result(cell, ref)
+                fetched += 1
+                yield result
         finally:  # the driver stopped early (error, interrupt): drop the queued cells
-            for _, ref in pending[delivered:]:
-                ray.cancel(ref)
+            left = pending[fetched:]
+            self._cancel_unfinished(
+                [ref for _, cell_ref, shard_refs in left for ref in (cell_ref, *shard_refs)]
+            )
+
+    def _cancel_unfinished(self, refs: list[Any]) -> None:
+        """Cancel the tasks that have not finished. A finished task is never cancelled:
+        Ray 2.60 aborts the driver when a cancel races the reply of a task whose result
+        (or error) is already out, which is how a cell's error first reaches us."""
+        if not refs:
+            return
+        ray = self._ray
+        _, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in unfinished:
+            ray.cancel(ref)
 
     def _result(self, cell: Any, ref: Any) -> Any:
         """The cell's result; its user error as raised, or one line when its workers died."""
