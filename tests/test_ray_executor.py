@@ -167,23 +167,30 @@ def test_killed_worker_is_retried_and_results_are_identical(ray_cluster, local_r
     assert any(line[:2] == first[:2] and line[3] != killed_pid for line in written)
 
 
-class FailsToEvaluate(CellRunner):
-    """Raises a user error in every evaluation, counting attempts in a file."""
+class LogsEvaluations(CellRunner):
+    """A CellRunner that appends each evaluation it starts to a file the test reads."""
 
-    def __init__(self, spec, cache_root, attempts: Path) -> None:
+    def __init__(self, spec, cache_root, log: Path) -> None:
         super().__init__(spec, cache_root)
-        self.attempts = attempts
+        self.log = log
 
     def __getstate__(self):
-        return {**super().__getstate__(), "attempts": self.attempts}
+        return {**super().__getstate__(), "log": self.log}
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        self.attempts = state["attempts"]
+        self.log = state["log"]
 
     def clean(self, cell):
-        with open(self.attempts, "a") as handle:
-            handle.write("x")
+        with open(self.log, "a") as handle:
+            handle.write(f"{cell.image_size}\n")
+
+
+class FailsToEvaluate(LogsEvaluations):
+    """Raises a user error in every evaluation."""
+
+    def clean(self, cell):
+        super().clean(cell)
         raise RobustError(f"cannot evaluate {cell.target}; fix the target")
 
 
@@ -196,26 +203,14 @@ def test_cell_errors_reach_the_driver_once_and_unretried(ray_cluster, local_run,
         runner = FailsToEvaluate(world_spec(tmp_path / "run"), tmp_path / "cache", attempts)
         with pytest.raises(RobustError, match="cannot evaluate toy-clip-vit; fix the target"):
             list(RayExecutor(max_retries=3).map(runner, [cell]))
-        assert attempts.read_text() == "x"
+        assert attempts.read_text() == "64\n"  # one attempt: user errors are not retried
 
 
-class SlowToEvaluate(CellRunner):
-    """Evaluates the first cell at once and the others in a second, logging each start."""
-
-    def __init__(self, spec, cache_root, started: Path) -> None:
-        super().__init__(spec, cache_root)
-        self.started = started
-
-    def __getstate__(self):
-        return {**super().__getstate__(), "started": self.started}
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)
-        self.started = state["started"]
+class SlowToEvaluate(LogsEvaluations):
+    """Evaluates the first cell at once and the others in a second each."""
 
     def clean(self, cell):
-        with open(self.started, "a") as handle:
-            handle.write(f"{cell.image_size}\n")
+        super().clean(cell)
         if cell.image_size != 1:
             time.sleep(1)
         return cell.image_size
