@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from robust.data.world import (
     COLORS,
     SHAPES,
     SPLITS,
+    TEXTURES,
     caption_fits_scene,
     generate_world,
     parse_caption,
@@ -133,3 +136,78 @@ def test_a_caption_fits_only_scenes_that_agree_with_what_it_says():
 def test_parse_caption_rejects_text_that_is_not_a_world_caption():
     with pytest.raises(ValueError, match="not a world caption"):
         parse_caption("two dogs play in the snow")
+
+
+# sha256 of the first 20 test-1k images' pixels and their captions, as the first zoo was
+# trained on them: later world versions must leave the original world reproducible
+ORIGINAL_WORLD_TEST_20 = "d2fc6721e99b9d2fc0fed3e48c348acc57fdd0811bd63141b569a9bd1cb27145"
+
+
+def test_the_original_world_stays_byte_identical():
+    dataset = generate_world("test-1k", count=20)
+    digest = hashlib.sha256(dataset.images.pixels.tobytes())
+    digest.update("\n".join(dataset.captions).encode())
+    assert digest.hexdigest() == ORIGINAL_WORLD_TEST_20
+    assert dataset.name == "world:test-1k"
+    assert "texture" not in dataset.labels[0]["objects"][0]
+
+
+def test_world_v2_is_its_own_dataset_with_textures_clutter_and_captions_that_fit():
+    dataset = generate_world("val", count=150, version="world-v2")
+    assert dataset.name == "world-v2:val"
+    assert dataset.image_ids[0] == "world-v2-val-00000"
+    assert dataset.images.pixels.shape == (150, 128, 128, 3)
+    objects = [obj for label in dataset.labels for obj in label["objects"]]
+    assert {obj["texture"] for obj in objects} == set(TEXTURES)
+    assert {label["count"] for label in dataset.labels} == {2, 3}
+    assert {label["background_style"] for label in dataset.labels} == {
+        "flat",
+        "gradient",
+        "clutter",
+    }
+    for caption, image in zip(dataset.captions, dataset.caption_image, strict=True):
+        claim = parse_caption(caption)
+        assert caption_fits_scene(claim, dataset.labels[image]), caption
+    named = [t for c in dataset.captions for t in parse_caption(c).textures if t is not None]
+    assert set(named) == set(TEXTURES)
+    again = generate_world("val", count=10, version="world-v2")
+    assert again.images.pixels.tobytes() == dataset.images.pixels[:10].tobytes()
+
+
+def test_a_textured_object_is_drawn_with_its_pattern():
+    dataset = generate_world("val", count=60, version="world-v2")
+    spread = {"plain": [], "textured": []}
+    for index, label in enumerate(dataset.labels):
+        for obj in label["objects"]:
+            if obj["size"] != "large":
+                continue
+            y, x = (np.array([obj["row"], obj["col"]]) + 0.5) * 128 / 3
+            patch = dataset.images.pixels[index, int(y) - 4 : int(y) + 4, int(x) - 4 : int(x) + 4]
+            kind = "plain" if obj["texture"] == "plain" else "textured"
+            spread[kind].append(float(patch.astype(float).std(axis=(0, 1)).mean()))
+    assert np.median(spread["textured"]) > 10 > np.median(spread["plain"])
+
+
+def test_a_caption_names_a_texture_only_where_the_object_has_it():
+    claim = parse_caption("a big red striped star at the top and a blue box")
+    assert claim.textures == ("striped", None)
+    striped = {"shape": "star", "color": "red", "size": "large", "position": "top"}
+    box = {"shape": "square", "color": "blue", "size": "small", "position": "left"}
+    scene = {"background": "gray", "objects": [{**striped, "texture": "striped"}, box]}
+    assert caption_fits_scene(claim, scene)
+    assert not caption_fits_scene(
+        claim, {**scene, "objects": [{**striped, "texture": "dotted"}, box]}
+    )
+
+
+def test_an_unknown_world_version_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown world version 'world-v9'; choose one of"):
+        generate_world("val", count=2, version="world-v9")
+
+
+def test_load_dataset_opens_a_world_version_by_name():
+    from robust.data import load_dataset
+
+    subset = load_dataset("world-v2:val", limit=3)
+    assert subset.name == "world-v2:val[:3]"
+    assert subset.images.pixels.shape == (3, 128, 128, 3)

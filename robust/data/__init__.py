@@ -7,29 +7,31 @@ from dataclasses import replace
 from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 
-DATASET_FORMS = "world, world:SPLIT, or karpathy:ROOT:ANNOTATION.json"
+DATASET_FORMS = "world, world:SPLIT, world-v2:SPLIT, or karpathy:ROOT:ANNOTATION.json"
 
 
 def load_dataset(spec: str, *, limit: int | None = None) -> CaptionDataset:
     """Open a dataset named on the command line or in a spec file.
 
-    `world` is world test-1k; `world:SPLIT` any world split; `karpathy:ROOT:JSON` real
-    Flickr30k/MSCOCO (or an exported world) in the ALBEF json layout.
+    `world` is world test-1k; `world:SPLIT` any world split (`world-v2:SPLIT` the same
+    of another world version); `karpathy:ROOT:JSON` real Flickr30k/MSCOCO (or an exported
+    world) in the ALBEF json layout.
     """
     from robust.data.karpathy import load_karpathy
-    from robust.data.world import SPLITS, generate_world
+    from robust.data.world import SPLITS, WORLD_VERSIONS, generate_world
 
     if limit is not None and limit <= 0:
         raise RobustError(f"--limit must be a positive number of images, got {limit}")
     kind, _, rest = spec.partition(":")
-    if kind == "world":
+    if kind in WORLD_VERSIONS:
         split = rest or "test-1k"
         if split not in SPLITS:
             raise RobustError(f"unknown world split {split!r}; choose one of {', '.join(SPLITS)}")
         if limit is None or limit >= SPLITS[split]:
-            return generate_world(split)
+            return generate_world(split, version=kind)
         # generate only what is used, named as CaptionDataset.subset names a prefix
-        return replace(generate_world(split, count=limit), name=f"world:{split}[:{limit}]")
+        subset = generate_world(split, count=limit, version=kind)
+        return replace(subset, name=f"{kind}:{split}[:{limit}]")
     if kind == "karpathy":
         root, sep, annotation = rest.partition(":")
         if not sep or not root or not annotation:

@@ -43,6 +43,7 @@ POSITIONS = (
 )
 OBJECT_COUNT_WEIGHTS = (0.2, 0.4, 0.4)
 CAPTIONS_PER_IMAGE = 5
+TEXTURES = ("plain", "striped", "dotted", "checkered")
 
 _SHAPE_WORDS = {
     "circle": ("circle", "disc", "round dot"),
@@ -64,8 +65,70 @@ _POSITION_PHRASES = {
     "bottom": ("at the bottom", "at the bottom center", "near the bottom edge"),
     "bottom right": ("in the bottom right corner", "at the lower right", "in the bottom right"),
 }
+_TEXTURE_WORDS = {
+    "plain": ("plain", "solid"),
+    "striped": ("striped",),
+    "dotted": ("dotted", "spotted"),
+    "checkered": ("checkered", "checked"),
+}
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
-_SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class WorldVersion:
+    """The knobs one version of the world is drawn with.
+
+    Results made on one version must never mix with another's, so the version's dataset
+    name (`world`, `world-v2`) is what stores and caches record as the dataset.
+    """
+
+    name: str
+    image_size: int
+    supersample: int
+    object_count_weights: tuple[float, ...]
+    background_styles: tuple[str, ...]
+    textures: tuple[str, ...]
+    # amplitude (0-255) of the fill pattern of textured objects and of background clutter
+    texture_contrast: float = 0.0
+    # output-pixel period of the fill patterns
+    texture_period: float = 4.0
+    position_probability: float = 0.95
+
+
+WORLD_VERSIONS: dict[str, WorldVersion] = {
+    # flat-coloured shapes at 64 px; the version the first zoo was trained on
+    "world": WorldVersion(
+        name="world",
+        image_size=64,
+        supersample=4,
+        object_count_weights=OBJECT_COUNT_WEIGHTS,
+        background_styles=BACKGROUND_STYLES,
+        textures=("plain",),
+    ),
+    # 128 px, objects with fine fill patterns the captions name, cluttered backgrounds
+    # instead of pixel noise, at least two objects per image
+    "world-v2": WorldVersion(
+        name="world-v2",
+        image_size=128,
+        supersample=2,
+        object_count_weights=(0.0, 0.5, 0.5),
+        background_styles=("flat", "gradient", "clutter"),
+        textures=TEXTURES,
+        texture_contrast=40.0,
+        texture_period=4.0,
+        position_probability=0.7,
+    ),
+}
+DEFAULT_WORLD = "world"
+
+
+def world_version(name: str) -> WorldVersion:
+    """The world version of a dataset name (`world`, `world-v2`); one line if unknown."""
+    if name not in WORLD_VERSIONS:
+        raise ValueError(
+            f"unknown world version {name!r}; choose one of {', '.join(WORLD_VERSIONS)}"
+        )
+    return WORLD_VERSIONS[name]
 
 
 @dataclass(frozen=True)
@@ -77,13 +140,15 @@ class WorldObject:
     size: str
     row: int
     col: int
+    # None in worlds without textures, so their labels stay as they were
+    texture: str | None = None
 
     @property
     def position(self) -> str:
         return POSITIONS[self.row][self.col]
 
     def label(self) -> dict:
-        return {
+        label = {
             "shape": self.shape,
             "color": self.color,
             "size": self.size,
@@ -91,6 +156,9 @@ class WorldObject:
             "row": self.row,
             "col": self.col,
         }
+        if self.texture is not None:
+            label["texture"] = self.texture
+        return label
 
 
 @dataclass(frozen=True)
@@ -111,13 +179,20 @@ class WorldScene:
 
 
 def generate_world(
-    split: str = "test-1k", *, seed: int = 0, size: int = 64, count: int | None = None
+    split: str = "test-1k",
+    *,
+    seed: int = 0,
+    size: int | None = None,
+    count: int | None = None,
+    version: str = DEFAULT_WORLD,
 ) -> CaptionDataset:
     """The world split as a CaptionDataset (images in memory, labels attached).
 
     `count` generates only the first `count` images of the split; image `i` is the same
-    whatever `count` is.
+    whatever `count` is. `size` defaults to the version's native resolution.
     """
+    world = world_version(version)
+    size = world.image_size if size is None else size
     if split not in SPLITS:
         raise ValueError(f"unknown world split {split!r}; choose one of {', '.join(SPLITS)}")
     if size < 16:
@@ -132,25 +207,28 @@ def generate_world(
     labels: list[dict] = []
     for index in range(total):
         rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
-        scene = sample_scene(rng)
-        pixels[index] = render_scene(scene, size, rng)
-        for caption in caption_scene(scene, rng):
+        scene = sample_scene(rng, world)
+        pixels[index] = render_scene(scene, size, rng, world)
+        for caption in caption_scene(scene, rng, world):
             captions.append(caption)
             caption_image.append(index)
         labels.append(scene.label())
     return CaptionDataset(
-        name=f"world:{split}",
+        name=f"{world.name}:{split}",
         images=ArrayImages(pixels),
-        image_ids=tuple(f"world-{split}-{i:05d}" for i in range(total)),
+        image_ids=tuple(f"{world.name}-{split}-{i:05d}" for i in range(total)),
         captions=tuple(captions),
         caption_image=np.asarray(caption_image, dtype=np.int64),
         labels=tuple(labels),
     )
 
 
-def sample_scene(rng: np.random.Generator) -> WorldScene:
+def sample_scene(
+    rng: np.random.Generator, world: WorldVersion = WORLD_VERSIONS[DEFAULT_WORLD]
+) -> WorldScene:
     """Draw the attributes of one image: object count, distinct cells, background."""
-    count = int(rng.choice(3, p=OBJECT_COUNT_WEIGHTS)) + 1
+    weights = world.object_count_weights
+    count = int(rng.choice(len(weights), p=weights)) + 1
     cells = rng.choice(9, size=count, replace=False)
     objects = tuple(
         WorldObject(
@@ -159,17 +237,32 @@ def sample_scene(rng: np.random.Generator) -> WorldScene:
             size=SIZES[int(rng.integers(len(SIZES)))],
             row=int(cell) // 3,
             col=int(cell) % 3,
+            texture=_draw_texture(rng, world),
         )
         for cell in cells
     )
     background = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-    style = BACKGROUND_STYLES[int(rng.integers(len(BACKGROUND_STYLES)))]
+    styles = world.background_styles
+    style = styles[int(rng.integers(len(styles)))]
     return WorldScene(objects=objects, background=background, background_style=style)
 
 
-def render_scene(scene: WorldScene, size: int, rng: np.random.Generator) -> np.ndarray:
+def _draw_texture(rng: np.random.Generator, world: WorldVersion) -> str | None:
+    """An object's fill pattern; worlds without textures draw nothing from `rng`."""
+    if len(world.textures) == 1:
+        return None
+    return world.textures[int(rng.integers(len(world.textures)))]
+
+
+def render_scene(
+    scene: WorldScene,
+    size: int,
+    rng: np.random.Generator,
+    world: WorldVersion = WORLD_VERSIONS[DEFAULT_WORLD],
+) -> np.ndarray:
     """Draw the scene supersampled, downsample with a box filter, add background texture."""
-    canvas = size * _SUPERSAMPLE
+    scale = world.supersample
+    canvas = size * scale
     base = np.array(BACKGROUNDS[scene.background], dtype=np.float64)
     base = np.clip(base + rng.uniform(-14, 14, size=3), 0, 255)
     background = np.broadcast_to(base, (canvas, canvas, 3)).copy()
@@ -178,6 +271,8 @@ def render_scene(scene: WorldScene, size: int, rng: np.random.Generator) -> np.n
         background += ramp if rng.random() < 0.5 else ramp.transpose(1, 0, 2)
     image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(image)
+    if scene.background_style == "clutter":
+        _draw_clutter(draw, base, canvas, scale, world.texture_contrast, rng)
     cell = canvas / 3
     for obj in scene.objects:
         radius = cell * (0.22 if obj.size == "small" else 0.40) * rng.uniform(0.92, 1.08)
@@ -185,12 +280,61 @@ def render_scene(scene: WorldScene, size: int, rng: np.random.Generator) -> np.n
         cx = (obj.col + 0.5) * cell + rng.uniform(-slack, slack) * 0.6
         cy = (obj.row + 0.5) * cell + rng.uniform(-slack, slack) * 0.6
         color = np.clip(np.array(COLORS[obj.color]) + rng.integers(-12, 13, size=3), 0, 255)
-        _draw_shape(draw, obj.shape, cx, cy, radius, tuple(int(c) for c in color))
+        fill = tuple(int(c) for c in color)
+        if obj.texture in (None, "plain"):
+            _draw_shape(draw, obj.shape, cx, cy, radius, fill)
+            continue
+        mask = Image.new("L", (canvas, canvas), 0)
+        _draw_shape(ImageDraw.Draw(mask), obj.shape, cx, cy, radius, (255,))
+        pattern = _fill_pattern(obj.texture, canvas, world.texture_period * scale, rng)
+        texture = np.clip(
+            color[None, None, :] + world.texture_contrast * pattern[..., None], 0, 255
+        )
+        image.paste(Image.fromarray(texture.astype(np.uint8), mode="RGB"), (0, 0), mask)
     small = image.resize((size, size), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.float64)
     if scene.background_style == "noise":
         pixels = pixels + rng.normal(0.0, 7.0, size=pixels.shape)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _fill_pattern(texture: str, canvas: int, period: float, rng: np.random.Generator) -> np.ndarray:
+    """A +-1 fill pattern over the canvas with a random phase (and stripe direction)."""
+    y, x = np.mgrid[0:canvas, 0:canvas].astype(np.float64)
+    x = x + rng.uniform(0, period)
+    y = y + rng.uniform(0, period)
+    if texture == "striped":
+        angle = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)[int(rng.integers(4))]
+        phase = x * np.cos(angle) + y * np.sin(angle)
+        return np.where(np.sin(2 * np.pi * phase / period) >= 0, 1.0, -1.0)
+    if texture == "dotted":
+        dx = np.mod(x, period) - period / 2
+        dy = np.mod(y, period) - period / 2
+        return np.where(dx**2 + dy**2 <= (period * 0.3) ** 2, 1.0, -1.0)
+    if texture == "checkered":
+        cells = np.floor(x / period) + np.floor(y / period)
+        return np.where(np.mod(cells, 2) == 0, 1.0, -1.0)
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def _draw_clutter(
+    draw: ImageDraw.ImageDraw,
+    base: np.ndarray,
+    canvas: int,
+    scale: int,
+    contrast: float,
+    rng: np.random.Generator,
+) -> None:
+    """Uncaptioned grey lines and rings a little lighter or darker than the background."""
+    for _ in range(int(rng.integers(10, 21))):
+        shade = np.clip(base + rng.uniform(-contrast, contrast), 0, 255)
+        fill = tuple(int(c) for c in shade)
+        x0, y0, x1, y1 = rng.uniform(0, canvas, size=4)
+        if rng.random() < 0.6:
+            draw.line([x0, y0, x1, y1], fill=fill, width=int(scale * rng.integers(1, 3)))
+        else:
+            r = rng.uniform(2, 8) * scale
+            draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], outline=fill, width=scale)
 
 
 def _draw_shape(
@@ -231,12 +375,16 @@ def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
     return [(cx + r * np.cos(a), cy + r * np.sin(a)) for r, a in zip(radii, angles, strict=True)]
 
 
-def caption_scene(scene: WorldScene, rng: np.random.Generator) -> list[str]:
+def caption_scene(
+    scene: WorldScene,
+    rng: np.random.Generator,
+    world: WorldVersion = WORLD_VERSIONS[DEFAULT_WORLD],
+) -> list[str]:
     """Five distinct paraphrases; each names every object's colour and shape."""
     captions: list[str] = []
     attempts = 0
     while len(captions) < CAPTIONS_PER_IMAGE:
-        caption = _one_caption(scene, rng)
+        caption = _one_caption(scene, rng, world.position_probability)
         attempts += 1
         if caption not in captions or attempts > 50:
             captions.append(caption)
@@ -252,6 +400,12 @@ def _object_phrase(obj: WorldObject, rng: np.random.Generator, *, with_position:
     if rng.random() < 0.85:
         words.append(_pick(rng, _SIZE_WORDS[obj.size]))
     words.append(obj.color)
+    if obj.texture == "plain":
+        # plain fills are named only sometimes, as a real caption might
+        if rng.random() < 0.3:
+            words.append(_pick(rng, _TEXTURE_WORDS["plain"]))
+    elif obj.texture is not None:
+        words.append(_pick(rng, _TEXTURE_WORDS[obj.texture]))
     words.append(_pick(rng, _SHAPE_WORDS[obj.shape]))
     phrase = " ".join(words)
     article = "an" if phrase[0] in "aeiou" else "a"
@@ -267,9 +421,9 @@ def _join(phrases: list[str]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _one_caption(scene: WorldScene, rng: np.random.Generator) -> str:
+def _one_caption(scene: WorldScene, rng: np.random.Generator, position_probability: float) -> str:
     order = rng.permutation(len(scene.objects))
-    with_position = rng.random() < 0.95
+    with_position = rng.random() < position_probability
     phrases = [_object_phrase(scene.objects[i], rng, with_position=with_position) for i in order]
     body = _join(phrases)
     background = scene.background
@@ -308,10 +462,12 @@ def caption_vocabulary() -> dict[str, dict[str, tuple[str, ...]]]:
 @dataclass(frozen=True)
 class CaptionClaim:
     """What a world caption asserts: per object (size or None, colour, shape, position or
-    None), and the background when it names one."""
+    None), the background when it names one, and per object the fill texture it names
+    (None where it names none)."""
 
     objects: tuple[tuple[str | None, str, str, str | None], ...]
     background: str | None
+    textures: tuple[str | None, ...] = ()
 
 
 _PREFIXES = (
@@ -341,19 +497,32 @@ def parse_caption(caption: str) -> CaptionClaim:
             break
     head, _, last = text.rpartition(" and ")
     phrases = [*head.split(", "), last] if head else [last]
-    return CaptionClaim(tuple(_parse_object(p, caption) for p in phrases), background)
+    parsed = [_parse_object(p, caption) for p in phrases]
+    return CaptionClaim(
+        tuple(claim for claim, _ in parsed),
+        background,
+        tuple(texture for _, texture in parsed),
+    )
 
 
-def _parse_object(phrase: str, caption: str) -> tuple[str | None, str, str, str | None]:
+def _parse_object(
+    phrase: str, caption: str
+) -> tuple[tuple[str | None, str, str, str | None], str | None]:
     words = phrase.split(" ")
-    if words[0] not in ("a", "an"):
+    if words[0] not in ("a", "an") or len(words) < 3:
         raise ValueError(f"not a world caption: {caption!r}")
     words = words[1:]
     size = next((s for s, options in _SIZE_WORDS.items() if words[0] in options), None)
     if size is not None:
         words = words[1:]
     color = words[0]
-    rest = " ".join(words[1:])
+    words = words[1:]
+    texture = next(
+        (t for t, options in _TEXTURE_WORDS.items() if words[:1] in ([o] for o in options)), None
+    )
+    if texture is not None:
+        words = words[1:]
+    rest = " ".join(words)
     for shape, options in _SHAPE_WORDS.items():
         for option in options:
             if rest == option or rest.startswith(option + " "):
@@ -363,7 +532,7 @@ def _parse_object(phrase: str, caption: str) -> tuple[str | None, str, str, str 
                 )
                 if color not in COLORS or (place and position is None):
                     raise ValueError(f"not a world caption: {caption!r}")
-                return size, color, shape, position
+                return (size, color, shape, position), texture
     raise ValueError(f"not a world caption: {caption!r}")
 
 
@@ -377,20 +546,23 @@ def caption_fits_scene(claim: CaptionClaim, label: dict) -> bool:
     if claim.background is not None and claim.background != label["background"]:
         return False
 
-    def fits(claimed: tuple[str | None, str, str, str | None], obj: dict) -> bool:
-        size, color, shape, position = claimed
+    textures = claim.textures or (None,) * len(claim.objects)
+
+    def fits(index: int, obj: dict) -> bool:
+        size, color, shape, position = claim.objects[index]
         return (
             color == obj["color"]
             and shape == obj["shape"]
             and size in (None, obj["size"])
             and position in (None, obj["position"])
+            and textures[index] in (None, obj.get("texture", "plain"))
         )
 
     def assign(index: int, free: tuple[int, ...]) -> bool:
         if index == len(claim.objects):
             return True
         return any(
-            fits(claim.objects[index], objects[o]) and assign(index + 1, free[:k] + free[k + 1 :])
+            fits(index, objects[o]) and assign(index + 1, free[:k] + free[k + 1 :])
             for k, o in enumerate(free)
         )
 

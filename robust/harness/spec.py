@@ -274,10 +274,10 @@ class ExperimentSpec(BaseModel):
     @classmethod
     def _dataset(cls, value: str) -> str:
         from robust.data import DATASET_FORMS
-        from robust.data.world import SPLITS
+        from robust.data.world import SPLITS, WORLD_VERSIONS
 
         kind, _, rest = value.partition(":")
-        if kind == "world":
+        if kind in WORLD_VERSIONS:
             split = rest or "test-1k"
             if split not in SPLITS:
                 raise ValueError(
