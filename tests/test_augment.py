@@ -1,11 +1,13 @@
-"""Random Erasing for the CLIP toys: one noise rectangle of the requested size, seeded."""
+"""Training augmentations: Random Erasing (one noise rectangle of the requested size) and caption
+word dropout, both seeded."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from robust.zoo.augment import random_erasing
+from robust.zoo.augment import drop_words, random_erasing
 
 
 def _erased(images: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,3 +49,13 @@ def test_probability_zero_is_the_identity_and_the_draws_are_seeded():
 def test_bad_settings_are_refused(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         random_erasing(torch.zeros(1, 3, 8, 8), generator=torch.Generator(), **kwargs)
+
+
+def test_drop_words_is_seeded_drops_about_its_share_and_keeps_one_word():
+    caption = " ".join(f"w{i}" for i in range(400))
+    first = drop_words(caption, 0.25, np.random.default_rng(3))
+    assert first == drop_words(caption, 0.25, np.random.default_rng(3))
+    kept = first.split(" ")
+    assert 0.65 < len(kept) / 400 < 0.85
+    assert kept == [word for word in caption.split(" ") if word in set(kept)]  # order kept
+    assert len(drop_words("a red star", 1.0, np.random.default_rng(0)).split(" ")) == 1

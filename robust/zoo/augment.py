@@ -1,4 +1,4 @@
-"""Pixel augmentations for training toy victims, batched and driven by a seeded generator.
+"""Pixel and caption augmentations for training toy victims, driven by seeded generators.
 
 Both keep world captions true: no flips (captions name left and right) and no crops that
 could cut an object out of its grid cell.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +70,11 @@ def random_erasing(
     mask = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None])[:, None]
     noise = torch.rand(images.shape, generator=generator, dtype=images.dtype)
     return torch.where(mask.expand(-1, channels, -1, -1), noise, images)
+
+
+def drop_words(caption: str, probability: float, generator: np.random.Generator) -> str:
+    """The caption with each word dropped with `probability` (at least one word kept), so a
+    text tower learns to match on the whole description rather than on any single word."""
+    words = caption.split(" ")
+    kept = [word for word in words if generator.random() >= probability]
+    return " ".join(kept) if kept else words[int(generator.integers(len(words)))]

@@ -17,7 +17,7 @@ from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.zoo import ZOO_DIR
-from robust.zoo.augment import random_erasing
+from robust.zoo.augment import drop_words, random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.warm_start import clip_state, training_record
@@ -145,10 +145,11 @@ def train_clip(
     # The world split is generated only once the weights are known to fit: a bad --init
     # fails in a second, not after rendering 20,000 images.
     if dataset is None:
-        dataset = generate_world("train", count=recipe.train_images)
+        dataset = generate_world("train", count=recipe.train_images, version=recipe.world)
     pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
     tokenizer = SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
     tokens = tokenizer(list(dataset.captions))
+    dropout_generator = np.random.default_rng([recipe.seed, 1])
     image_captions = [np.asarray(c) for c in dataset.image_captions]
     mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
@@ -190,7 +191,17 @@ def train_clip(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
-                text_features = F.normalize(model.encode_text(tokens[chosen]), dim=-1)
+                if recipe.caption_word_dropout > 0:
+                    texts = [
+                        drop_words(
+                            dataset.captions[i], recipe.caption_word_dropout, dropout_generator
+                        )
+                        for i in chosen
+                    ]
+                    text_tokens = tokenizer(texts)
+                else:
+                    text_tokens = tokens[chosen]
+                text_features = F.normalize(model.encode_text(text_tokens), dim=-1)
                 logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
                 targets = torch.arange(len(indices))
                 loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

@@ -191,7 +191,11 @@ BLIP_RECIPES: dict[str, BlipRecipe] = {
 
 
 def world_tokenizer(
-    *, blip: bool, vocab_images: int | None = None, vocab: Sequence[str] | None = None
+    *,
+    blip: bool,
+    vocab_images: int | None = None,
+    vocab: Sequence[str] | None = None,
+    world: str = "world",
 ):
     """BERT WordPiece tokenizer on the world vocabulary; with BLIP's `[DEC]` and `[ENC]`.
 
@@ -208,7 +212,7 @@ def world_tokenizer(
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "vocab.txt"
         if vocab is None:
-            build_world_vocab(path, train_images=vocab_images)
+            build_world_vocab(path, train_images=vocab_images, version=world)
         else:
             path.write_text("".join(f"{token}\n" for token in vocab))
         tokenizer = BertTokenizer.from_pretrained(folder)
@@ -349,13 +353,19 @@ def _train_dataset(dataset: CaptionDataset | None, train_images: int | None) -> 
     return dataset if dataset is not None else generate_world("train", count=train_images)
 
 
-def _vocab_images(dataset: CaptionDataset) -> int | None:
-    """How many world-train images the vocabulary comes from: those trained on.
+def _vocab_source(dataset: CaptionDataset) -> dict:
+    """The world version and the number of its train images the vocabulary comes from:
+    those trained on.
 
     The full train split gives the zoo's shared vocabulary; a subset (pilots, tests) gives
     the vocabulary of that subset, so nothing needs the full split rendered.
     """
-    return dataset.num_images if dataset.name == "world:train" else None
+    from robust.data.world import DEFAULT_WORLD, WORLD_VERSIONS
+
+    world, _, split = dataset.name.partition(":")
+    if split == "train" and world in WORLD_VERSIONS:
+        return {"vocab_images": dataset.num_images, "world": world}
+    return {"vocab_images": None, "world": DEFAULT_WORLD}
 
 
 def init_text_from_masked_lm(text_model: nn.Module, masked_lm: nn.Module) -> list[str]:
@@ -422,7 +432,7 @@ def _blip_start(
 ) -> tuple[object, nn.Module | None]:
     """(BLIP tokenizer, masked LM to start the text model from, if the recipe names one)."""
     if recipe.text_init is None:
-        return world_tokenizer(blip=True, vocab_images=_vocab_images(dataset)), None
+        return world_tokenizer(blip=True, **_vocab_source(dataset)), None
     masked_lm, vocab = load_text_init(recipe.text_init)
     return world_tokenizer(blip=True, vocab=vocab), masked_lm
 
@@ -761,7 +771,7 @@ def train_mlm(
     """Train toy-mlm on world-train captions; save model and tokenizer with `save_pretrained`."""
     progress = ensure_progress(progress)
     dataset = _train_dataset(dataset, recipe.train_images)
-    tokenizer = world_tokenizer(blip=False, vocab_images=_vocab_images(dataset))
+    tokenizer = world_tokenizer(blip=False, **_vocab_source(dataset))
     model = new_masked_lm(recipe, tokenizer)
     optimizer = _adamw(list(model.named_parameters()), recipe.learning_rate, recipe.weight_decay)
     captions = list(dataset.captions)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robust.data.world import generate_world
+from robust.data.world import DEFAULT_WORLD, generate_world
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_SIZE = 256
 
 
-def build_world_vocab(path: Path, *, train_images: int | None = None) -> Path:
+def build_world_vocab(
+    path: Path, *, train_images: int | None = None, version: str = DEFAULT_WORLD
+) -> Path:
     """Train a BERT WordPiece vocab on world-train captions and write it as vocab.txt.
 
     The special tokens come first in BERT's order ([PAD]=0 ... [MASK]=4), so BERT-style
@@ -18,7 +20,7 @@ def build_world_vocab(path: Path, *, train_images: int | None = None) -> Path:
     """
     from tokenizers import BertWordPieceTokenizer
 
-    captions = generate_world("train", count=train_images).captions
+    captions = generate_world("train", count=train_images, version=version).captions
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(
         captions,
