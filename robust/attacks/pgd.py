@@ -327,9 +327,12 @@ def linf_pgd(
     objective: EmbeddingObjective,
     params: PGDParams,
     generator: torch.Generator,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> torch.Tensor:
     """Sign-gradient ascent on `objective` within the L-inf ball, in [0, 1]; float32.
 
+    `on_step(step, loss)` sees the objective at each step's start, so a caller can check
+    that the loss climbs (a flat or falling trace is the sign of masked gradients).
     `objective` receives the image embeddings of every input copy, `[C, B, D]` (copy 0 is
     the current adversarial image itself), and returns one scalar to maximise. Gradients
     are taken only w.r.t. the pixels (the victim's parameters get no `.grad`), even when
@@ -346,13 +349,15 @@ def linf_pgd(
         adversarial = project_linf(clean + params.eps * noise, clean, params.eps)
     kernel = gaussian_kernel(params.ti_kernel).to(device) if params.ti_kernel > 1 else None
     velocity = torch.zeros_like(clean) if params.momentum > 0 else None
-    for _ in range(params.steps):
+    for step in range(params.steps):
         with torch.enable_grad():
             adversarial.requires_grad_(True)
             copies = _input_copies(adversarial, params, generator)
             embeddings = victim.encode_image(torch.cat(copies)).view(len(copies), count, -1)
             loss = objective(embeddings)
             (gradient,) = torch.autograd.grad(loss, adversarial)
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
         adversarial = adversarial.detach()
         if kernel is not None:
             gradient = F.conv2d(
