@@ -60,15 +60,18 @@ def world_export_command(
     directory: Annotated[Path, typer.Argument(help="Folder to write images + json into.")],
     split: Annotated[str, typer.Option(help="World split to export.")] = "test-1k",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    size: Annotated[
+        int | None, typer.Option(help="Image side in pixels (default: the version's own).")
+    ] = None,
     count: Annotated[int | None, typer.Option(help="Export only the first N images.")] = None,
+    version: Annotated[str, typer.Option(help="World version: world or world-v2.")] = "world",
 ) -> None:
     """Write a world split as PNGs plus a Karpathy-style json (readable as karpathy:DIR:JSON)."""
     from robust.data.karpathy import export_dataset
     from robust.data.world import generate_world
 
     try:
-        dataset = generate_world(split, seed=seed, size=size, count=count)
+        dataset = generate_world(split, seed=seed, size=size, count=count, version=version)
     except ValueError as error:
         raise RobustError(str(error)) from None
     with progress_bar() as bar:
@@ -119,6 +122,56 @@ def zoo_train_command(
         f"final loss {report.final_loss:.3f}; saved to {report.output_dir}",
         highlight=False,
     )
+
+
+@zoo_app.command("calibrate")
+@user_errors
+def zoo_calibrate_command(
+    spec_file: Annotated[Path, typer.Argument(help="Calibration spec (YAML).")] = Path(
+        "configs/world_calibration.yaml"
+    ),
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="Where to write the bands (default: RUN_DIR/calibration.json)."
+        ),
+    ] = None,
+) -> None:
+    """Run the calibration matrix and check the zoo against the published attack pattern.
+
+    Resumes like `robust matrix`; exits 1 when a band is missed.
+    """
+    from robust.harness.calibration import (
+        calibration_bands,
+        check_calibration_labels,
+        write_calibration,
+    )
+    from robust.harness.matrix import run_matrix
+    from robust.harness.spec import load_spec
+
+    spec = load_spec(spec_file)
+    check_calibration_labels([attack.label for attack in spec.attacks])
+    if output_dir is not None:
+        spec = spec.model_copy(update={"output_dir": output_dir})
+    with progress_bar() as bar:
+        result = run_matrix(spec, progress=RichProgress(bar))
+    for label in result.labels:
+        print_asr_matrix(result, label)
+    bands = calibration_bands(result)
+    table = Table(title=f"World calibration ({result.dataset}:{result.split}, TR R@1 ASR %)")
+    for column in ("band", "measured", "where", "verdict"):
+        table.add_column(column)
+    for band in bands:
+        verdict = "[green]holds[/]" if band.passed else "[red]missed[/]"
+        table.add_row(band.rule, f"{band.measured:g}", band.where, verdict)
+    console.print(table)
+    written = write_calibration(json_path or spec.run_dir / "calibration.json", result, bands)
+    console.print(f"bands written to {written}", highlight=False)
+    if not all(band.passed for band in bands):
+        raise typer.Exit(code=1)
 
 
 @zoo_app.command("refine-itm")
