@@ -61,6 +61,8 @@ class ItmRefineRecipe:
     negatives_from_top: int = 128
     seed: int = 0
     train_images: int | None = None
+    # the world version trained on (robust.data.world.WORLD_VERSIONS)
+    world: str = "world"
 
     def __post_init__(self) -> None:
         checks = {
@@ -404,7 +406,7 @@ def refine_zoo_member(
     init_record = json.loads(record_file.read_text())
     victim = _load_member(member, source)
     if dataset is None:
-        dataset = generate_world("train", count=recipe.train_images)
+        dataset = generate_world("train", count=recipe.train_images, version=recipe.world)
     steps, final_loss, seconds = refine_itm(victim, recipe, dataset, progress=progress)
     _save_member(member, victim, source, output_dir)
     report = TrainReport(name, output_dir, seconds, steps, final_loss, asdict(recipe))

@@ -131,6 +131,8 @@ class AlbefRecipe:
     warmup_fraction: float = 0.05
     seed: int = 0
     train_images: int | None = None
+    # the world version trained on (robust.data.world.WORLD_VERSIONS)
+    world: str = "world"
     initial_temperature: float = 0.07
     init_std: float = 0.02
     fresh_lr_scale: float = 4.0
@@ -546,7 +548,7 @@ def train_albef(
     rng = np.random.default_rng(recipe.seed)
 
     if dataset is None:
-        dataset = generate_world("train", count=recipe.train_images)
+        dataset = generate_world("train", count=recipe.train_images, version=recipe.world)
     elif recipe.train_images is not None:
         dataset = dataset.subset(recipe.train_images)
     pixels = _dataset_pixels(dataset, model.config.image_size)

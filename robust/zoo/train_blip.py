@@ -114,6 +114,8 @@ class BlipRetrievalRecipe:
     bf16_autocast: bool = True
     seed: int = 0
     train_images: int | None = None
+    # the world version trained on (robust.data.world.WORLD_VERSIONS)
+    world: str = "world"
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
     itm_easy_schedule: tuple[float, float] = (0.0, 0.0)
@@ -146,6 +148,8 @@ class BlipCaptionRecipe:
     bf16_autocast: bool = True
     seed: int = 0
     train_images: int | None = None
+    # the world version trained on (robust.data.world.WORLD_VERSIONS)
+    world: str = "world"
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
 
@@ -170,6 +174,8 @@ class MlmRecipe:
     warmup_fraction: float = 0.05
     seed: int = 0
     train_images: int | None = None
+    # the world version trained on (robust.data.world.WORLD_VERSIONS)
+    world: str = "world"
 
     def config(self) -> dict:
         return asdict(self)
@@ -347,10 +353,13 @@ def _pick_captions(
     return texts
 
 
-def _train_dataset(dataset: CaptionDataset | None, train_images: int | None) -> CaptionDataset:
+def _train_dataset(dataset: CaptionDataset | None, recipe: BlipRecipe) -> CaptionDataset:
+    """The given dataset, or the recipe's world train split (its first train_images)."""
     from robust.data.world import generate_world
 
-    return dataset if dataset is not None else generate_world("train", count=train_images)
+    if dataset is not None:
+        return dataset
+    return generate_world("train", count=recipe.train_images, version=recipe.world)
 
 
 def _vocab_source(dataset: CaptionDataset) -> dict:
@@ -581,7 +590,7 @@ def train_blip_retrieval(
 ) -> TrainReport:
     """Train toy-blip (ITC + hard-negative ITM) on world train; save an `hf-blip:` folder."""
     progress = ensure_progress(progress)
-    dataset = _train_dataset(dataset, recipe.train_images)
+    dataset = _train_dataset(dataset, recipe)
     tokenizer, masked_lm = _blip_start(recipe, dataset)
     victim = new_blip_retrieval_victim(recipe, tokenizer)
     if masked_lm is not None:
@@ -664,7 +673,7 @@ def train_blip_captioner(
 ) -> TrainReport:
     """Train toy-blip-cap with `BlipCaptionVictim`'s LM loss; save an `hf-blip-cap:` folder."""
     progress = ensure_progress(progress)
-    dataset = _train_dataset(dataset, recipe.train_images)
+    dataset = _train_dataset(dataset, recipe)
     tokenizer, masked_lm = _blip_start(recipe, dataset)
     victim = new_blip_caption_victim(recipe, tokenizer)
     if masked_lm is not None:
@@ -770,7 +779,7 @@ def train_mlm(
 ) -> TrainReport:
     """Train toy-mlm on world-train captions; save model and tokenizer with `save_pretrained`."""
     progress = ensure_progress(progress)
-    dataset = _train_dataset(dataset, recipe.train_images)
+    dataset = _train_dataset(dataset, recipe)
     tokenizer = world_tokenizer(blip=False, **_vocab_source(dataset))
     model = new_masked_lm(recipe, tokenizer)
     optimizer = _adamw(list(model.named_parameters()), recipe.learning_rate, recipe.weight_decay)
