@@ -215,7 +215,7 @@ def test_pickle_checkpoint_needs_the_trust_flag(source, vocab_file, tmp_path):
         load_albef_checkpoint(path)
     assert_same_outputs(load_albef_checkpoint(path, trust_pickle=True), source)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(RobustError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(RobustError, match="is not a PyTorch checkpoint"):
         load_albef_checkpoint(path)
 
 

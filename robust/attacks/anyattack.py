@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.attacks.base import AttackConfigError
+from robust.checkpoints import CheckpointError, read_torch_file, trust_pickle_from_env
 from robust.errors import RobustError
 from robust.victims.base import Victim
 
@@ -34,7 +35,7 @@ HEADS = 8
 BOUNDS: tuple[str, ...] = ("tanh", "clamp")
 
 
-class DecoderLoadError(RobustError):
+class DecoderLoadError(CheckpointError):
     """A decoder file that cannot be read as an AnyAttack decoder."""
 
 
@@ -279,11 +280,17 @@ def infer_config(state: dict[str, torch.Tensor]) -> DecoderConfig:
     """Decoder sizes read off a state dict's shapes (released files carry no config)."""
     try:
         fc_weight = state["fc.0.weight"]
-        channels = int(state["upsample_blocks.0.conv1.weight"].shape[0])
+        conv_weight = state["upsample_blocks.0.conv1.weight"]
     except KeyError as missing:
         raise DecoderLoadError(
             f"not an AnyAttack decoder: parameter {missing.args[0]} is missing"
         ) from None
+    if fc_weight.dim() != 2 or conv_weight.dim() != 4:
+        raise DecoderLoadError(
+            f"not an AnyAttack decoder: fc.0.weight is {tuple(fc_weight.shape)} and "
+            f"upsample_blocks.0.conv1.weight {tuple(conv_weight.shape)} (expected 2-D and 4-D)"
+        )
+    channels = int(conv_weight.shape[0])
     side = math.isqrt(int(fc_weight.shape[0]) // max(channels, 1))
     if side * side * channels != fc_weight.shape[0]:
         raise DecoderLoadError(
@@ -336,24 +343,34 @@ def _strip_ddp(name: str) -> str:
     return name.removeprefix("module.")
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """A decoder checkpoint as a dict, read without executing pickled code."""
+def read_checkpoint(path: Path | str, *, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """A decoder checkpoint as a dict, read without executing pickled code unless trusted
+    (`trust_pickle=None` reads $ROBUST_TRUST_PICKLE); every bad file is one error line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DecoderLoadError(
             f"decoder file {path} does not exist; pass a checkpoint written by "
             "`robust anyattack pretrain|finetune` or a released AnyAttack .pt file"
         )
+    if trust_pickle is None:
+        trust_pickle = trust_pickle_from_env()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DecoderLoadError(f"cannot read decoder file {path}: {first_line}") from None
+        payload = read_torch_file(path, trust_pickle=trust_pickle)
+    except CheckpointError as error:
+        raise DecoderLoadError(f"decoder file {error}") from None
     if not isinstance(payload, dict) or STATE_KEY not in payload:
         keys = ", ".join(sorted(map(str, payload)))[:200] if isinstance(payload, dict) else ""
         raise DecoderLoadError(
             f"{path} has no {STATE_KEY!r} entry (found: {keys or type(payload).__name__}); "
             "AnyAttack checkpoints keep the decoder under that key"
+        )
+    state = payload[STATE_KEY]
+    if not isinstance(state, dict) or not all(
+        isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in state.items()
+    ):
+        raise DecoderLoadError(
+            f"{path}: {STATE_KEY!r} is not a state dict of named tensors; AnyAttack checkpoints "
+            "keep the decoder's state_dict() under that key"
         )
     return payload
 
@@ -362,7 +379,15 @@ def load_decoder(path: Path | str) -> NoiseDecoder:
     """A decoder from a checkpoint of this project or a released AnyAttack file."""
     payload = read_checkpoint(path)
     saved = payload.get("decoder_config")
-    config = DecoderConfig(**saved) if isinstance(saved, dict) else None
+    config = None
+    if isinstance(saved, dict):
+        try:
+            config = DecoderConfig(**saved)
+        except (TypeError, RobustError) as error:  # unknown keys, values of the wrong kind
+            raise DecoderLoadError(
+                f"{path}: its decoder_config is not a decoder's sizes ({error}); delete that "
+                "entry to read the sizes off the weights"
+            ) from None
     return decoder_from_state(payload[STATE_KEY], config, source=str(path))
 
 

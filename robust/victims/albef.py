@@ -20,8 +20,6 @@ to 30 tokens. Only the logic is reimplemented; the tokenizer itself is transform
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -33,6 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust.checkpoints import (
+    CheckpointError,
+    check_checkpoint_file,
+    read_torch_file,
+    trust_pickle_from_env,
+)
 from robust.errors import RobustError, WeightsNotFoundError
 from robust.victims.base import Victim
 from robust.victims.weights import hub_file_in_cache, missing_weights, weights_root
@@ -45,7 +49,6 @@ MAX_TEXT_TOKENS = 30
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.txt"
 BERT_VOCAB_REPOS = ("bert-base-uncased", "google-bert/bert-base-uncased")
-TRUST_PICKLE_ENV = "ROBUST_TRUST_PICKLE"
 WEIGHTS_SOURCES = {
     "albef": "github.com/salesforce/ALBEF (README: flickr30k.pth, mscoco.pth)",
     "tcl": "github.com/uta-smile/TCL (README: TCL_Retrieval_{Coco,Flickr}_Finetune)",
@@ -674,11 +677,9 @@ class AlbefVictim(Victim):
         """Load `PATH` of an `albef:PATH` / `tcl:PATH` spec (a relative PATH may live under
         $ROBUST_WEIGHTS). `trust_pickle=None` reads $ROBUST_TRUST_PICKLE."""
         display = name or f"{family}:{arg}"
-        checkpoint, looked = find_albef_checkpoint(arg)
-        if checkpoint is None:
-            raise missing_weights(display, looked, WEIGHTS_SOURCES.get(family, "the ALBEF repo"))
+        checkpoint = locate_albef_checkpoint(arg, display, family)
         if trust_pickle is None:
-            trust_pickle = os.environ.get(TRUST_PICKLE_ENV, "") not in ("", "0", "false")
+            trust_pickle = trust_pickle_from_env()
         return load_albef_checkpoint(
             checkpoint, family=family, trust_pickle=trust_pickle, name=display
         )
@@ -726,14 +727,28 @@ def find_albef_checkpoint(arg: str) -> tuple[Path | None, list[str]]:
     return None, [str(c) for c in candidates]
 
 
+def locate_albef_checkpoint(arg: str, display: str, family: str = "albef") -> Path:
+    """The checkpoint `albef:arg` / `tcl:arg` names; missing weights are one error line."""
+    checkpoint, looked = find_albef_checkpoint(arg)
+    if checkpoint is None:
+        raise missing_weights(display, looked, WEIGHTS_SOURCES.get(family, "the ALBEF repo"))
+    return checkpoint
+
+
+def check_albef_spec(arg: str, name: str | None = None, *, family: str = "albef") -> None:
+    """Everything `albef:arg` / `tcl:arg` will read is here and looks right, checked without
+    loading the weights, so a run fails before any work instead of half-way."""
+    checkpoint = locate_albef_checkpoint(arg, name or f"{family}:{arg}", family)
+    find_bert_vocab(checkpoint)
+    read_config_beside(checkpoint)
+    check_checkpoint_file(checkpoint)
+
+
 def albef_weights_present(arg: str) -> bool:
     """Whether `albef:arg` / `tcl:arg` would find its checkpoint and vocabulary here."""
-    checkpoint, _ = find_albef_checkpoint(arg)
-    if checkpoint is None:
-        return False
     try:
-        find_bert_vocab(checkpoint)
-    except WeightsNotFoundError:
+        check_albef_spec(arg)
+    except RobustError:
         return False
     return True
 
@@ -776,46 +791,9 @@ def read_config_beside(checkpoint: Path) -> tuple[AlbefConfig, str]:
 
 
 def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> Any:
-    """Read a `.pth`/`.bin` (weights-only unless trusted) or `.safetensors` file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises several types for bad files
-            raise RobustError(f"{path} is not a readable safetensors file ({error})") from None
-    unreadable = f"{path} is not a readable PyTorch checkpoint"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch words every weights-only failure alike; only "Unsupported global" means the
-        # file is intact but pickles objects beyond tensors (e.g. argparse.Namespace).
-        needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if needed is None:
-            raise RobustError(f"{unreadable} ({_weights_only_reason(error)})") from None
-        if not trust_pickle:
-            raise RobustError(
-                f"{path} pickles {needed.group(1)}, and loading it would run pickle code; if "
-                f"you trust the file pass trust_pickle=True (for spec strings set "
-                f"{TRUST_PICKLE_ENV}=1)"
-            ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise RobustError(f"{unreadable} ({_first_line(error)})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # arbitrary unpickling failures of a trusted file
-        raise RobustError(f"{unreadable} ({_first_line(error)})") from None
-
-
-def _weights_only_reason(error: Exception) -> str:
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    return found.group(1).strip() if found else _first_line(error)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """Read a `.pth`/`.bin` (weights-only unless trusted) or `.safetensors` file; every bad
+    file is one `CheckpointError` line."""
+    return read_torch_file(path, trust_pickle=trust_pickle)
 
 
 def extract_state_dict(checkpoint: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -824,13 +802,13 @@ def extract_state_dict(checkpoint: Any, source: str = "checkpoint") -> dict[str,
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
         state = checkpoint["model"]
     if not isinstance(state, Mapping) or not state:
-        raise RobustError(
+        raise CheckpointError(
             f"{source} is neither an ALBEF checkpoint ({{'model': state_dict, ...}}) nor a "
             "state dict; pass the .pth saved by ALBEF/TCL"
         )
     not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise RobustError(
+        raise CheckpointError(
             f"{source} has non-tensor entries ({', '.join(map(str, not_tensors[:5]))}); "
             "expected {'model': state_dict, ...} or a state dict"
         )
