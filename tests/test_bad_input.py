@@ -8,10 +8,12 @@ import io
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from robust.attacks.anyattack import DecoderLoadError
 from robust.attacks.anyattack import read_checkpoint as read_decoder
@@ -53,13 +55,90 @@ def untrusted(monkeypatch):
     monkeypatch.delenv(TRUST_PICKLE_ENV, raising=False)
 
 
+def albef_folder(folder: Path, checkpoint: bytes) -> Path:
+    """An ALBEF checkpoint file with config.json and vocab.txt beside it, as the issue has."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nred\n")
+    path = folder / "checkpoint.pth"
+    path.write_bytes(checkpoint)
+    return path
+
+
 def torch_bytes(payload, **save_options) -> bytes:
     buffer = io.BytesIO()
     torch.save(payload, buffer, **save_options)
     return buffer.getvalue()
 
 
+def eval_albef(checkpoint: Path):
+    """The issue's command: clean evaluation of an ALBEF checkpoint on five world images."""
+    return invoke("eval", "--victim", f"albef:{checkpoint}", "--dataset", "world", "--limit", "5")
+
+
+# -- 1, 2: checkpoints that are not checkpoints ----------------------------------------------
+
+
+def test_text_file_as_albef_checkpoint_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = albef_folder(tmp_path / "albef", b"hello world\n")
+    before = files_under(tmp_path)
+    result = eval_albef(checkpoint)
+    assert_one_line_error(
+        result, str(checkpoint), "is not a PyTorch checkpoint", "b'hello wo'", "pass the"
+    )
+    assert files_under(tmp_path) == before  # no runs/eval store either
+
+
+def test_truncated_pickle_as_albef_checkpoint_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start_of_a_pickle = pickle.dumps({"x": 123456, "y": 2}, protocol=2)[:20]
+    checkpoint = albef_folder(tmp_path / "albef", start_of_a_pickle)
+    before = files_under(tmp_path)
+    result = eval_albef(checkpoint)
+    assert_one_line_error(
+        result,
+        str(checkpoint),
+        "cannot be read as a PyTorch checkpoint",
+        "struct.error: unpack requires a buffer of 4 bytes",
+        "download or save it again",
+    )
+    assert files_under(tmp_path) == before
+
+
 # -- 4, 5, 6: malicious and foreign pickles --------------------------------------------------
+
+
+MALICIOUS_FORMATS = {
+    "zip": lambda payload: torch_bytes(payload),
+    "legacy": lambda payload: torch_bytes(payload, _use_new_zipfile_serialization=False),
+    "plain-pickle": lambda payload: pickle.dumps(payload, protocol=pickle.DEFAULT_PROTOCOL),
+}
+
+
+@pytest.mark.parametrize("form", sorted(MALICIOUS_FORMATS))
+def test_malicious_albef_checkpoint_is_refused_without_unsafe_advice(
+    tmp_path, monkeypatch, untrusted, form
+):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "code-ran"
+    payload = {"model": {"w": torch.zeros(2)}, "args": RunsShell(marker)}
+    checkpoint = albef_folder(tmp_path / "albef", MALICIOUS_FORMATS[form](payload))
+    before = files_under(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = eval_albef(checkpoint)
+    assert_one_line_error(
+        result,
+        str(checkpoint),
+        "was refused: it imports posix.system when loaded",
+        "if you made this file yourself",
+        f"{TRUST_PICKLE_ENV}=1",
+    )
+    assert_safe_advice(result)
+    torch_warnings = [str(w.message) for w in caught if "pickle protocol" in str(w.message)]
+    assert not torch_warnings, torch_warnings
+    assert not marker.exists() and files_under(tmp_path) == before
 
 
 def test_trusted_file_the_safe_reader_cannot_check_still_loads(tmp_path, untrusted):
@@ -112,6 +191,75 @@ def test_anyattack_load_of_bad_files_is_one_line(tmp_path, untrusted, name, make
     assert_safe_advice(result)
     assert files_under(tmp_path) == before
     assert not (tmp_path / "code-ran").exists()
+
+
+# -- 7: a matrix spec's files, before the first cell -----------------------------------------
+
+
+def write_spec(folder: Path, open_clip_dir: Path, sources: list, attacks: list) -> Path:
+    clip = {"name": "clip32", "spec": f"open_clip:local-dir:{open_clip_dir}"}
+    spec = {
+        "name": "bad-input",
+        "dataset": "world:val",
+        "limit": 4,
+        "sources": [clip, *sources],
+        "targets": [clip],
+        "attacks": attacks,
+        "batch_size": 4,
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_matrix_with_missing_source_weights_fails_before_any_cell(tmp_path, tiny_open_clip_dir):
+    gone = tmp_path / "albef-gone" / "checkpoint.pth"
+    spec = write_spec(
+        tmp_path,
+        tiny_open_clip_dir,
+        sources=[{"name": "gone", "spec": f"albef:{gone}"}],
+        attacks=[{"name": "pgd", "params": {"eps": "2/255", "steps": 1}}],
+    )
+    before = files_under(tmp_path)
+    result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
+    assert_one_line_error(
+        result, "weights for gone not found", str(gone), "download them", "$ROBUST_WEIGHTS"
+    )
+    assert files_under(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_matrix_with_missing_masked_lm_fails_before_any_cell(tmp_path, tiny_open_clip_dir):
+    no_mlm = tmp_path / "no-such-mlm"
+    spec = write_spec(
+        tmp_path,
+        tiny_open_clip_dir,
+        sources=[],
+        attacks=[
+            {"name": "pgd", "params": {"eps": "2/255", "steps": 1}},
+            {"name": "bert_attack", "params": {"max_words": 1}, "mlm": str(no_mlm)},
+        ],
+    )
+    before = files_under(tmp_path)
+    result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
+    assert_one_line_error(
+        result, "attack 'bert_attack'", "masked LM", "not found", str(no_mlm), "download them"
+    )
+    assert files_under(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_matrix_with_a_damaged_source_checkpoint_fails_before_any_cell(
+    tmp_path, tiny_open_clip_dir
+):
+    checkpoint = albef_folder(tmp_path / "albef", b"hello world\n")
+    spec = write_spec(
+        tmp_path,
+        tiny_open_clip_dir,
+        sources=[{"name": "text", "spec": f"albef:{checkpoint}"}],
+        attacks=[{"name": "pgd", "params": {"eps": "2/255", "steps": 1}}],
+    )
+    result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, str(checkpoint), "is not a PyTorch checkpoint")
+    assert not (tmp_path / "run").exists()
 
 
 # -- fuzz: checkpoint readers raise one error type for any file ------------------------------

@@ -195,10 +195,9 @@ def defended_spec(
     return f"{SPEC_PREFIX}:{','.join(options)}:{victim_spec}"
 
 
-def load_defended_spec(arg: str, name: str | None) -> DefendedVictim:
-    """Build a DefendedVictim from `DEFENSE[,adaptive][,bpda][,eot=N][,seed=N]:VICTIM`."""
-    from robust.victims.zoo import load_victim
-
+def parse_defended_spec(arg: str) -> tuple[Defense, dict[str, Any], str]:
+    """(defense, DefendedVictim settings, inner victim spec) of
+    `DEFENSE[,adaptive][,bpda][,eot=N][,seed=N]:VICTIM`; a malformed spec is one error line."""
     options, sep, inner = arg.partition(":")
     if not sep or not inner:
         raise DefenseError(
@@ -217,6 +216,22 @@ def load_defended_spec(arg: str, name: str | None) -> DefendedVictim:
             raise DefenseError(
                 f"unknown defended-victim option {flag!r}; use adaptive, bpda, eot=N or seed=N"
             )
+    return parse_defense(first), settings, inner  # an unknown defense fails before any load
+
+
+def load_defended_spec(arg: str, name: str | None) -> DefendedVictim:
+    """Build a DefendedVictim from `DEFENSE[,adaptive][,bpda][,eot=N][,seed=N]:VICTIM`."""
+    from robust.victims.zoo import load_victim
+
+    defense, settings, inner = parse_defended_spec(arg)
     victim = load_victim(inner)
     display = None if name is None or name == f"{SPEC_PREFIX}:{arg}" else name
-    return DefendedVictim(victim, parse_defense(first), name=display, **settings)
+    return DefendedVictim(victim, defense, name=display, **settings)
+
+
+def check_defended_spec(arg: str, name: str | None = None) -> None:
+    """The spec parses and the victim behind the defense has its files here."""
+    from robust.victims.zoo import check_victim
+
+    _, _, inner = parse_defended_spec(arg)
+    check_victim(inner)

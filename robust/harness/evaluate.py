@@ -13,7 +13,7 @@ from robust.eval.retrieval import RetrievalResult, evaluate_retrieval
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
-from robust.victims.zoo import load_victim, resolve_spec
+from robust.victims.zoo import check_victim, load_victim
 
 ITC = "itc"
 RERANK = "rerank"
@@ -83,11 +83,12 @@ def evaluate_victims(
 ) -> CleanEvaluation:
     """Evaluate each victim clean, writing metrics and per-query ranks to `run_dir`.
 
-    Victims are loaded one at a time, so a bad name fails before any work and a large
-    victim is freed before the next one loads.
+    Victims are loaded one at a time, so a large victim is freed before the next one loads.
+    Every victim's files are checked first, and the store is opened only once the first
+    victim has loaded, so bad input fails before any work and writes nothing.
     """
-    for name in victims:  # fail fast on unknown names, before any evaluation runs
-        resolve_spec(name)
+    for name in victims:  # unknown names and missing weights fail before any evaluation
+        check_victim(name)
     progress = ensure_progress(progress)
     dataset_name, split = dataset_key(dataset)
     run_spec = spec or {
@@ -98,11 +99,13 @@ def evaluate_victims(
         "k_test": k_test,
     }
     run_dir = Path(run_dir)
+    victim = load_victim(victims[0], device=device) if victims else None
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(run_spec, seeds={"world": 0})
         evaluation = CleanEvaluation(run_dir, run_id, dataset_name, split)
-        for name in victims:
-            victim = load_victim(name, device=device)
+        for index, name in enumerate(victims):
+            if index > 0:
+                victim = load_victim(name, device=device)
             results = retrieval_results(
                 victim, dataset, batch_size=batch_size, k_test=k_test, progress=progress
             )

@@ -618,6 +618,7 @@ def run_matrix(
     """
     from robust.data import load_dataset
 
+    spec.check_files()  # a missing checkpoint or masked LM fails before the first cell
     progress = ensure_progress(progress)
     if executor is None:
         executor = make_executor(spec.executor, device=spec.device)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import json
 import math
 import re
@@ -212,6 +213,37 @@ def _build_params(name: str, attack_cls: type, params: dict[str, Any]) -> None:
             raise ValueError(f"{name}: {error}") from None
 
 
+def _check_attack_files(attack: AttackSpec) -> None:
+    """The masked LM an attack loads (the default one unless `mlm` is given) and any decoder
+    file its params name."""
+    from robust.attacks import attack_class
+
+    if _takes_mlm(attack_class(attack.name)):
+        from robust.attacks.bert_attack import DEFAULT_MLM, resolve_mlm_folder
+
+        resolve_mlm_folder(attack.mlm or DEFAULT_MLM)
+    decoder = attack.params.get("decoder")
+    if isinstance(decoder, str) and decoder:
+        from robust.attacks.anyattack import read_checkpoint
+
+        read_checkpoint(decoder)
+
+
+def _takes_mlm(attack_cls: type) -> bool:
+    """Whether building the attack loads a masked LM: an `mlm` keyword somewhere along its
+    constructors (multimodal attacks pass theirs on through **kwargs)."""
+    for klass in attack_cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        if "mlm" in parameters:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
+
+
 class ExperimentSpec(BaseModel):
     """A transfer-matrix experiment: every attack crafted on every source, tested on every
     target, for every seed."""
@@ -351,6 +383,22 @@ class ExperimentSpec(BaseModel):
         if defended is None:
             raise KeyError(name)
         return VictimRef(**defended)
+
+    def check_files(self) -> None:
+        """Every victim, masked LM and decoder the spec names is here and looks readable.
+
+        Validation checks names and numbers; this checks the files, without loading models,
+        so a missing checkpoint fails the run in seconds instead of after hours of cells.
+        """
+        from robust.victims.zoo import check_victim
+
+        for ref in dict.fromkeys([*self.sources, *self.targets]):
+            check_victim(ref.load_arg())
+        for attack in self.attacks:
+            try:
+                _check_attack_files(attack)
+            except RobustError as error:
+                raise type(error)(f"attack {attack.label!r}: {error}") from None
 
     def canonical(self) -> dict[str, Any]:
         """The spec as plain JSON data, minus the keys that do not change results."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from robust.errors import CapabilityError, RobustError
 from robust.victims.base import Victim
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from robust.victims.weights import find_hf_model_dir, missing_weights
+from robust.victims.weights import locate_hf_model_dir
 
 ENC_TOKEN = "[ENC]"
 DEC_TOKEN = "[DEC]"
@@ -415,9 +415,7 @@ def _load_hf_blip(model_class, spec: str, display: str):
     """(fp32 model in eval mode, tokenizer, folder); missing weights are an error."""
     from transformers import AutoTokenizer
 
-    folder, looked, source = find_hf_model_dir(spec, (display,))
-    if folder is None:
-        raise missing_weights(display, looked, source)
+    folder = locate_hf_model_dir(spec, display)
     kind = model_class.__name__
     try:
         with _no_hf_progress_bars():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from robust.errors import RobustError
 from robust.victims.base import Victim
-from robust.victims.weights import find_hf_model_dir, missing_weights
+from robust.victims.weights import locate_hf_model_dir
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,9 +58,7 @@ class HFClipVictim(Victim):
         from transformers import AutoTokenizer, CLIPModel
 
         display = name or f"hf-clip:{spec}"
-        folder, looked, source = find_hf_model_dir(spec, (display,))
-        if folder is None:
-            raise missing_weights(display, looked, source)
+        folder = locate_hf_model_dir(spec, display)
         try:
             model = CLIPModel.from_pretrained(folder, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

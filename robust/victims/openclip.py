@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from robust.checkpoints import check_checkpoint_file
 from robust.errors import RobustError
 from robust.victims.base import Victim
 from robust.victims.weights import (
@@ -58,45 +59,64 @@ class OpenClipVictim(Victim):
         import open_clip
 
         display = name or f"open_clip:{spec}"
-        if spec.startswith(HF_HUB):
-            repo_id = spec[len(HF_HUB) :]
-            folder, looked, source = find_open_clip_hub_dir(repo_id, (display,))
-            if folder is None:
-                raise missing_weights(f"{display} ({spec})", looked, source)
-            spec = LOCAL_DIR + str(folder)
-        if spec.startswith(LOCAL_DIR):
-            folder = Path(spec[len(LOCAL_DIR) :]).expanduser()
-            check_local_dir(folder)
-            model_name = LOCAL_DIR + str(folder)
-            model = open_clip.create_model(model_name, device="cpu")
-            tokenizer = open_clip.get_tokenizer(model_name)
-        else:
-            arch, _, tag = spec.partition("@")
-            if arch not in open_clip.list_models():
-                raise RobustError(
-                    f'open_clip has no architecture {arch!r}; run `python -c "import open_clip; '
-                    'print(open_clip.list_models())"` for the list'
-                )
-            if not tag:
-                raise RobustError(
-                    f"open_clip spec {spec!r} names no weights; write {arch}@<tag or file> "
-                    f"(e.g. {arch}@openai) or {arch}@{RANDOM_INIT} for random initialisation"
-                )
-            checkpoint = None
-            if tag != RANDOM_INIT:
-                checkpoint, looked, source = find_open_clip_weights(arch, tag, (display,))
-                if checkpoint is None:
-                    raise missing_weights(f"{display} ({arch}@{tag})", looked, source)
-            model = open_clip.create_model(
-                arch, pretrained=None if checkpoint is None else str(checkpoint), device="cpu"
-            )
-            tokenizer = open_clip.get_tokenizer(arch)
+        model_name, checkpoint = locate_open_clip(spec, display)
+        model = open_clip.create_model(
+            model_name, pretrained=None if checkpoint is None else str(checkpoint), device="cpu"
+        )
+        tokenizer = open_clip.get_tokenizer(model_name)
         preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
         return cls(display, model, tokenizer, preprocess_cfg)
 
 
-def check_local_dir(folder: Path) -> None:
-    """An open_clip local-dir needs its config and one weights file: say which is missing."""
+def locate_open_clip(spec: str, display: str) -> tuple[str, Path | None]:
+    """(open_clip model name, checkpoint file or None) of an `open_clip:` spec, found without
+    loading anything; a missing file or an unknown architecture is one error line."""
+    import open_clip
+
+    if spec.startswith(HF_HUB):
+        repo_id = spec[len(HF_HUB) :]
+        folder, looked, source = find_open_clip_hub_dir(repo_id, (display,))
+        if folder is None:
+            raise missing_weights(f"{display} ({spec})", looked, source)
+        spec = LOCAL_DIR + str(folder)
+    if spec.startswith(LOCAL_DIR):
+        folder = Path(spec[len(LOCAL_DIR) :]).expanduser()
+        check_local_dir(folder)
+        return LOCAL_DIR + str(folder), None
+    arch, _, tag = spec.partition("@")
+    if arch not in open_clip.list_models():
+        raise RobustError(
+            f'open_clip has no architecture {arch!r}; run `python -c "import open_clip; '
+            'print(open_clip.list_models())"` for the list'
+        )
+    if not tag:
+        raise RobustError(
+            f"open_clip spec {spec!r} names no weights; write {arch}@<tag or file> "
+            f"(e.g. {arch}@openai) or {arch}@{RANDOM_INIT} for random initialisation"
+        )
+    if tag == RANDOM_INIT:
+        return arch, None
+    checkpoint, looked, source = find_open_clip_weights(arch, tag, (display,))
+    if checkpoint is None:
+        raise missing_weights(f"{display} ({arch}@{tag})", looked, source)
+    return arch, checkpoint
+
+
+def check_open_clip_spec(spec: str, name: str | None = None) -> None:
+    """Everything an `open_clip:` spec will read is here and starts like weights, checked
+    without loading them, so a run fails before any work instead of half-way."""
+    model_name, checkpoint = locate_open_clip(spec, name or f"open_clip:{spec}")
+    if model_name.startswith(LOCAL_DIR):
+        files = check_local_dir(Path(model_name[len(LOCAL_DIR) :]))
+    else:
+        files = [] if checkpoint is None else [checkpoint]
+    for file in files:
+        check_checkpoint_file(file)
+
+
+def check_local_dir(folder: Path) -> list[Path]:
+    """An open_clip local-dir needs its config and one weights file: say which is missing.
+    Returns the weights files."""
     config = folder / "open_clip_config.json"
     if not folder.is_dir():
         raise RobustError(f"open_clip folder {folder} does not exist; pass an existing folder")
@@ -117,6 +137,7 @@ def check_local_dir(folder: Path) -> None:
             f"{folder} has no weights file; expected open_clip_model.safetensors beside "
             "open_clip_config.json"
         )
+    return weights
 
 
 def save_local_dir(

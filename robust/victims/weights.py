@@ -124,6 +124,17 @@ def find_hf_model_dir(
     return hub_snapshot_in_cache(model_id), looked, f"huggingface.co/{model_id}"
 
 
+def locate_hf_model_dir(model_id: str, display: str) -> Path:
+    """The `save_pretrained` folder of a hub id or local path; missing is one error line."""
+    try:
+        folder, looked, source = find_hf_model_dir(model_id, (display,))
+    except ValueError:  # neither a folder nor a valid hub id (huggingface_hub's HFValidationError)
+        folder, looked, source = None, [model_id], "nowhere: not a folder and not a hub id"
+    if folder is None:
+        raise missing_weights(display, looked, source)
+    return folder
+
+
 def missing_weights(what: str, looked: list[str], source: str) -> WeightsNotFoundError:
     """The one-line error for weights that are not here."""
     places = "; ".join(looked) if looked else "nowhere (set $ROBUST_WEIGHTS)"

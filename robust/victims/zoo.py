@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from robust.errors import RobustError, UnknownVictimError
 from robust.victims.base import Victim
 from robust.zoo import ZOO_DIR
 
 Loader = Callable[[str, str | None], Victim]
+Checker = Callable[[str, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,36 @@ def _defended(arg: str, name: str | None) -> Victim:
     return load_defended_spec(arg, name)
 
 
+def _check_open_clip(arg: str, name: str | None) -> None:
+    from robust.victims.openclip import check_open_clip_spec
+
+    check_open_clip_spec(arg, name)
+
+
+def _check_albef_family(family: str) -> Checker:
+    def check(arg: str, name: str | None) -> None:
+        from robust.victims.albef import check_albef_spec
+
+        check_albef_spec(arg, name, family=family)
+
+    return check
+
+
+def _check_hf_folder(prefix: str) -> Checker:
+    def check(arg: str, name: str | None) -> None:
+        from robust.victims.weights import locate_hf_model_dir
+
+        locate_hf_model_dir(arg, name or f"{prefix}:{arg}")
+
+    return check
+
+
+def _check_defended(arg: str, name: str | None) -> None:
+    from robust.defenses.defended import check_defended_spec
+
+    check_defended_spec(arg, name)
+
+
 LOADERS: dict[str, Loader] = {
     "open_clip": _open_clip,
     "hf-clip": _hf_clip,
@@ -80,6 +110,17 @@ LOADERS: dict[str, Loader] = {
     "hf-blip": _hf_blip,
     "hf-blip-cap": _hf_blip_cap,
     "defended": _defended,
+}
+
+# What each loader will read, checked without loading it (same prefixes as LOADERS).
+CHECKERS: dict[str, Checker] = {
+    "open_clip": _check_open_clip,
+    "hf-clip": _check_hf_folder("hf-clip"),
+    "albef": _check_albef_family("albef"),
+    "tcl": _check_albef_family("tcl"),
+    "hf-blip": _check_hf_folder("hf-blip"),
+    "hf-blip-cap": _check_hf_folder("hf-blip-cap"),
+    "defended": _check_defended,
 }
 
 _CLIP = ("itc",)
@@ -274,44 +315,36 @@ def resolve_spec(name_or_spec: str | dict) -> tuple[str, str | None]:
     )
 
 
-def load_victim(name_or_spec: str | dict, *, device: str = "cpu") -> Victim:
-    """Build a victim by registered name or spec, in eval mode on `device`."""
+def _split_spec(name_or_spec: str | dict) -> tuple[str, str, str | None]:
+    """(loader prefix, its argument, display name) of a registered name or spec."""
     spec, display = resolve_spec(name_or_spec)
     prefix, _, arg = spec.partition(":")
     if not arg:
         raise UnknownVictimError(f"victim spec {spec!r} is empty after '{prefix}:'")
+    return prefix, arg, display
+
+
+def load_victim(name_or_spec: str | dict, *, device: str = "cpu") -> Victim:
+    """Build a victim by registered name or spec, in eval mode on `device`."""
+    prefix, arg, display = _split_spec(name_or_spec)
     victim = LOADERS[prefix](arg, display)
     return victim.to(device).eval()
 
 
+def check_victim(name_or_spec: str | dict) -> None:
+    """Raise the error `load_victim` would for weights that are missing or are not weights,
+    without loading them: runs call it for every victim before any work starts."""
+    prefix, arg, display = _split_spec(name_or_spec)
+    CHECKERS[prefix](arg, display)
+
+
 def weights_present(entry: VictimEntry) -> bool:
     """Whether `load_victim(entry.name)` would find its weights on this machine."""
-    from robust.victims.albef import albef_weights_present
-    from robust.victims.weights import (
-        find_hf_model_dir,
-        find_open_clip_hub_dir,
-        find_open_clip_weights,
-    )
-
-    prefix, _, arg = entry.spec.partition(":")
     try:
-        if prefix == "open_clip" and arg.startswith("hf-hub:"):
-            return find_open_clip_hub_dir(arg[len("hf-hub:") :], (entry.name,))[0] is not None
-        if prefix == "open_clip" and arg.startswith("local-dir:"):
-            folder = Path(arg[len("local-dir:") :])
-            return (folder / "open_clip_config.json").is_file() and any(
-                folder.glob("*.safetensors")
-            )
-        if prefix == "open_clip":
-            arch, _, tag = arg.partition("@")
-            return find_open_clip_weights(arch, tag, (entry.name,))[0] is not None
-        if prefix in ("albef", "tcl"):
-            return albef_weights_present(arg)
-        if prefix in ("hf-clip", "hf-blip", "hf-blip-cap"):
-            return find_hf_model_dir(arg, (entry.name,))[0] is not None
+        check_victim(entry.name)
     except RobustError:
         return False
-    return False
+    return True
 
 
 def list_victims() -> list[VictimEntry]:
