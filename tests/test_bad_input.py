@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pickle
 import random
@@ -17,6 +18,7 @@ import yaml
 
 from robust.attacks.anyattack import DecoderLoadError
 from robust.attacks.anyattack import read_checkpoint as read_decoder
+from robust.attacks.patch_artifact import PatchArtifact, PatchFileError, load_patch, sidecar_path
 from robust.checkpoints import TRUST_PICKLE_ENV, CheckpointError
 from robust.victims.albef import extract_state_dict
 from robust.victims.albef import read_checkpoint as read_albef_checkpoint
@@ -104,6 +106,61 @@ def test_truncated_pickle_as_albef_checkpoint_is_one_line(tmp_path, monkeypatch)
         "download or save it again",
     )
     assert files_under(tmp_path) == before
+
+
+# -- 3: patch sidecars -----------------------------------------------------------------------
+
+
+def saved_patch(folder: Path) -> Path:
+    patch = torch.rand(3, 11, 11, generator=torch.Generator().manual_seed(0))
+    return PatchArtifact(patch, "toy-clip-vit", 64, 0.03, "fixed").save(folder / "b.png")
+
+
+def edit_sidecar(png: Path, **changes) -> None:
+    meta = json.loads(sidecar_path(png).read_text())
+    sidecar_path(png).write_text(json.dumps(meta | changes))
+
+
+def test_patch_sidecar_with_a_text_side_is_one_line(tmp_path):
+    png = saved_patch(tmp_path)
+    edit_sidecar(png, side="abc")
+    before = files_under(tmp_path)
+    out = tmp_path / "RUN"
+    result = invoke("patch", "apply", str(png), "--dataset", "world", "--out", str(out))
+    assert_one_line_error(
+        result, "b.json", "'side' must be a positive whole number", '"abc"', "re-save the patch"
+    )
+    assert files_under(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("side", "abc", "a positive whole number"),
+        ("side", 0, "a positive whole number"),
+        ("side", True, "a positive whole number"),
+        ("source_image_size", "64", "a positive whole number"),
+        ("source_image_size", 64.5, "a positive whole number"),
+        ("area_fraction", "0.03", "a number between 0 and 1"),
+        ("area_fraction", 3, "a number between 0 and 1"),
+        ("area_fraction", None, "a number between 0 and 1"),
+        ("placement", "corner", "one of fixed, random"),
+        ("placement", [], "one of fixed, random"),
+        ("source", 7, "a victim name"),
+        ("seed", -1, "a whole number >= 0"),
+        ("seed", "zero", "a whole number >= 0"),
+        ("config", [], "an object"),
+        ("curve", "none", "a list of objects"),
+        ("curve", [1, 2], "a list of objects"),
+    ],
+)
+def test_every_sidecar_field_is_checked(tmp_path, field, value, fragment):
+    png = saved_patch(tmp_path)
+    edit_sidecar(png, **{field: value})
+    with pytest.raises(PatchFileError) as raised:
+        load_patch(png)
+    message = str(raised.value)
+    assert f"sidecar field {field!r} must be {fragment}" in message and "\n" not in message
 
 
 # -- 4, 5, 6: malicious and foreign pickles --------------------------------------------------

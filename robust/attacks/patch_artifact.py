@@ -9,6 +9,7 @@ so saving and reloading gives bit-identical patched images.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from robust.attacks.patch_geometry import (
+    PLACEMENTS,
     PatchBoxes,
     apply_patch,
     patch_side,
@@ -99,6 +101,39 @@ class PatchArtifact:
         return png_path
 
 
+def _shown(value: Any) -> str:
+    """A sidecar value as JSON, shortened to fit an error line."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(minimum: int) -> Callable[[Any], bool]:
+    """A check for an integer >= minimum (JSON booleans are not numbers here)."""
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
+
+
+REQUIRED_FIELDS = ("source", "source_image_size", "area_fraction", "side", "placement")
+# field -> (what it must be, check); `side` is checked here and then against the PNG.
+SIDECAR_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "source": ("a victim name", lambda value: isinstance(value, str) and value != ""),
+    "source_image_size": ("a positive whole number", _whole(1)),
+    "area_fraction": ("a number between 0 and 1", _fraction),
+    "side": ("a positive whole number", _whole(1)),
+    "placement": (f"one of {', '.join(PLACEMENTS)}", lambda value: value in PLACEMENTS),
+    "attack": ("a name", lambda value: isinstance(value, str)),
+    "seed": ("a whole number >= 0", _whole(0)),
+    "config": ("an object", lambda value: isinstance(value, dict)),
+    "curve": (
+        "a list of objects",
+        lambda value: isinstance(value, list) and all(isinstance(row, dict) for row in value),
+    ),
+}
+
+
 def sidecar_path(png_path: Path | str) -> Path:
     """The JSON sidecar of a patch PNG: same folder and stem, `.json`."""
     return Path(png_path).with_suffix(".json")
@@ -122,10 +157,7 @@ def load_patch(png_path: Path | str) -> PatchArtifact:
         raise PatchFileError(
             f"{meta_path}: unreadable sidecar ({error}); re-save the patch"
         ) from None
-    required = ("source", "source_image_size", "area_fraction", "side", "placement")
-    missing = [key for key in required if not isinstance(meta, dict) or key not in meta]
-    if missing:
-        raise PatchFileError(f"{meta_path}: sidecar lacks {', '.join(missing)}; re-save the patch")
+    fields = check_sidecar(meta, meta_path)
     try:
         with Image.open(png_path) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -133,22 +165,34 @@ def load_patch(png_path: Path | str) -> PatchArtifact:
         raise PatchFileError(
             f"{png_path}: not a readable PNG ({error}); re-save the patch"
         ) from None
-    side = int(meta["side"])
+    side = fields.pop("side")
     if pixels.shape != (side, side, 3):
         raise PatchFileError(
             f"{png_path}: image is {pixels.shape[1]}x{pixels.shape[0]} but its sidecar says "
             f"{side}x{side}; the PNG and {meta_path.name} do not belong together"
         )
     patch = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
-    fields = {key: meta[key] for key in ("attack", "seed", "config", "curve") if key in meta}
-    return PatchArtifact(
-        patch=patch,
-        source=str(meta["source"]),
-        source_image_size=int(meta["source_image_size"]),
-        area_fraction=float(meta["area_fraction"]),
-        placement=str(meta["placement"]),
-        **fields,
-    )
+    return PatchArtifact(patch=patch, **fields)
+
+
+def check_sidecar(meta: Any, meta_path: Path) -> dict[str, Any]:
+    """The sidecar's fields, each checked for its kind and range (the file may have been
+    edited by hand); one `PatchFileError` line naming the first bad field otherwise."""
+    missing = [key for key in REQUIRED_FIELDS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise PatchFileError(f"{meta_path}: sidecar lacks {', '.join(missing)}; re-save the patch")
+    fields: dict[str, Any] = {}
+    for key, (kind, valid) in SIDECAR_FIELDS.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if not valid(value):
+            raise PatchFileError(
+                f"{meta_path}: sidecar field {key!r} must be {kind}, got {_shown(value)}; fix "
+                "it or re-save the patch"
+            )
+        fields[key] = value
+    return fields
 
 
 def random_patch_like(artifact: PatchArtifact, seed: int) -> PatchArtifact:

@@ -75,6 +75,7 @@ def apply_command(
     seed: Annotated[int, typer.Option(help="Seed of random placements.")] = 0,
 ) -> None:
     """Paste a saved patch on every image of a dataset and write the results as PNGs."""
+    from robust.attacks.patch_artifact import load_patch
     from robust.data import load_dataset
     from robust.harness.patch import apply_patch_files
 
@@ -82,9 +83,10 @@ def apply_command(
         raise RobustError(f"--resize-mode must be crop or squash, got {resize_mode!r}")
     if image_size is not None and image_size <= 0:
         raise RobustError(f"--image-size must be positive, got {image_size}")
+    artifact = load_patch(patch)  # a bad patch fails before the dataset is built
     data = load_dataset(dataset, limit=limit)
     paths = apply_patch_files(
-        patch, data, out, image_size=image_size, resize_mode=resize_mode, seed=seed
+        artifact, data, out, image_size=image_size, resize_mode=resize_mode, seed=seed
     )
     console.print(f"wrote {len(paths)} patched images to {out}", highlight=False)
 

@@ -144,7 +144,7 @@ def dataset_pixels(
 
 
 def apply_patch_files(
-    patch_path: Path | str,
+    patch: PatchArtifact | Path | str,
     dataset: CaptionDataset,
     out_dir: Path | str,
     *,
@@ -153,8 +153,8 @@ def apply_patch_files(
     seed: int = 0,
 ) -> list[Path]:
     """Write every dataset image with the patch pasted, as PNGs at `image_size`
-    (default: the patch's source resolution)."""
-    artifact = load_patch(patch_path)
+    (default: the patch's source resolution). `patch` is a loaded patch or its PNG path."""
+    artifact = patch if isinstance(patch, PatchArtifact) else load_patch(patch)
     size = artifact.source_image_size if image_size is None else int(image_size)
     patched = patched_pixels(artifact, dataset_pixels(dataset, size, resize_mode), seed)
     out_dir = Path(out_dir)
