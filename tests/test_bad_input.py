@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import random
+import sqlite3
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from robust.attacks.anyattack import DecoderLoadError
 from robust.attacks.anyattack import read_checkpoint as read_decoder
 from robust.attacks.patch_artifact import PatchArtifact, PatchFileError, load_patch, sidecar_path
 from robust.checkpoints import TRUST_PICKLE_ENV, CheckpointError
+from robust.harness.store import ResultStore, StoreError
 from robust.victims.albef import extract_state_dict
 from robust.victims.albef import read_checkpoint as read_albef_checkpoint
 from tests.cli_helpers import assert_one_line_error, invoke
@@ -317,6 +319,51 @@ def test_matrix_with_a_damaged_source_checkpoint_fails_before_any_cell(
     result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
     assert_one_line_error(result, str(checkpoint), "is not a PyTorch checkpoint")
     assert not (tmp_path / "run").exists()
+
+
+# -- 8: the report only reads ----------------------------------------------------------------
+
+
+def foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "fragments"),
+    [
+        (lambda path: path.touch(), ("is empty (0 bytes), not a results store", "delete it")),
+        (
+            lambda path: path.write_bytes(b"just some text\n"),
+            ("not a vlp-robust results store (not an SQLite database)", "move this file away"),
+        ),
+        (foreign_sqlite, ("not a vlp-robust results store (no meta table)", "point at")),
+    ],
+)
+def test_report_on_a_store_that_is_not_one_writes_nothing(tmp_path, make, fragments):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    make(run_dir / "results.sqlite")
+    before = files_under(tmp_path)
+    result = invoke("report", str(run_dir), "-o", str(tmp_path / "report.pdf"))
+    assert_one_line_error(result, str(run_dir / "results.sqlite"), *fragments)
+    assert files_under(tmp_path) == before
+
+
+def test_read_only_store_reads_and_refuses_writes(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        run_id = store.start_run({"command": "eval"}, seeds={"world": 0})
+    before = path.read_bytes()
+    with ResultStore(path, read_only=True) as store:
+        assert store.run_ids() == [run_id]
+        with pytest.raises(StoreError, match="opened read-only"):
+            store.start_run({"command": "eval"}, seeds={"world": 0})
+    assert path.read_bytes() == before
+    with pytest.raises(StoreError, match="does not exist"):
+        ResultStore(tmp_path / "absent.sqlite", read_only=True)
+    assert not (tmp_path / "absent.sqlite").exists()
 
 
 # -- fuzz: checkpoint readers raise one error type for any file ------------------------------

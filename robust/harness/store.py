@@ -140,10 +140,19 @@ class ResultStore:
 
     Several stores (threads or processes) may open the same file: WAL mode lets readers
     proceed while one writer commits, and writers wait up to `timeout` seconds for each other.
+    `read_only=True` (the report) never writes to the file and never creates one: a missing,
+    empty or foreign file is one error line.
     """
 
-    def __init__(self, path: Path | str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, path: Path | str, *, timeout: float = DEFAULT_TIMEOUT_S, read_only: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self._conn: sqlite3.Connection | None = None
+        if read_only:
+            self._conn = _open_read_only(self.path, timeout)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -152,7 +161,6 @@ class ResultStore:
                 "choose a writable run directory"
             ) from exc
         _check_is_sqlite_file(self.path)
-        self._conn: sqlite3.Connection | None = None
         try:
             # Autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE) so a write
             # never has to upgrade a read lock, which SQLite refuses without waiting.
@@ -172,9 +180,11 @@ class ResultStore:
         self._conn = conn
 
     @classmethod
-    def in_run_dir(cls, run_dir: Path | str, *, timeout: float = DEFAULT_TIMEOUT_S) -> ResultStore:
+    def in_run_dir(
+        cls, run_dir: Path | str, *, timeout: float = DEFAULT_TIMEOUT_S, read_only: bool = False
+    ) -> ResultStore:
         """Open the store at the conventional file name inside a run directory."""
-        return cls(Path(run_dir) / STORE_FILENAME, timeout=timeout)
+        return cls(Path(run_dir) / STORE_FILENAME, timeout=timeout, read_only=read_only)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -196,7 +206,7 @@ class ResultStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._conn is None else "open"
+        state = "closed" if self._conn is None else "read-only" if self.read_only else "open"
         return f"ResultStore({str(self.path)!r}, {state})"
 
     @property
@@ -442,6 +452,11 @@ class ResultStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed on success, rolled back on any exception."""
+        if self.read_only:
+            raise StoreError(
+                f"{self.path}: this store was opened read-only; open it with read_only=False "
+                "to write"
+            )
         conn = self._connection()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -478,6 +493,11 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                         ("created_by", f"vlp-robust {_own_version()}"),
                     ],
                 )
+    _check_schema(conn, path)
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """The file holds a vlp-robust store of the schema version this code reads."""
     if "meta" not in _table_names(conn):
         raise StoreError(
             f"{path} is an SQLite database but not a vlp-robust results store (no meta table); "
@@ -518,6 +538,38 @@ def _check_is_sqlite_file(path: Path) -> None:
             f"{path} is not a vlp-robust results store (not an SQLite database); "
             "point at a run directory's results file or move this file away"
         )
+
+
+def _open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write, to a file that must already be a results store.
+
+    SQLite treats an empty file as an empty database, so empty and foreign files are refused
+    before connecting; opened read-write, the schema would be written into them.
+    """
+    if not path.exists():
+        raise StoreError(
+            f"{path} does not exist; pass a run directory written by `robust matrix`, "
+            "`robust eval` or `robust demo`"
+        )
+    _check_is_sqlite_file(path)
+    if path.stat().st_size == 0:
+        raise StoreError(
+            f"{path} is empty (0 bytes), not a results store; delete it, or re-run the command "
+            "that writes this run directory"
+        )
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    except sqlite3.Error as exc:
+        raise _open_error(path, exc) from exc
+    try:
+        _check_schema(conn, path)
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _open_error(path, exc) from exc
+    return conn
 
 
 def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:

@@ -252,7 +252,7 @@ def load_report_data(run_dir: Path | str) -> ReportData:
         )
     data = ReportData(run_dir=run_dir)
     for path in stores:
-        with ResultStore(path) as store:
+        with ResultStore(path, read_only=True) as store:
             _read_store(data, store, path.relative_to(run_dir).as_posix())
         cache_root = path.parent / CACHE_DIRNAME
         if cache_root.is_dir():
