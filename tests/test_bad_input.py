@@ -48,6 +48,12 @@ def files_under(folder: Path) -> dict[str, bytes]:
     }
 
 
+def assert_one_line(result, *fragments: str) -> None:
+    """The error line and nothing else: no blank line from a progress bar, no warnings."""
+    assert_one_line_error(result, *fragments)
+    assert len(result.output.splitlines()) == 1, repr(result.output)
+
+
 def assert_safe_advice(result) -> None:
     for fragment in UNSAFE_ADVICE:
         assert fragment not in result.output, result.output
@@ -88,7 +94,7 @@ def test_text_file_as_albef_checkpoint_is_one_line(tmp_path, monkeypatch):
     checkpoint = albef_folder(tmp_path / "albef", b"hello world\n")
     before = files_under(tmp_path)
     result = eval_albef(checkpoint)
-    assert_one_line_error(
+    assert_one_line(
         result, str(checkpoint), "is not a PyTorch checkpoint", "b'hello wo'", "pass the"
     )
     assert files_under(tmp_path) == before  # no runs/eval store either
@@ -100,7 +106,7 @@ def test_truncated_pickle_as_albef_checkpoint_is_one_line(tmp_path, monkeypatch)
     checkpoint = albef_folder(tmp_path / "albef", start_of_a_pickle)
     before = files_under(tmp_path)
     result = eval_albef(checkpoint)
-    assert_one_line_error(
+    assert_one_line(
         result,
         str(checkpoint),
         "cannot be read as a PyTorch checkpoint",
@@ -129,7 +135,7 @@ def test_patch_sidecar_with_a_text_side_is_one_line(tmp_path):
     before = files_under(tmp_path)
     out = tmp_path / "RUN"
     result = invoke("patch", "apply", str(png), "--dataset", "world", "--out", str(out))
-    assert_one_line_error(
+    assert_one_line(
         result, "b.json", "'side' must be a positive whole number", '"abc"', "re-save the patch"
     )
     assert files_under(tmp_path) == before and not out.exists()
@@ -187,7 +193,7 @@ def test_malicious_albef_checkpoint_is_refused_without_unsafe_advice(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = eval_albef(checkpoint)
-    assert_one_line_error(
+    assert_one_line(
         result,
         str(checkpoint),
         "was refused: it imports posix.system when loaded",
@@ -246,7 +252,7 @@ def test_anyattack_load_of_bad_files_is_one_line(tmp_path, untrusted, name, make
     make(path)
     before = files_under(tmp_path)
     result = invoke("anyattack", "load", str(path), "--save-decoder", str(tmp_path / "copy.pt"))
-    assert_one_line_error(result, str(path), *fragments)
+    assert_one_line(result, str(path), *fragments)
     assert_safe_advice(result)
     assert files_under(tmp_path) == before
     assert not (tmp_path / "code-ran").exists()
@@ -281,7 +287,7 @@ def test_matrix_with_missing_source_weights_fails_before_any_cell(tmp_path, tiny
     )
     before = files_under(tmp_path)
     result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
-    assert_one_line_error(
+    assert_one_line(
         result, "weights for gone not found", str(gone), "download them", "$ROBUST_WEIGHTS"
     )
     assert files_under(tmp_path) == before and not (tmp_path / "run").exists()
@@ -300,7 +306,7 @@ def test_matrix_with_missing_masked_lm_fails_before_any_cell(tmp_path, tiny_open
     )
     before = files_under(tmp_path)
     result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
-    assert_one_line_error(
+    assert_one_line(
         result, "attack 'bert_attack'", "masked LM", "not found", str(no_mlm), "download them"
     )
     assert files_under(tmp_path) == before and not (tmp_path / "run").exists()
@@ -317,7 +323,7 @@ def test_matrix_with_a_damaged_source_checkpoint_fails_before_any_cell(
         attacks=[{"name": "pgd", "params": {"eps": "2/255", "steps": 1}}],
     )
     result = invoke("matrix", str(spec), "--output-dir", str(tmp_path / "run"))
-    assert_one_line_error(result, str(checkpoint), "is not a PyTorch checkpoint")
+    assert_one_line(result, str(checkpoint), "is not a PyTorch checkpoint")
     assert not (tmp_path / "run").exists()
 
 
@@ -347,7 +353,7 @@ def test_report_on_a_store_that_is_not_one_writes_nothing(tmp_path, make, fragme
     make(run_dir / "results.sqlite")
     before = files_under(tmp_path)
     result = invoke("report", str(run_dir), "-o", str(tmp_path / "report.pdf"))
-    assert_one_line_error(result, str(run_dir / "results.sqlite"), *fragments)
+    assert_one_line(result, str(run_dir / "results.sqlite"), *fragments)
     assert files_under(tmp_path) == before
 
 

@@ -62,7 +62,11 @@ class _RichTask:
 
 
 def progress_bar() -> RichProgressBar:
-    """Bars for work that takes more than a second; transient so tables stay readable."""
+    """Bars for work that takes more than a second; transient so tables stay readable.
+
+    Off when stderr is not a terminal: there a transient bar draws nothing but leaves an
+    empty line, which would stand before a one-line error.
+    """
     return RichProgressBar(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -71,6 +75,7 @@ def progress_bar() -> RichProgressBar:
         TimeRemainingColumn(),
         console=error_console,
         transient=True,
+        disable=not error_console.is_terminal,
     )
 
 
