@@ -1,5 +1,5 @@
 """Training augmentations: Random Erasing (one noise rectangle of the requested size) and caption
-word dropout, both seeded."""
+noise (word dropout and swaps), all seeded."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from robust.zoo.augment import drop_words, random_erasing
+from robust.zoo.augment import noisy_caption, random_erasing
 
 
 def _erased(images: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,11 +51,18 @@ def test_bad_settings_are_refused(kwargs, fragment):
         random_erasing(torch.zeros(1, 3, 8, 8), generator=torch.Generator(), **kwargs)
 
 
-def test_drop_words_is_seeded_drops_about_its_share_and_keeps_one_word():
+def test_noisy_caption_is_seeded_and_drops_and_swaps_about_their_shares():
     caption = " ".join(f"w{i}" for i in range(400))
-    first = drop_words(caption, 0.25, np.random.default_rng(3))
-    assert first == drop_words(caption, 0.25, np.random.default_rng(3))
-    kept = first.split(" ")
+    dropped = noisy_caption(caption, np.random.default_rng(3), drop=0.25)
+    assert dropped == noisy_caption(caption, np.random.default_rng(3), drop=0.25)
+    kept = dropped.split(" ")
     assert 0.65 < len(kept) / 400 < 0.85
     assert kept == [word for word in caption.split(" ") if word in set(kept)]  # order kept
-    assert len(drop_words("a red star", 1.0, np.random.default_rng(0)).split(" ")) == 1
+    swapped = noisy_caption(caption, np.random.default_rng(3), swap=0.2, vocabulary=("x",))
+    words = swapped.split(" ")
+    assert len(words) == 400 and 0.1 < words.count("x") / 400 < 0.3
+    assert [w for w in words if w != "x"] == [w for w in caption.split(" ") if w in set(words)]
+    assert len(noisy_caption("a red star", np.random.default_rng(0), drop=1.0).split(" ")) == 1
+    assert noisy_caption("a red star", np.random.default_rng(0)) == "a red star"
+    with pytest.raises(ValueError, match="needs a vocabulary"):
+        noisy_caption("a red star", np.random.default_rng(0), swap=0.5)

@@ -7,6 +7,7 @@ could cut an object out of its grid cell.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -72,9 +73,27 @@ def random_erasing(
     return torch.where(mask.expand(-1, channels, -1, -1), noise, images)
 
 
-def drop_words(caption: str, probability: float, generator: np.random.Generator) -> str:
-    """The caption with each word dropped with `probability` (at least one word kept), so a
-    text tower learns to match on the whole description rather than on any single word."""
+def noisy_caption(
+    caption: str,
+    generator: np.random.Generator,
+    *,
+    drop: float = 0.0,
+    swap: float = 0.0,
+    vocabulary: Sequence[str] = (),
+) -> str:
+    """The caption with each word swapped for a random `vocabulary` word with probability
+    `swap`, else dropped with probability `drop` (at least one word kept).
+
+    Real captions are noisy and redundant, so real text towers shrug off one odd word; a
+    tower trained on clean templated captions reads every word as decisive instead.
+    """
+    if swap > 0 and not vocabulary:
+        raise ValueError("swapping words needs a vocabulary to draw from")
     words = caption.split(" ")
-    kept = [word for word in words if generator.random() >= probability]
-    return " ".join(kept) if kept else words[int(generator.integers(len(words)))]
+    noisy = []
+    for word in words:
+        if swap > 0 and generator.random() < swap:
+            noisy.append(vocabulary[int(generator.integers(len(vocabulary)))])
+        elif drop == 0 or generator.random() >= drop:
+            noisy.append(word)
+    return " ".join(noisy) if noisy else words[int(generator.integers(len(words)))]

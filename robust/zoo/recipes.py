@@ -25,9 +25,11 @@ class ClipRecipe:
     train_images: int | None = None
     # the world version trained on (robust.data.world.WORLD_VERSIONS)
     world: str = "world"
-    # the share of a training caption's words dropped each time it is drawn, so that no
-    # single word decides a match (real captions carry redundant cues)
+    # the share of a training caption's words dropped, and the share swapped for a random
+    # world word, each time it is drawn (robust.zoo.augment.noisy_caption), so that no
+    # single word decides a match (real captions are noisy and carry redundant cues)
     caption_word_dropout: float = 0.0
+    caption_word_swap: float = 0.0
     # Random Erasing (robust.zoo.augment.random_erasing): the share of training images
     # that get one uniform-noise rectangle of `erase_area` of their area.
     erase_probability: float = 0.0

@@ -17,7 +17,7 @@ from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.zoo import ZOO_DIR
-from robust.zoo.augment import drop_words, random_erasing
+from robust.zoo.augment import noisy_caption, random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.warm_start import clip_state, training_record
@@ -149,7 +149,8 @@ def train_clip(
     pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
     tokenizer = SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
     tokens = tokenizer(list(dataset.captions))
-    dropout_generator = np.random.default_rng([recipe.seed, 1])
+    caption_generator = np.random.default_rng([recipe.seed, 1])
+    vocabulary = sorted({word for caption in dataset.captions for word in caption.split(" ")})
     image_captions = [np.asarray(c) for c in dataset.image_captions]
     mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
@@ -191,10 +192,14 @@ def train_clip(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
-                if recipe.caption_word_dropout > 0:
+                if recipe.caption_word_dropout > 0 or recipe.caption_word_swap > 0:
                     texts = [
-                        drop_words(
-                            dataset.captions[i], recipe.caption_word_dropout, dropout_generator
+                        noisy_caption(
+                            dataset.captions[i],
+                            caption_generator,
+                            drop=recipe.caption_word_dropout,
+                            swap=recipe.caption_word_swap,
+                            vocabulary=vocabulary,
                         )
                         for i in chosen
                     ]
