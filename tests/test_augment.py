@@ -66,3 +66,25 @@ def test_noisy_caption_is_seeded_and_drops_and_swaps_about_their_shares():
     assert noisy_caption("a red star", np.random.default_rng(0)) == "a red star"
     with pytest.raises(ValueError, match="needs a vocabulary"):
         noisy_caption("a red star", np.random.default_rng(0), swap=0.5)
+
+
+def test_attribute_noise_makes_exactly_one_claim_of_a_caption_wrong():
+    from robust.data.world import confusable_words, parse_caption
+
+    confusable = confusable_words()
+    assert "red" not in confusable["red"] and "blue" in confusable["red"]
+    assert set(confusable["small"]) == {"large", "big"}  # synonyms are not confusions
+    caption = "a big red striped circle at the top and a small blue box"
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        noisy = noisy_caption(caption, generator, confuse=1.0, confusable=confusable)
+        before, after = parse_caption(caption), parse_caption(noisy)
+        fields = [
+            (x, y)
+            for old, new in zip(before.objects, after.objects, strict=True)
+            for x, y in zip(old, new, strict=True)
+        ] + list(zip(before.textures, after.textures, strict=True))
+        assert sum(x != y for x, y in fields) == 1, noisy
+    assert noisy_caption(caption, generator, confuse=0.0, confusable=confusable) == caption
+    with pytest.raises(ValueError, match="needs their confusable words"):
+        noisy_caption(caption, generator, confuse=0.5)

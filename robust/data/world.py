@@ -459,6 +459,19 @@ def caption_vocabulary() -> dict[str, dict[str, tuple[str, ...]]]:
     }
 
 
+def confusable_words() -> dict[str, tuple[str, ...]]:
+    """For each attribute word captions use, the words that name another value of the same
+    attribute (`red` -> every other colour word), so caption noise can make one claim wrong."""
+    attributes = {**caption_vocabulary(), "size": _SIZE_WORDS, "texture": _TEXTURE_WORDS}
+    confusable: dict[str, tuple[str, ...]] = {}
+    for values in attributes.values():
+        for value, words in values.items():
+            others = tuple(w for other, ws in values.items() if other != value for w in ws)
+            for word in words:
+                confusable[word] = others
+    return confusable
+
+
 @dataclass(frozen=True)
 class CaptionClaim:
     """What a world caption asserts: per object (size or None, colour, shape, position or

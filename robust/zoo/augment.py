@@ -7,7 +7,7 @@ could cut an object out of its grid cell.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,16 +80,27 @@ def noisy_caption(
     drop: float = 0.0,
     swap: float = 0.0,
     vocabulary: Sequence[str] = (),
+    confuse: float = 0.0,
+    confusable: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """The caption with each word swapped for a random `vocabulary` word with probability
-    `swap`, else dropped with probability `drop` (at least one word kept).
+    `swap`, else dropped with probability `drop` (at least one word kept); with probability
+    `confuse`, first one of its attribute words becomes a `confusable` one (a wrong claim).
 
     Real captions are noisy and redundant, so real text towers shrug off one odd word; a
     tower trained on clean templated captions reads every word as decisive instead.
     """
     if swap > 0 and not vocabulary:
         raise ValueError("swapping words needs a vocabulary to draw from")
+    if confuse > 0 and not confusable:
+        raise ValueError("confusing attribute words needs their confusable words")
     words = caption.split(" ")
+    if confuse > 0 and generator.random() < confuse:
+        positions = [i for i, word in enumerate(words) if confusable.get(word)]  # type: ignore[union-attr]
+        if positions:
+            i = positions[int(generator.integers(len(positions)))]
+            choices = confusable[words[i]]  # type: ignore[index]
+            words = [*words[:i], choices[int(generator.integers(len(choices)))], *words[i + 1 :]]
     noisy = []
     for word in words:
         if swap > 0 and generator.random() < swap:

@@ -30,6 +30,9 @@ class ClipRecipe:
     # single word decides a match (real captions are noisy and carry redundant cues)
     caption_word_dropout: float = 0.0
     caption_word_swap: float = 0.0
+    # the share of training captions drawn with one attribute word naming a wrong value
+    # (robust.data.world.confusable_words): annotators' slips, which real data is full of
+    caption_attribute_noise: float = 0.0
     # Random Erasing (robust.zoo.augment.random_erasing): the share of training images
     # that get one uniform-noise rectangle of `erase_area` of their area.
     erase_probability: float = 0.0

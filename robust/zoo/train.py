@@ -118,7 +118,7 @@ def train_clip(
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 
-    from robust.data.world import generate_world
+    from robust.data.world import confusable_words, generate_world
     from robust.victims.openclip import save_local_dir
 
     progress = ensure_progress(progress)
@@ -151,6 +151,11 @@ def train_clip(
     tokens = tokenizer(list(dataset.captions))
     caption_generator = np.random.default_rng([recipe.seed, 1])
     vocabulary = sorted({word for caption in dataset.captions for word in caption.split(" ")})
+    confusable = confusable_words()
+    caption_noise = (
+        max(recipe.caption_word_dropout, recipe.caption_word_swap, recipe.caption_attribute_noise)
+        > 0
+    )
     image_captions = [np.asarray(c) for c in dataset.image_captions]
     mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
@@ -192,7 +197,7 @@ def train_clip(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step)
                 image_features = F.normalize(model.encode_image(images), dim=-1)
-                if recipe.caption_word_dropout > 0 or recipe.caption_word_swap > 0:
+                if caption_noise:
                     texts = [
                         noisy_caption(
                             dataset.captions[i],
@@ -200,6 +205,8 @@ def train_clip(
                             drop=recipe.caption_word_dropout,
                             swap=recipe.caption_word_swap,
                             vocabulary=vocabulary,
+                            confuse=recipe.caption_attribute_noise,
+                            confusable=confusable,
                         )
                         for i in chosen
                     ]
