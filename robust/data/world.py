@@ -105,8 +105,9 @@ WORLD_VERSIONS: dict[str, WorldVersion] = {
         background_styles=BACKGROUND_STYLES,
         textures=("plain",),
     ),
-    # 128 px, objects with fine fill patterns the captions name, cluttered backgrounds
-    # instead of pixel noise, at least two objects per image
+    # 128 px, objects with pixel-scale fill patterns the captions name, cluttered backgrounds
+    # instead of pixel noise, at least two objects per image; a calibration candidate, not
+    # yet the zoo's world (robust/zoo/README.md, "World calibration pilots")
     "world-v2": WorldVersion(
         name="world-v2",
         image_size=128,
@@ -115,7 +116,7 @@ WORLD_VERSIONS: dict[str, WorldVersion] = {
         background_styles=("flat", "gradient", "clutter"),
         textures=TEXTURES,
         texture_contrast=40.0,
-        texture_period=4.0,
+        texture_period=2.0,
         position_probability=0.7,
     ),
 }
