@@ -50,16 +50,30 @@ def brute_force_scores(victim, dataset) -> torch.Tensor:
     return scores
 
 
-def pessimistic_ranks(scores: torch.Tensor, caption_image: np.ndarray) -> tuple[list, list]:
+# Brute force and the re-ranker reach the same scores by different batching, so scores that
+# agree to round-off may order either way; a tiny random model scores many pairs that close.
+ROUND_OFF = 1e-6
+
+
+def pessimistic_rank_bounds(
+    scores: torch.Tensor, caption_image: np.ndarray
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Per TR and IR query, the (lowest, highest) pessimistic rank that scores within
+    ROUND_OFF of these allow: wrong candidates clearly above the right one always count, those
+    within round-off of it may."""
     correct = torch.as_tensor(caption_image)[None, :] == torch.arange(scores.shape[0])[:, None]
-    tr = []
-    for i in range(scores.shape[0]):
-        best = scores[i][correct[i]].max()
-        tr.append(int(((scores[i] >= best) & ~correct[i]).sum()))
-    ir = []
-    for t in range(scores.shape[1]):
-        target = scores[caption_image[t], t]
-        ir.append(int(((scores[:, t] >= target) & ~correct[:, t]).sum()))
+
+    def bounds(row: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor) -> tuple[int, int]:
+        low = int(((row > target + ROUND_OFF) & wrong).sum())
+        return low, int(((row >= target - ROUND_OFF) & wrong).sum())
+
+    tr = [
+        bounds(scores[i], scores[i][correct[i]].max(), ~correct[i]) for i in range(scores.shape[0])
+    ]
+    ir = [
+        bounds(scores[:, t], scores[caption_image[t], t], ~correct[:, t])
+        for t in range(scores.shape[1])
+    ]
     return tr, ir
 
 
@@ -69,9 +83,13 @@ def test_reranking_the_whole_gallery_equals_brute_force_itm(family, albef, blip,
     dataset = world_small.subset(6)
     expected_scores = brute_force_scores(victim, dataset)
     itc, reranked = evaluate_reranked(victim, dataset, k_test=dataset.num_captions)
-    expected_tr, expected_ir = pessimistic_ranks(expected_scores, dataset.caption_image)
-    assert reranked.tr_ranks.tolist() == expected_tr
-    assert reranked.ir_ranks.tolist() == expected_ir
+    expected_tr, expected_ir = pessimistic_rank_bounds(expected_scores, dataset.caption_image)
+    for ranks, expected in ((reranked.tr_ranks, expected_tr), (reranked.ir_ranks, expected_ir)):
+        assert all(low <= rank <= high for rank, (low, high) in zip(ranks, expected, strict=True))
+    # every image query is decided beyond round-off, so the bounds pin its rank exactly (the
+    # tiny random BLIP scores one caption nearly alike against every image, so its caption
+    # queries are only bounded)
+    assert all(low == high for low, high in expected_tr)
     assert itc.tr_ranks.shape == reranked.tr_ranks.shape
 
 
