@@ -10,10 +10,12 @@ import pytest
 from robust.data.world import (
     CAPTIONS_PER_IMAGE,
     COLORS,
+    LETTERS,
     SHAPES,
     SPLITS,
     TEXTURES,
     caption_fits_scene,
+    confusable_words,
     generate_world,
     parse_caption,
 )
@@ -198,6 +200,47 @@ def test_a_caption_names_a_texture_only_where_the_object_has_it():
     assert not caption_fits_scene(
         claim, {**scene, "objects": [{**striped, "texture": "dotted"}, box]}
     )
+
+
+def test_world_v3_adds_letters_as_object_categories_and_its_captions_fit():
+    dataset = generate_world("val", count=200, version="world-v3")
+    assert dataset.name == "world-v3:val"
+    objects = [obj for label in dataset.labels for obj in label["objects"]]
+    letters = {obj["shape"] for obj in objects if obj["shape"].startswith("letter ")}
+    assert letters == {f"letter {c.lower()}" for c in LETTERS}
+    assert {obj["shape"] for obj in objects} - letters == set(SHAPES)
+    # letters carry no fill pattern; shapes still do
+    assert {obj["texture"] for obj in objects if obj["shape"] in letters} == {"plain"}
+    assert {obj["texture"] for obj in objects if obj["shape"] in SHAPES} == set(TEXTURES)
+    counts = [label["count"] for label in dataset.labels]
+    assert set(counts) == {2, 3} and counts.count(3) > counts.count(2)
+    for caption, image in zip(dataset.captions, dataset.caption_image, strict=True):
+        assert caption_fits_scene(parse_caption(caption), dataset.labels[image]), caption
+
+
+def test_a_letter_is_drawn_in_its_colour_where_its_label_says():
+    dataset = generate_world("val", count=120, version="world-v3")
+    found = 0
+    for index, label in enumerate(dataset.labels):
+        for obj in label["objects"]:
+            if not obj["shape"].startswith("letter ") or obj["size"] != "large":
+                continue
+            y, x = (np.array([obj["row"], obj["col"]]) + 0.5) * 128 / 3
+            patch = dataset.images.pixels[
+                index, int(y) - 14 : int(y) + 14, int(x) - 14 : int(x) + 14
+            ]
+            distance = np.abs(patch.astype(int) - np.array(COLORS[obj["color"]])).sum(axis=-1)
+            # thin strokes: some of the cell is the letter's colour, most of it is not
+            share = float((distance < 60).mean())
+            assert 0.03 < share < 0.9, (index, obj, share)
+            found += 1
+    assert found > 20
+
+
+def test_caption_noise_swaps_only_words_of_the_version_it_trains_on():
+    assert "letter k" not in confusable_words()["star"]
+    assert "letter k" in confusable_words("world-v3")["star"]
+    assert parse_caption("a red letter k at the top").objects == ((None, "red", "letter k", "top"),)
 
 
 def test_an_unknown_world_version_is_one_clear_error():

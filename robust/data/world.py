@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from robust.data.dataset import ArrayImages, CaptionDataset
 
@@ -72,6 +72,10 @@ _TEXTURE_WORDS = {
     "checkered": ("checkered", "checked"),
 }
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+# capital letters drawn as objects in worlds with many object categories; A and I are left
+# out because their lower-case names are also English words ("a", "i")
+LETTERS = tuple("BCDEFGHJKLMNOPQRSTUVWXYZ")
+_SHAPE_WORDS.update({f"letter {c.lower()}": (f"letter {c.lower()}",) for c in LETTERS})
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,13 @@ class WorldVersion:
     # output-pixel period of the fill patterns
     texture_period: float = 4.0
     position_probability: float = 0.95
+    # capital letters that join the six shapes as object categories (`letter k`)
+    letters: tuple[str, ...] = ()
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """The object categories this version draws: the six shapes, then its letters."""
+        return SHAPES + tuple(f"letter {c.lower()}" for c in self.letters)
 
 
 WORLD_VERSIONS: dict[str, WorldVersion] = {
@@ -118,6 +129,20 @@ WORLD_VERSIONS: dict[str, WorldVersion] = {
         texture_contrast=40.0,
         texture_period=2.0,
         position_probability=0.7,
+    ),
+    # world-v2 with 24 letters beside the six shapes and mostly three objects, so an image is
+    # told apart by many words of about equal weight and no single word decides a match
+    "world-v3": WorldVersion(
+        name="world-v3",
+        image_size=128,
+        supersample=2,
+        object_count_weights=(0.0, 0.3, 0.7),
+        background_styles=("flat", "gradient", "clutter"),
+        textures=TEXTURES,
+        texture_contrast=40.0,
+        texture_period=2.0,
+        position_probability=0.7,
+        letters=LETTERS,
     ),
 }
 DEFAULT_WORLD = "world"
@@ -231,21 +256,24 @@ def sample_scene(
     weights = world.object_count_weights
     count = int(rng.choice(len(weights), p=weights)) + 1
     cells = rng.choice(9, size=count, replace=False)
-    objects = tuple(
-        WorldObject(
-            shape=SHAPES[int(rng.integers(len(SHAPES)))],
-            color=tuple(COLORS)[int(rng.integers(len(COLORS)))],
-            size=SIZES[int(rng.integers(len(SIZES)))],
-            row=int(cell) // 3,
-            col=int(cell) % 3,
-            texture=_draw_texture(rng, world),
-        )
-        for cell in cells
-    )
+    objects = tuple(_sample_object(rng, world, int(cell)) for cell in cells)
     background = tuple(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
     styles = world.background_styles
     style = styles[int(rng.integers(len(styles)))]
     return WorldScene(objects=objects, background=background, background_style=style)
+
+
+def _sample_object(rng: np.random.Generator, world: WorldVersion, cell: int) -> WorldObject:
+    """One object in grid cell `cell`; the draws come in the same order in every version, so
+    versions without letters or textures keep their original images."""
+    shape = world.shapes[int(rng.integers(len(world.shapes)))]
+    color = tuple(COLORS)[int(rng.integers(len(COLORS)))]
+    size = SIZES[int(rng.integers(len(SIZES)))]
+    texture = _draw_texture(rng, world)
+    if shape.startswith("letter "):
+        # a letter's strokes are too thin to carry a fill pattern
+        texture = None if texture is None else "plain"
+    return WorldObject(shape, color, size, row=cell // 3, col=cell % 3, texture=texture)
 
 
 def _draw_texture(rng: np.random.Generator, world: WorldVersion) -> str | None:
@@ -361,8 +389,27 @@ def _draw_shape(
         arm = radius * 0.34
         draw.rectangle([cx - radius, cy - arm, cx + radius, cy + arm], fill=color)
         draw.rectangle([cx - arm, cy - radius, cx + arm, cy + radius], fill=color)
+    elif shape.startswith("letter "):
+        _draw_letter(draw, shape[-1].upper(), cx, cy, radius, color)
     else:
         raise ValueError(f"unknown shape {shape!r}")
+
+
+def _draw_letter(
+    draw: ImageDraw.ImageDraw,
+    letter: str,
+    cx: float,
+    cy: float,
+    radius: float,
+    color: tuple[int, ...],
+) -> None:
+    """A bold capital about as tall as the shape of the same radius (Pillow's embedded font,
+    so rendering needs no font file and is the same wherever the pinned Pillow runs)."""
+    font = ImageFont.load_default(size=max(8, round(radius * 2.2)))
+    stroke = max(1, round(radius / 9))
+    draw.text(
+        (cx, cy), letter, fill=color, font=font, anchor="mm", stroke_width=stroke, stroke_fill=color
+    )
 
 
 def _regular_polygon(cx: float, cy: float, radius: float, sides: int) -> list[tuple[float, float]]:
@@ -451,19 +498,20 @@ def _one_caption(scene: WorldScene, rng: np.random.Generator, position_probabili
     return template.format(body=body, bg=background, n=_COUNT_WORDS[count])
 
 
-def caption_vocabulary() -> dict[str, dict[str, tuple[str, ...]]]:
-    """The words captions use for each colour and shape, so captions can be parsed back into
-    world attributes (caption-bias measurements)."""
+def caption_vocabulary(version: str = DEFAULT_WORLD) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The words a version's captions use for each colour and shape, so captions can be
+    parsed back into world attributes (caption-bias measurements)."""
     return {
         "color": {color: (color,) for color in COLORS},
-        "shape": dict(_SHAPE_WORDS),
+        "shape": {shape: _SHAPE_WORDS[shape] for shape in world_version(version).shapes},
     }
 
 
-def confusable_words() -> dict[str, tuple[str, ...]]:
-    """For each attribute word captions use, the words that name another value of the same
-    attribute (`red` -> every other colour word), so caption noise can make one claim wrong."""
-    attributes = {**caption_vocabulary(), "size": _SIZE_WORDS, "texture": _TEXTURE_WORDS}
+def confusable_words(version: str = DEFAULT_WORLD) -> dict[str, tuple[str, ...]]:
+    """For each attribute word a version's captions use, the words that name another value of
+    the same attribute (`red` -> every other colour word), so caption noise can make one claim
+    wrong."""
+    attributes = {**caption_vocabulary(version), "size": _SIZE_WORDS, "texture": _TEXTURE_WORDS}
     confusable: dict[str, tuple[str, ...]] = {}
     for values in attributes.values():
         for value, words in values.items():

@@ -151,7 +151,7 @@ def train_clip(
     tokens = tokenizer(list(dataset.captions))
     caption_generator = np.random.default_rng([recipe.seed, 1])
     vocabulary = sorted({word for caption in dataset.captions for word in caption.split(" ")})
-    confusable = confusable_words()
+    confusable = confusable_words(recipe.world)
     caption_noise = (
         max(recipe.caption_word_dropout, recipe.caption_word_swap, recipe.caption_attribute_noise)
         > 0
