@@ -13,6 +13,7 @@ from robust.harness.calibration import (
     CALIBRATION_ATTACKS,
     calibration_bands,
     check_calibration_labels,
+    pattern_rows,
     write_calibration,
 )
 
@@ -99,3 +100,51 @@ def test_the_record_holds_bands_and_matrices(tmp_path):
     assert record["passed"] is True
     assert record["tr_asr"]["pgd"][0][0] == 70.0
     assert record["published_pattern"]["sga"]["white_box"] == [97.2, 99.2]
+
+
+def test_pattern_rows_set_the_worlds_range_beside_the_papers(tmp_path):
+    asr = _flickr_like()
+    asr["pgd"] = np.array([[0.7, 0.05, 0.1], [0.02, 0.55, 0.0], [0.04, 0.08, 0.9]])
+    result = _result(**asr)
+    record = json.loads(
+        write_calibration(tmp_path / "c.json", result, calibration_bands(result)).read_text()
+    )
+    rows = {row.attack: row for row in pattern_rows(record)}
+    assert list(rows) == ["PGD", "BERT-Attack", "SGA"]
+    assert rows["PGD"].world_white_box == (55.0, 90.0)
+    assert rows["PGD"].world_transfer == (0.0, 10.0)
+    assert rows["PGD"].paper_white_box == (52.5, 86.5)
+    assert rows["SGA"].world_transfer == (30.0, 30.0)
+
+
+def test_a_record_without_its_matrices_is_one_clear_error():
+    with pytest.raises(RobustError, match=r"not a calibration record .*robust zoo calibrate"):
+        pattern_rows({"bands": []})
+
+
+def test_the_report_shows_a_calibration_record_and_notes_a_broken_one(tmp_path):
+    from pypdf import PdfReader
+
+    from robust.report.pdf import build_report
+    from tests.test_report import write_clean_store
+
+    run_dir = tmp_path / "run"
+    write_clean_store(run_dir)
+    plain = build_report(run_dir, tmp_path / "plain.pdf")
+    assert "World calibration" not in plain.sections
+    assert "World calibration" not in [title for title, _ in plain.omitted]
+
+    asr = _flickr_like()
+    asr["bert_attack"] = _matrix(0.96, 0.9)
+    result = _result(**asr)
+    write_calibration(run_dir / "calibration.json", result, calibration_bands(result))
+    (run_dir / "old").mkdir()
+    (run_dir / "old" / "calibration.json").write_text("{not json")
+    summary = build_report(run_dir, tmp_path / "report.pdf")
+    assert "World calibration" in summary.sections
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(summary.path).pages).split())
+    assert "PGD 52.5-86.5 70.0 1.1-10.3 5.0" in text
+    assert "BERT-Attack 11.6-30.4 96.0 8.9-33.5 90.0" in text
+    assert "BERT-Attack white-box <= 35 on every toy 96.0 c -> c no" in text
+    assert "Sep-Attack's and Co-Attack's for >= 2 of 3 sources 3 a, b, c yes" in text
+    assert "old/calibration.json could not be read" in text

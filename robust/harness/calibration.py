@@ -20,6 +20,8 @@ import numpy as np
 from robust.errors import RobustError
 
 CALIBRATION_ATTACKS = ("pgd", "bert_attack", "sep_attack", "co_attack", "sga")
+CALIBRATION_FILENAME = "calibration.json"
+PATTERN_NAMES = {"pgd": "PGD", "bert_attack": "BERT-Attack", "sga": "SGA"}
 
 # TR R@1 ASR ranges (%) over ALBEF, TCL, CLIP ViT-B/16 and CLIP RN101 as sources, SGA
 # paper (Lu et al., ICCV 2023) Table 2 at eps 2/255, 10 steps, one word.
@@ -28,6 +30,18 @@ PUBLISHED_PATTERN: dict[str, dict[str, tuple[float, float]]] = {
     "bert_attack": {"white_box": (11.6, 30.4), "transfer": (8.9, 33.5)},
     "sga": {"white_box": (97.2, 99.2), "transfer": (11.4, 48.9)},
 }
+
+
+@dataclass(frozen=True)
+class PatternRow:
+    """One attack's white-box and transfer TR R@1 ASR range (%): the paper's and the
+    world's (lowest and highest cell), side by side."""
+
+    attack: str
+    paper_white_box: tuple[float, float]
+    world_white_box: tuple[float, float]
+    paper_transfer: tuple[float, float]
+    world_transfer: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,7 @@ def calibration_record(result: Any, bands: list[Band]) -> dict[str, Any]:
         "seeds": list(result.seeds),
         "sources": list(result.sources),
         "targets": list(result.targets),
+        "white_box": np.asarray(result.white_box, dtype=bool).tolist(),
         "bands": [asdict(band) for band in bands],
         "passed": all(band.passed for band in bands),
         "published_pattern": {
@@ -149,3 +164,35 @@ def write_calibration(path: Path, result: Any, bands: list[Band]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration_record(result, bands), indent=2) + "\n")
     return path
+
+
+def pattern_rows(record: dict[str, Any]) -> list[PatternRow]:
+    """The world's range of each published attack beside the paper's, from a calibration
+    record (`calibration_record`); a record without the matrices is one clear error."""
+    try:
+        white_box = np.asarray(record["white_box"], dtype=bool)
+        rows = []
+        for attack, name in PATTERN_NAMES.items():
+            asr = np.asarray(record["tr_asr"][attack], dtype=float)
+            paper = PUBLISHED_PATTERN[attack]
+            rows.append(
+                PatternRow(
+                    name,
+                    paper["white_box"],
+                    _span(asr[white_box]),
+                    paper["transfer"],
+                    _span(asr[~white_box]),
+                )
+            )
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise RobustError(
+            f"not a calibration record ({type(error).__name__}: {error}); write one with "
+            "`robust zoo calibrate`"
+        ) from None
+    return rows
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    return (round(float(values.min()), 1), round(float(values.max()), 1))

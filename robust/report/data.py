@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from robust.errors import RobustError
 from robust.harness.cache import AdversarialCache, CacheError
+from robust.harness.calibration import CALIBRATION_FILENAME
 from robust.harness.defense_cells import DefenseRow, defense_summary
 from robust.harness.evaluate import RERANK
 from robust.harness.spec import parse_spec
@@ -206,6 +207,16 @@ class CachedAttack:
     path: str
 
 
+@dataclass(frozen=True)
+class WorldCalibration:
+    """A `robust zoo calibrate` record under the run directory (`record` is its JSON), or
+    why it could not be read (`problem`), so one broken file costs only its own table."""
+
+    path: str
+    record: dict[str, Any]
+    problem: str | None = None
+
+
 @dataclass
 class ReportData:
     """Everything the report draws from, merged over all stores of one run directory."""
@@ -223,6 +234,7 @@ class ReportData:
     patch_runs: list[PatchRun] = field(default_factory=list)
     patch: list[PatchScore] = field(default_factory=list)
     cached: list[CachedAttack] = field(default_factory=list)
+    calibrations: list[WorldCalibration] = field(default_factory=list)
 
     def attack_labels(self) -> list[str]:
         """Attacks with transfer results, in spec order."""
@@ -262,7 +274,31 @@ def load_report_data(run_dir: Path | str) -> ReportData:
             f"the results stores under {run_dir} hold no runs; finish a run "
             "(`robust matrix SPEC` resumes an interrupted one) before building a report"
         )
+    data.calibrations = _read_calibrations(run_dir)
     return data
+
+
+def _read_calibrations(run_dir: Path) -> list[WorldCalibration]:
+    """Every calibration record under `run_dir`, shallowest first."""
+    found = sorted(
+        run_dir.rglob(CALIBRATION_FILENAME),
+        key=lambda path: (len(path.relative_to(run_dir).parts), str(path)),
+    )
+    calibrations = []
+    for path in found:
+        relative = path.relative_to(run_dir).as_posix()
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("its top level is not a JSON object")
+        except (OSError, ValueError) as error:
+            problem = (
+                f"{relative} could not be read ({error}); rewrite it with `robust zoo calibrate`"
+            )
+            calibrations.append(WorldCalibration(relative, {}, problem))
+            continue
+        calibrations.append(WorldCalibration(relative, record))
+    return calibrations
 
 
 def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:

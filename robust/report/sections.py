@@ -22,6 +22,7 @@ from robust.report.anyattack_section import (
     has_anyattack,
 )
 from robust.report.bias_section import bias_section, has_bias
+from robust.report.calibration_section import calibration_section, has_calibration
 from robust.report.data import CleanScore, ReportData, finite_mean, headline_scoring
 from robust.report.defense_section import (
     adaptive_note,
@@ -52,12 +53,13 @@ _RECALL_COLUMNS: Final[tuple[str, ...]] = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", 
 
 @dataclass(frozen=True)
 class Section:
-    """One numbered section: shown when `available(data)`, else replaced by `missing`."""
+    """One numbered section: shown when `available(data)`, else replaced by `missing`, or
+    left out without a word when `missing` is None (a section only some runs can have)."""
 
     title: str
     available: Callable[[ReportData], bool]
     build: Builder
-    missing: str
+    missing: str | None
 
 
 # -- title page ------------------------------------------------------------------------------
@@ -541,6 +543,12 @@ SECTIONS: Final[tuple[Section, ...]] = (
         lambda data: bool(data.clean),
         clean_performance,
         "No clean retrieval results in this run.",
+    ),
+    Section(
+        "World calibration",
+        has_calibration,
+        calibration_section,
+        None,  # only a `robust zoo calibrate` run (or a demo of a calibrated zoo) has one
     ),
     Section(
         "Transfer matrices",
