@@ -127,9 +127,9 @@ def zoo_train_command(
 @zoo_app.command("calibrate")
 @user_errors
 def zoo_calibrate_command(
-    spec_file: Annotated[Path, typer.Argument(help="Calibration spec (YAML).")] = Path(
-        "configs/world_calibration.yaml"
-    ),
+    spec_file: Annotated[
+        str, typer.Argument(help="Calibration spec: a YAML file or a shipped spec name.")
+    ] = "world-calibration",
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
     ] = None,
@@ -309,7 +309,9 @@ def caption_command(
 @app.command("matrix")
 @user_errors
 def matrix_command(
-    spec_file: Annotated[Path, typer.Argument(help="Experiment spec (YAML), see configs/.")],
+    spec_file: Annotated[
+        str, typer.Argument(help="Experiment spec: a YAML file or a shipped name (robust specs).")
+    ],
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
     ] = None,
