@@ -10,6 +10,7 @@ from robust.cli import (  # noqa: F401  (each registers its commands)
     patch,
     report,
     specs,
+    zeroshot,
 )
 from robust.cli.common import app
 

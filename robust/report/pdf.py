@@ -100,8 +100,9 @@ def _story(data: ReportData) -> tuple[list[Flowable], list[str], list[tuple[str,
     number = 0
     for section in SECTIONS:
         if not section.available(data):
-            omitted.append((section.title, section.missing))
-            story.append(Paragraph(text(section.missing), style.note))
+            if section.missing:  # a section without a note is simply left out
+                omitted.append((section.title, section.missing))
+                story.append(Paragraph(text(section.missing), style.note))
             continue
         number += 1
         included.append(section.title)

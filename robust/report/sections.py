@@ -45,6 +45,7 @@ from robust.report.layout import (
     with_heading,
 )
 from robust.report.patch_section import has_patch, patch_headlines, patch_section
+from robust.report.zeroshot_section import has_zeroshot, zeroshot_section
 
 Builder = Callable[[ReportData], list[Block]]
 _RECALL_COLUMNS: Final[tuple[str, ...]] = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
@@ -574,5 +575,7 @@ SECTIONS: Final[tuple[Section, ...]] = (
         "No defense results in this run.",
     ),
     Section("Bias", has_bias, bias_section, "No bias measurements in this run."),
+    # only runs with zero-shot rows get it, without a note otherwise (missing is empty)
+    Section("Zero-shot robustness", has_zeroshot, zeroshot_section, ""),
     Section("Appendix", lambda data: True, appendix, ""),
 )
