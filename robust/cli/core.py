@@ -327,6 +327,9 @@ def matrix_command(
         str | None,
         typer.Option(help="fp32 (the reference), tf32 or bf16 (autocast); overrides the spec."),
     ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use the first N dataset images; overrides the spec.")
+    ] = None,
 ) -> None:
     """Transfer-attack matrix: craft on every source, evaluate on every target, store it all.
 
@@ -345,6 +348,10 @@ def matrix_command(
         overrides["executor"] = executor
     if precision is not None:
         overrides["precision"] = check_precision(precision)
+    if limit is not None:
+        if limit <= 0:
+            raise RobustError(f"--limit must be a positive number of images, got {limit}")
+        overrides["limit"] = limit
     spec = spec.model_copy(update=overrides)
     runner = make_executor(spec.executor, device=spec.device, address=address)
     try:
