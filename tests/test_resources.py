@@ -49,6 +49,7 @@ def test_robust_specs_lists_and_prints_shipped_files():
     shown = invoke("specs", "world-defense")
     assert shown.output == shipped_files(SPECS)["world-defense"].read_text()
     assert invoke("specs", "world-shape").output.startswith("# Zero-shot shape")
+    assert_one_line_error(invoke("specs", "world-matrx"), "world-matrix", "world-shape")
 
 
 def test_zoo_is_package_data():

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from robust.cli.common import app, console, user_errors
+from robust.errors import RobustError
 
 SUMMARY_CHARS = 100
 
@@ -34,11 +35,16 @@ def specs_command(
 ) -> None:
     """List the shipped experiment specs (`robust matrix NAME`) and zero-shot prompt files
     (`robust zeroshot --task NAME`), or print one of them."""
-    from robust.resources import PROMPTS, SPECS, shipped_file, shipped_files
+    from robust.resources import PROMPTS, SPECS, shipped_files
 
     if name is not None:
-        kind = SPECS if name.replace("_", "-") in shipped_files(SPECS) else PROMPTS
-        typer.echo(shipped_file(kind, name, "spec or prompt").read_text(encoding="utf-8"), nl=False)
+        shipped = {**shipped_files(SPECS), **shipped_files(PROMPTS)}
+        path = shipped.get(name.replace("_", "-"))
+        if path is None:
+            raise RobustError(
+                f"no shipped spec or prompt file is named {name!r}; shipped: {', '.join(shipped)}"
+            )
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
     for kind, title, use in (
         (SPECS, "Shipped experiment specs", "robust matrix NAME"),
