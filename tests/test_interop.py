@@ -10,7 +10,7 @@ import torchattacks
 
 import robust
 from robust.attacks import AttackConfigError, build_attack
-from robust.attacks.interop import CaptionSetClassifier, as_classifier
+from robust.attacks.interop import CaptionSetClassifier, as_classifier, run_torchattacks
 from robust.data import load_dataset
 from robust.data.images import load_images
 from robust.eval.retrieval import rank_from_features
@@ -81,8 +81,8 @@ def test_bounded_attacks_through_as_classifier_lower_recall_within_eps(victim, b
     data, images, caption_sets = batch
     classifier = as_classifier(victim, [captions[0] for captions in caption_sets])
     labels = torch.arange(IMAGES)
-    torch.manual_seed(0)
-    adversarial = getattr(torchattacks, name)(classifier, **BOUNDED_ATTACKS[name])(images, labels)
+    attack = getattr(torchattacks, name)(classifier, **BOUNDED_ATTACKS[name])
+    adversarial = run_torchattacks(attack, images, labels, seed=0)
     assert (adversarial - images).abs().max() <= EPS + 1e-6
     assert adversarial.min() >= 0 and adversarial.max() <= 1
     with torch.no_grad():
