@@ -93,8 +93,12 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_installed_wheel_runs_the_cli_outside_the_repository(installed, tmp_path):
     target, env = installed
     python, robust = target / "bin" / "python", target / "bin" / "robust"
-    where = run([str(python), "-c", "import robust; print(robust.__file__)"], tmp_path, env)
-    assert Path(where.strip()).is_relative_to(target)
+    shipped = (
+        "import robust, robust.harness.demo as d, robust.zoo as z; "
+        "print(robust.__file__, d.MATRIX_SPEC, d.DEFENSE_SPEC, z.ZOO_DIR, sep='\\n')"
+    )
+    for path in run([str(python), "-c", shipped], tmp_path, env).split():
+        assert Path(path).is_relative_to(target) and Path(path).exists(), path
     victims = run([str(robust), "victims"], tmp_path, env)
     assert (
         "toy-clip-vit" in victims
