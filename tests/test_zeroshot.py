@@ -186,6 +186,8 @@ def test_bad_zero_shot_input_is_one_line_and_writes_nothing(tmp_path):
     out = str(tmp_path / "run")
     base = ("zeroshot", "--victim", "toy-clip-vit", "--out", out, "--limit", "4")
     assert_one_line_error(invoke(*base, "--victim", "toy-nope"), "toy-nope")
+    captioner = ("zeroshot", "--victim", "toy-blip-cap", "--out", out, "--limit", "4")
+    assert_one_line_error(invoke(*captioner), "toy-blip-cap", "CLIP-style")
     assert_one_line_error(invoke(*base, "--eps", "2/0"), "eps")
     assert_one_line_error(invoke(*base, "--attack", "fgsm"), "fgsm", "apgd-ce")
     assert_one_line_error(invoke(*base, "--task", "world-size"), "world-size", "robust specs")

@@ -26,6 +26,8 @@ import numpy as np
 from robust.attacks.anyattack import parse_eps
 from robust.attacks.interop import torchattacks_class
 from robust.data import load_image_dataset
+from robust.data.dataset import CaptionDataset
+from robust.data.image_folder import ImageFolder
 from robust.errors import RobustError
 from robust.eval import zeroshot
 from robust.eval.prompts import PromptTask, load_prompt_task
@@ -85,9 +87,46 @@ def run_zeroshot(
 ) -> ZeroShotEvaluation:
     """Evaluate every victim on every task, clean and under every attack at every eps.
 
-    All input is checked before any model runs: victims, prompt files, eps, attacks, the
-    dataset and whether each task fits it; a bad one is one error line and writes nothing.
+    All input is checked before any work: victims, prompt files, eps, attacks, the dataset
+    and whether each task fits it, and the first victim is loaded before the store is
+    opened; a bad one is one error line and writes nothing.
     """
+    inputs = _checked_inputs(request)
+    dataset_name, split = dataset_key(inputs.dataset)
+    labels = [
+        attack_label(attack, eps)
+        for eps in request.eps
+        for attack in (*request.attacks, worst_case_name(request.attacks))
+        if attack is not None
+    ]
+    victim = _embedding_victim(request.victims[0], device)
+    with ResultStore.in_run_dir(run_dir) as store:
+        run_id = _resume_or_start(store, _run_spec(request, inputs), request.seed)
+        evaluation = ZeroShotEvaluation(Path(run_dir), run_id, labels)
+        for index, name in enumerate(request.victims):
+            if index > 0:
+                victim = _embedding_victim(name, device)
+            for task in inputs.tasks:
+                data = inputs.images[task.name]
+                cell = _Cell(store, run_id, victim, task, dataset_name, split, data)
+                evaluation.rows.append(cell.evaluate(request, inputs.configs, progress))
+            del victim
+    return evaluation
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """A request's validated pieces: the dataset, its tasks with their images, and every
+    applicable attack's config keyed `TASK/ATTACK@eps=EPS`."""
+
+    dataset: CaptionDataset | ImageFolder
+    tasks: list[PromptTask]
+    images: dict[str, zeroshot.TaskImages]
+    configs: dict[str, dict[str, Any]]
+
+
+def _checked_inputs(request: ZeroShotRequest) -> _Inputs:
+    """Everything a run needs, each problem one error line before any model runs."""
     budgets = {text: parse_eps(text) for text in request.eps}
     if not budgets:
         raise RobustError("give at least one eps, e.g. --eps 2/255,4/255")
@@ -95,17 +134,18 @@ def run_zeroshot(
     torchattacks_class(zeroshot.ATTACK_CLASSES[request.attacks[0]])  # installed?
     if request.steps < 1 or request.batch_size < 1:
         raise RobustError("--steps and --batch-size must be positive")
+    if not request.victims:
+        raise RobustError("give at least one --victim")
     for name in request.victims:
         check_victim(name)
     dataset = load_image_dataset(request.dataset, limit=request.limit)
-    task_names = request.tasks or (WORLD_TASKS if hasattr(dataset, "captions") else ())
-    if not task_names:
+    names = request.tasks or (() if isinstance(dataset, ImageFolder) else WORLD_TASKS)
+    if not names:
         raise RobustError(
             f"{request.dataset} needs a prompt file: pass --task FILE (classes and templates)"
         )
-    tasks = [load_prompt_task(name) for name in task_names]
+    tasks = [load_prompt_task(name) for name in names]
     images = {task.name: zeroshot.task_images(dataset, task) for task in tasks}
-    dataset_name, split = dataset_key(dataset)
     configs = {
         f"{task.name}/{attack_label(attack, eps)}": zeroshot.apgd_config(
             attack, value, len(task.classes), steps=request.steps, seed=request.seed
@@ -115,44 +155,39 @@ def run_zeroshot(
         for attack in request.attacks
         if zeroshot.not_applicable(attack, len(task.classes)) is None
     }
-    spec = {
+    return _Inputs(dataset, tasks, images, configs)
+
+
+def _run_spec(request: ZeroShotRequest, inputs: _Inputs) -> dict[str, Any]:
+    """What the run record keeps: the request, every task's file content, every config."""
+    return {
         "command": COMMAND,
         "victims": list(request.victims),
-        "dataset": dataset.name,
+        "dataset": inputs.dataset.name,
         "tasks": {
-            task.name: {**task.describe(), "images": len(images[task.name])} for task in tasks
+            task.name: {**task.describe(), "images": len(inputs.images[task.name])}
+            for task in inputs.tasks
         },
         "eps": list(request.eps),
         "attacks": list(request.attacks),
-        "attack_configs": configs,
+        "attack_configs": inputs.configs,
         "classifier": "logit_scale * image_emb @ class_emb.T; class_emb: the class name in "
         "every template, encoded and averaged; logit_scale: the victim's own, else 100",
         "steps": request.steps,
         "seed": request.seed,
         "batch_size": request.batch_size,
     }
-    evaluation_labels = [
-        attack_label(attack, eps)
-        for eps in request.eps
-        for attack in (*request.attacks, worst_case_name(request.attacks))
-        if attack is not None
-    ]
-    with ResultStore.in_run_dir(run_dir) as store:
-        run_id = _resume_or_start(store, spec, request.seed)
-        evaluation = ZeroShotEvaluation(Path(run_dir), run_id, evaluation_labels)
-        for name in request.victims:
-            victim = load_victim(name, device=device)
-            if "itc" not in victim.capabilities:
-                raise RobustError(
-                    f"{name} has no image-text embeddings ({', '.join(victim.capabilities)}); "
-                    "zero-shot classification needs a CLIP-style (itc) victim"
-                )
-            for task in tasks:
-                cell = _Cell(store, run_id, victim, task, dataset_name, split, images[task.name])
-                row = cell.evaluate(request, budgets, configs, progress)
-                evaluation.rows.append(row)
-            del victim
-    return evaluation
+
+
+def _embedding_victim(name: str, device: str) -> Victim:
+    """A loaded victim that has image and text embeddings (zero-shot needs both)."""
+    victim = load_victim(name, device=device)
+    if "itc" not in victim.capabilities:
+        raise RobustError(
+            f"{name} has no image-text embeddings ({', '.join(victim.capabilities)}); "
+            "zero-shot classification needs a CLIP-style (itc) victim"
+        )
+    return victim
 
 
 def _resume_or_start(store: ResultStore, spec: dict[str, Any], seed: int) -> int:
@@ -178,7 +213,6 @@ class _Cell:
     def evaluate(
         self,
         request: ZeroShotRequest,
-        budgets: dict[str, float],
         configs: dict[str, dict[str, Any]],
         progress: Progress | None,
     ) -> dict[str, Any]:
@@ -202,7 +236,7 @@ class _Cell:
             "images": len(self.data),
             "clean": _accuracy(clean),
         }
-        for eps in budgets:
+        for eps in request.eps:
             applicable: list[np.ndarray] = []
             for attack in request.attacks:
                 label = attack_label(attack, eps)
