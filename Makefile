@@ -8,10 +8,14 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-slow lint bench clean
 
+# torchattacks declares requests~=2.25.1, which conflicts with the pinned requests; it imports
+# only torch, numpy and scipy (all pinned), so a second step installs it without its declared
+# dependencies, at the version constraints.txt pins.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt torchattacks
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -347,3 +347,45 @@ def test_text_embeddings_skip_shared_padding_exactly(source):
             full = model.text_features(model.text_encoder.text(input_ids, mask))
             trimmed = source.encode_text(texts)
         torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-5)
+
+
+def test_sizes_come_from_the_checkpoints_config_entry_without_config_json(source, tmp_path, caplog):
+    path = save_albef_checkpoint(source, tmp_path / "albef" / "flickr30k.pth")
+    (path.parent / "config.json").unlink()
+    with caplog.at_level("INFO", logger="robust.victims.albef"):
+        loaded = load_albef_checkpoint(path)
+    assert loaded.config == TINY
+    assert_same_outputs(loaded, source)
+    assert "`config` entry" in loaded.config_source
+    assert loaded.describe()["config_source"] == loaded.config_source
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [f"{path}: model sizes from {loaded.config_source}"]
+
+
+def test_config_json_beside_wins_and_is_named(source, tmp_path, caplog):
+    path = save_albef_checkpoint(source, tmp_path / "albef" / "flickr30k.pth")
+    with caplog.at_level("INFO", logger="robust.victims.albef"):
+        loaded = load_albef_checkpoint(path)
+    assert loaded.config_source == str(path.parent / "config.json")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: model sizes from {path.parent / 'config.json'}"
+    ]
+
+
+def test_official_config_entry_gives_resolution_and_widths():
+    """ALBEF/TCL save their training YAML as `config`; its size keys map onto AlbefConfig and
+    BERT's sizes (in config_bert.json, only named there) stay at bert-base's."""
+    official = {
+        "image_res": 256,
+        "vision_width": 768,
+        "embed_dim": 256,
+        "queue_size": 65536,
+        "bert_config": "configs/config_bert.json",
+    }
+    config, where = albef.config_in_checkpoint({"model": {}, "config": official}, "ckpt.pth")
+    assert config == AlbefConfig(image_size=256)
+    assert where == "ckpt.pth (its `config` entry)"
+    assert albef.config_in_checkpoint({"model": {}}, "ckpt.pth") == (None, "")
+    assert albef.config_in_checkpoint({"config": {"epochs": 5}}, "ckpt.pth") == (None, "")
+    with pytest.raises(RobustError, match="ckpt.pth"):
+        albef.config_in_checkpoint({"config": {"image_res": 250}}, "ckpt.pth")  # not /16

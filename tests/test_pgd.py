@@ -88,6 +88,20 @@ def test_kl_objective_is_positive_and_grows_with_steps(victim, batch):
     assert kl_long > 2 * kl_short
 
 
+def test_kl_gradient_at_the_clean_image_is_round_off_that_sign_turns_into_full_steps(victim, batch):
+    images, captions = batch
+    pixels = images.clone().requires_grad_(True)
+    with torch.no_grad():
+        clean = victim.encode_image(images)
+    (gradient,) = torch.autograd.grad(
+        embedding_kl(clean, victim.encode_image(pixels)).sum(), pixels
+    )
+    assert 0 < gradient.abs().max() < 1e-6
+    step = 1 / 255
+    moved = PGD(victim, eps=EPS, step_size=step, steps=1, random_start=False)(images, captions)
+    assert (moved - images).abs().amax(dim=(1, 2, 3)).min() >= step - 1e-6
+
+
 def test_text_cosine_pushes_images_away_from_their_captions(victim, batch):
     images, captions = batch
     adversarial = PGD(victim, eps=EPS, objective="text_cosine")(images, captions)

@@ -360,10 +360,12 @@ def test_provenance_has_expected_keys_and_types(
         "open_clip_torch",
         "transformers",
         "numpy",
+        "torchattacks",
     ):
         assert name in versions
         assert versions[name] is None or isinstance(versions[name], str)
     assert versions["numpy"] == np.__version__
+    assert versions["torchattacks"] == "3.5.1"  # installed for real, at the pinned version
     assert versions["vlp-robust"] is not None
 
     # tmp_path is not inside a git repository.

@@ -59,8 +59,11 @@ class PGDParams:
     """PGD hyper-parameters; the defaults are SGA's budget with every transfer trick off.
 
     `random_start` draws a *two-sided* uniform U(-eps, eps) start (as SGA does); Co-Attack's
-    code starts one-sided, U(0, eps). With `random_start=False` the ``"kl"`` objective has
-    zero gradient at the clean image, so keep it on for that objective (as the baselines do).
+    code starts one-sided, U(0, eps). With `random_start=False` the ``"kl"`` objective starts
+    at its minimum (KL 0 at the clean image), where its gradient is float round-off (about
+    1e-10, non-zero almost everywhere), not zero: `sign()` turns that noise into a full
+    step, so the first step goes in a direction of rounding errors. Keep the random start on
+    for that objective (as the baselines do).
 
     - `momentum`: MI-FGSM decay mu (0 = off); the gradient is L1-normalised per image
       before it is accumulated.

@@ -3,7 +3,15 @@
 Each module registers its commands on the shared typer app; every command is a thin wrapper.
 """
 
-from robust.cli import anyattack, bias, core, patch, report  # noqa: F401  (each registers its commands)
+from robust.cli import (  # noqa: F401  (each registers its commands)
+    anyattack,
+    bias,
+    core,
+    patch,
+    report,
+    specs,
+    zeroshot,
+)
 from robust.cli.common import app
 
 

@@ -127,9 +127,9 @@ def zoo_train_command(
 @zoo_app.command("calibrate")
 @user_errors
 def zoo_calibrate_command(
-    spec_file: Annotated[Path, typer.Argument(help="Calibration spec (YAML).")] = Path(
-        "configs/world_calibration.yaml"
-    ),
+    spec_file: Annotated[
+        str, typer.Argument(help="Calibration spec: a YAML file or a shipped spec name.")
+    ] = "world-calibration",
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
     ] = None,
@@ -309,7 +309,9 @@ def caption_command(
 @app.command("matrix")
 @user_errors
 def matrix_command(
-    spec_file: Annotated[Path, typer.Argument(help="Experiment spec (YAML), see configs/.")],
+    spec_file: Annotated[
+        str, typer.Argument(help="Experiment spec: a YAML file or a shipped name (robust specs).")
+    ],
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory; overrides the spec's output_dir.")
     ] = None,
@@ -324,6 +326,9 @@ def matrix_command(
     precision: Annotated[
         str | None,
         typer.Option(help="fp32 (the reference), tf32 or bf16 (autocast); overrides the spec."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use the first N dataset images; overrides the spec.")
     ] = None,
 ) -> None:
     """Transfer-attack matrix: craft on every source, evaluate on every target, store it all.
@@ -343,6 +348,10 @@ def matrix_command(
         overrides["executor"] = executor
     if precision is not None:
         overrides["precision"] = check_precision(precision)
+    if limit is not None:
+        if limit <= 0:
+            raise RobustError(f"--limit must be a positive number of images, got {limit}")
+        overrides["limit"] = limit
     spec = spec.model_copy(update=overrides)
     runner = make_executor(spec.executor, device=spec.device, address=address)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from robust.data.dataset import CaptionDataset
+from robust.data.image_folder import ImageFolder
 from robust.errors import RobustError
 
 DATASET_FORMS = "world, world:SPLIT, world-v2:SPLIT, or karpathy:ROOT:ANNOTATION.json"
@@ -43,4 +44,19 @@ def load_dataset(spec: str, *, limit: int | None = None) -> CaptionDataset:
     raise RobustError(f"unknown dataset {spec!r}; use {DATASET_FORMS}")
 
 
-__all__ = ["DATASET_FORMS", "CaptionDataset", "load_dataset"]
+def load_image_dataset(spec: str, *, limit: int | None = None) -> CaptionDataset | ImageFolder:
+    """A dataset for classification: `folder:ROOT` (one sub-folder per class), or any form
+    `load_dataset` reads (the world's labels give its classes)."""
+    from robust.data.image_folder import load_image_folder
+
+    kind, _, root = spec.partition(":")
+    if kind != "folder":
+        return load_dataset(spec, limit=limit)
+    if limit is not None and limit <= 0:
+        raise RobustError(f"--limit must be a positive number of images, got {limit}")
+    if not root:
+        raise RobustError(f"dataset {spec!r} must look like folder:ROOT (one sub-folder per class)")
+    return load_image_folder(root).subset(limit)
+
+
+__all__ = ["DATASET_FORMS", "CaptionDataset", "load_dataset", "load_image_dataset"]

@@ -19,47 +19,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from robust.data.world import BACKGROUNDS, COLORS, SHAPES
 from robust.errors import RobustError
+from robust.eval.prompts import PromptTask, world_prompt_tasks
+
+# the shipped world prompt files (robust/prompts/), the same ones `robust zeroshot` uses
+WORLD_TASKS: tuple[PromptTask, ...] = world_prompt_tasks()
 
 
-@dataclass(frozen=True)
-class LabelTask:
-    """One classification task over world labels: its classes and prompt templates."""
-
-    name: str
-    classes: tuple[str, ...]
-    templates: tuple[str, ...]
-
-    def label_sets(self, labels: Sequence[dict]) -> list[frozenset[str]]:
-        """The acceptable classes of each image."""
-        if self.name == "background":
-            return [frozenset({label["background"]}) for label in labels]
-        key = "shape" if self.name == "shape" else "color"
-        return [frozenset(obj[key] for obj in label["objects"]) for label in labels]
-
-    def prompts(self) -> list[list[str]]:
-        """Per class, its prompt under every template."""
-        return [[template.format(c) for template in self.templates] for c in self.classes]
-
-
-WORLD_TASKS: tuple[LabelTask, ...] = (
-    LabelTask("shape", SHAPES, ("a {}", "an image of a {}", "there is a {}")),
-    LabelTask("color", tuple(COLORS), ("a {} shape", "an image of a {} shape", "something {}")),
-    LabelTask(
-        "background",
-        tuple(BACKGROUNDS),
-        ("a shape on a {} background", "a picture against a {} backdrop"),
-    ),
-)
-
-
-def class_embeddings(encode_text, task: LabelTask) -> torch.Tensor:
+def class_embeddings(encode_text, task: PromptTask) -> torch.Tensor:
     """`[C, D]` L2-normalised prompt embeddings, averaged over templates."""
     with torch.no_grad():
         rows = [

@@ -3,13 +3,13 @@
 Every part writes its own store under one run directory, and the report reads them all:
 
 1. `clean/`: clean retrieval of every shipped toy retrieval victim on world test-1k;
-2. `matrix/`: the transfer-attack matrix of `configs/world_matrix.yaml` (PGD, BERT-Attack,
+2. `matrix/`: the transfer-attack matrix of the shipped `world-matrix` spec (PGD, BERT-Attack,
    Sep-Attack, Co-Attack and SGA from every toy to every toy), on Ray when Ray is installed
    (it is in the dev extra), else locally; the run record says which;
 3. bias of the matrix's SGA examples (in `matrix/`'s store): relevance bias of clean vs
    adversarial copies in one gallery with the attribute shift, and caption bias of the
    toy captioner;
-4. `defense/`: the defended matrix of `configs/world_defense.yaml` (clean cost,
+4. `defense/`: the defended matrix of the shipped `world-defense` spec (clean cost,
    non-adaptive and adaptive ASR behind JPEG and random resize-and-pad);
 5. `patch/`: a universal AdvCLIP patch fitted on toy-clip-vit and evaluated on the toys
    against its random-patch control;
@@ -44,16 +44,16 @@ from robust.harness.spec import ExperimentSpec, load_spec
 from robust.harness.store import ResultStore
 from robust.progress import Progress
 from robust.report.pdf import ReportSummary, build_report
+from robust.resources import spec_path
 from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
 
 DEMO_SPLIT = "test-1k"
 # ITM re-ranks each query's top 16 ITC candidates in the demo's clean part, as in its matrix
-# (configs/world_matrix.yaml): with three fusion toys, the Flickr default of 128 alone would
+# (world-matrix): with three fusion toys, the Flickr default of 128 alone would
 # take most of the demo's time. `robust eval` keeps 128.
 CLEAN_K_TEST = 16
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-MATRIX_SPEC = CONFIGS / "world_matrix.yaml"
-DEFENSE_SPEC = CONFIGS / "world_defense.yaml"
+MATRIX_SPEC = spec_path("world-matrix")
+DEFENSE_SPEC = spec_path("world-defense")
 BIAS_ATTACK, BIAS_SOURCE, BIAS_TARGET = "sga", "toy-clip-vit", "toy-clip-rn"
 BIAS_CAPTIONER = "toy-blip-cap"
 ANYATTACK_ENCODER = "toy-clip-vit"

@@ -21,6 +21,7 @@ CORE_DISTRIBUTIONS: tuple[str, ...] = (
     "open_clip_torch",
     "transformers",
     "numpy",
+    "torchattacks",  # the torchattacks attack kind and zero-shot APGD
 )
 # Reported only when installed: they matter (image decoding, weight files) but are optional.
 OPTIONAL_DISTRIBUTIONS: tuple[str, ...] = ("pillow", "safetensors")

@@ -36,6 +36,7 @@ from pydantic import (
 
 from robust.errors import RobustError
 from robust.harness.defense_axis import DefenseAxis
+from robust.resources import spec_path
 
 __all__ = [
     "AttackSpec",
@@ -463,8 +464,12 @@ def parse_spec(data: Any, *, origin: str = "spec") -> ExperimentSpec:
 
 
 def load_spec(path: Path | str) -> ExperimentSpec:
-    """Read and validate a YAML spec file; every problem is one `SpecError` line."""
-    path = Path(path)
+    """Read and validate a YAML spec file, or the shipped spec of that name (`world-matrix`);
+    every problem is one `SpecError` line."""
+    try:
+        path = spec_path(path)
+    except RobustError as error:
+        raise SpecError(str(error)) from None
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

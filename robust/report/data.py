@@ -26,6 +26,8 @@ CACHE_DIRNAME: Final[str] = "cache"
 PATCH_EVAL: Final[str] = "patch-eval"  # the `command` a patch evaluation's spec records
 ANYATTACK_EVAL: Final[str] = "anyattack eval"
 BIAS_CAPTION: Final[str] = "bias caption"
+ZEROSHOT: Final[str] = "zeroshot"  # robust.harness.zeroshot.COMMAND
+ZEROSHOT_SCORING: Final[str] = "zero-shot:"  # robust.harness.zeroshot.SCORING_PREFIX
 BIAS_KINDS: Final[frozenset[str]] = frozenset({"bias cache", "bias pairs", BIAS_CAPTION})
 _SEED_SUFFIX: Final[str] = "@seed="
 
@@ -195,6 +197,29 @@ class BiasScore:
 
 
 @dataclass(frozen=True)
+class ZeroShotScore:
+    """Zero-shot accuracy of `victim` on `task`, clean (`attack` None) or under an attack
+    label such as `apgd-ce@eps=2/255`."""
+
+    victim: str
+    task: str
+    attack: str | None
+    accuracy: float
+    images: float
+    run: str
+
+
+@dataclass(frozen=True)
+class ZeroShotRun:
+    """A `robust zeroshot` run: its dataset, attack labels in column order, APGD steps."""
+
+    run: str
+    dataset: str
+    labels: tuple[str, ...]
+    steps: int | None
+
+
+@dataclass(frozen=True)
 class CachedAttack:
     """A complete adversarial-cache entry: the attack's full config() as it crafted."""
 
@@ -233,6 +258,8 @@ class ReportData:
     anyattack: list[AnyAttackScore] = field(default_factory=list)
     patch_runs: list[PatchRun] = field(default_factory=list)
     patch: list[PatchScore] = field(default_factory=list)
+    zeroshot_runs: list[ZeroShotRun] = field(default_factory=list)
+    zeroshot: list[ZeroShotScore] = field(default_factory=list)
     cached: list[CachedAttack] = field(default_factory=list)
     calibrations: list[WorldCalibration] = field(default_factory=list)
 
@@ -314,6 +341,9 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
         if run.kind in BIAS_KINDS:
             _read_bias_run(data, store, run)
             continue
+        if run.kind == ZEROSHOT:
+            _read_zeroshot_run(data, store, run)
+            continue
         labels = _register_attacks(data, run)
         white_box = _white_box_pairs(run.spec.get("spec", {}))
         grouped = _group_rows(store.metrics(run_id))
@@ -384,6 +414,26 @@ def _read_anyattack_run(data: ReportData, store: ResultStore, run: RunRecord, fo
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
         victim, _, _, _, source, target, _, _ = key
         data.anyattack.append(AnyAttackScore(target or victim, source, metrics, run.key))
+
+
+def _read_zeroshot_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:
+    """Zero-shot rows are their own section's, never clean or transfer cells."""
+    spec = run.spec
+    attacks = list(spec.get("attacks", []))
+    names = attacks + (["+".join(attacks)] if len(attacks) > 1 else [])
+    labels = tuple(f"{name}@eps={eps}" for eps in spec.get("eps", []) for name in names)
+    steps = spec.get("steps")
+    data.zeroshot_runs.append(
+        ZeroShotRun(run.key, str(spec.get("dataset", "?")), labels, steps and int(steps))
+    )
+    for key, metrics in _group_rows(store.metrics(run.run_id)).items():
+        victim, _, _, attack, _, _, _, scoring = key
+        if scoring.startswith(ZEROSHOT_SCORING) and "acc" in metrics:
+            task = scoring[len(ZEROSHOT_SCORING) :]
+            images = metrics.get("images", math.nan)
+            data.zeroshot.append(
+                ZeroShotScore(victim, task, attack, metrics["acc"], images, run.key)
+            )
 
 
 def _read_bias_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:

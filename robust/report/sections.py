@@ -46,6 +46,7 @@ from robust.report.layout import (
     with_heading,
 )
 from robust.report.patch_section import has_patch, patch_headlines, patch_section
+from robust.report.zeroshot_section import has_zeroshot, zeroshot_section
 
 Builder = Callable[[ReportData], list[Block]]
 _RECALL_COLUMNS: Final[tuple[str, ...]] = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")
@@ -582,5 +583,7 @@ SECTIONS: Final[tuple[Section, ...]] = (
         "No defense results in this run.",
     ),
     Section("Bias", has_bias, bias_section, "No bias measurements in this run."),
+    # only runs with zero-shot rows get it, without a note otherwise
+    Section("Zero-shot robustness", has_zeroshot, zeroshot_section, None),
     Section("Appendix", lambda data: True, appendix, ""),
 )

@@ -20,6 +20,7 @@ to 30 tokens. Only the logic is reimplemented; the tokenizer itself is transform
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ from robust.checkpoints import (
 from robust.errors import RobustError, WeightsNotFoundError
 from robust.victims.base import Victim
 from robust.victims.weights import hub_file_in_cache, missing_weights, weights_root
+
+logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -530,6 +533,7 @@ class AlbefVictim(Victim):
     retrieval_score_fusion = "itm"
     max_words = MAX_WORDS
     max_text_tokens = MAX_TEXT_TOKENS
+    config_source = ""  # where load_albef_checkpoint read the model sizes from
 
     def __init__(
         self,
@@ -663,7 +667,10 @@ class AlbefVictim(Victim):
         return self.model.itm_logits(self.image_tokens(images), hidden, mask)
 
     def describe(self) -> dict:
-        return {**super().describe(), "text_tokens": self.max_text_tokens}
+        described = {**super().describe(), "text_tokens": self.max_text_tokens}
+        if self.config_source:
+            described["config_source"] = self.config_source
+        return described
 
     @classmethod
     def from_spec(
@@ -776,11 +783,11 @@ def find_bert_vocab(checkpoint: Path) -> Path:
     )
 
 
-def read_config_beside(checkpoint: Path) -> tuple[AlbefConfig, str]:
-    """The config.json beside a checkpoint (tiny/toy models declare sizes there), else default."""
+def read_config_beside(checkpoint: Path) -> tuple[AlbefConfig | None, str]:
+    """The config.json beside a checkpoint (tiny/toy models declare sizes there), or None."""
     path = Path(checkpoint).parent / CONFIG_FILE
     if not path.is_file():
-        return AlbefConfig(), "default ALBEF config (no config.json beside the checkpoint)"
+        return None, ""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -788,6 +795,41 @@ def read_config_beside(checkpoint: Path) -> tuple[AlbefConfig, str]:
     if not isinstance(data, dict):
         raise RobustError(f"{path} must hold a JSON object of ALBEF config keys")
     return AlbefConfig.from_dict(data, str(path)), str(path)
+
+
+DEFAULT_CONFIG_SOURCE = (
+    "the released ViT-B/16 + BERT-base sizes (no config.json beside the checkpoint, no sizes "
+    "in its `config` entry)"
+)
+# Size keys of the training config ALBEF/TCL save in a checkpoint's `config` entry (their
+# YAML: image_res, vision_width, embed_dim; BERT's sizes live in a separate config_bert.json
+# the checkpoint only names, so they stay at bert-base's).
+OFFICIAL_SIZE_KEYS = {
+    "image_res": "image_size",
+    "vision_width": "vision_width",
+    "embed_dim": "embed_dim",
+}
+
+
+def config_in_checkpoint(checkpoint: Any, source: str) -> tuple[AlbefConfig | None, str]:
+    """The sizes a checkpoint's own `config` entry records, or None when it has none.
+
+    `save_albef_checkpoint` also writes the complete sizes as `config.model_config`; an
+    official checkpoint gives the image resolution, ViT width and embedding size, and
+    everything else keeps the released model's defaults.
+    """
+    record = checkpoint.get("config") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(record, Mapping):
+        return None, ""
+    where = f"{source} (its `config` entry)"
+    if isinstance(record.get("model_config"), Mapping):
+        return AlbefConfig.from_dict(record["model_config"], where), where
+    sizes = {ours: record[key] for key, ours in OFFICIAL_SIZE_KEYS.items() if key in record}
+    if not sizes:
+        return None, ""
+    if "vision_width" in sizes:
+        sizes["encoder_width"] = sizes["vision_width"]  # cross-attention reads the ViT tokens
+    return AlbefConfig.from_dict(sizes, where), where
 
 
 def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> Any:
@@ -929,7 +971,9 @@ def load_albef_checkpoint(
 ) -> AlbefVictim:
     """An ALBEF/TCL victim from an official `.pth` (retrieval or pre-training) or state dict.
 
-    `config` defaults to `config.json` beside the file, else the released model's sizes;
+    `config` defaults to `config.json` beside the file, else the sizes the checkpoint's own
+    `config` entry records, else the released model's; which one was used is logged (INFO)
+    and kept as the victim's `config_source` (in `describe()`);
     `vocab_file` defaults to `find_bert_vocab`. Parameters are frozen (attacks need only
     input gradients).
     """
@@ -938,10 +982,9 @@ def load_albef_checkpoint(
         raise RobustError(f"unknown ALBEF-style family {family!r}; use one of {FAMILIES}")
     if not path.is_file():
         raise missing_weights(f"{family}:{path}", [str(path)], WEIGHTS_SOURCES[family])
+    config_source = "given AlbefConfig"
     if config is None:
         config, config_source = read_config_beside(path)
-    else:
-        config_source = "given AlbefConfig"
     if vocab_file is None:
         vocab_file = find_bert_vocab(path)
     elif not Path(vocab_file).is_file():
@@ -949,12 +992,19 @@ def load_albef_checkpoint(
             f"BERT vocabulary {vocab_file} does not exist; pass the bert-base-uncased vocab.txt"
         )
     checkpoint = read_checkpoint(path, trust_pickle=trust_pickle)
+    if config is None:
+        config, config_source = config_in_checkpoint(checkpoint, str(path))
+    if config is None:
+        config, config_source = AlbefConfig(), DEFAULT_CONFIG_SOURCE
+    logger.info("%s: model sizes from %s", path, config_source)
     state = extract_state_dict(checkpoint, str(path))
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         model = AlbefModel(config)
     load_albef_state(model, state, source=str(path), config_source=config_source)
     model.requires_grad_(False)
-    return AlbefVictim(name or f"{family}:{path}", model.eval(), vocab_file, family=family)
+    victim = AlbefVictim(name or f"{family}:{path}", model.eval(), vocab_file, family=family)
+    victim.config_source = config_source
+    return victim
 
 
 def save_albef_checkpoint(

@@ -1,5 +1,5 @@
 """The toy zoo: tiny victims of every family trained on the embedded world, shipped as data."""
 
-from pathlib import Path
+from robust.resources import zoo_dir
 
-ZOO_DIR = Path(__file__).resolve().parent
+ZOO_DIR = zoo_dir()
