@@ -97,10 +97,6 @@ class WorldVersion:
     # output-pixel period of the fill patterns
     texture_period: float = 4.0
     position_probability: float = 0.95
-    # the chance an object's colour is named; below 1 captions leave colours out as real
-    # ones often do, so that colour, the cue a small image tower learns first, is not the
-    # one word every match hangs on
-    color_probability: float = 1.0
     # capital letters that join the six shapes as object categories (`letter k`)
     letters: tuple[str, ...] = ()
 
@@ -432,12 +428,11 @@ def caption_scene(
     rng: np.random.Generator,
     world: WorldVersion = WORLD_VERSIONS[DEFAULT_WORLD],
 ) -> list[str]:
-    """Five distinct paraphrases; each names every object's shape, and its colour as often as
-    the version's `color_probability` says."""
+    """Five distinct paraphrases; each names every object's colour and shape."""
     captions: list[str] = []
     attempts = 0
     while len(captions) < CAPTIONS_PER_IMAGE:
-        caption = _one_caption(scene, rng, world)
+        caption = _one_caption(scene, rng, world.position_probability)
         attempts += 1
         if caption not in captions or attempts > 50:
             captions.append(caption)
@@ -448,15 +443,11 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _object_phrase(
-    obj: WorldObject, rng: np.random.Generator, *, with_position: bool, color_probability: float
-) -> str:
+def _object_phrase(obj: WorldObject, rng: np.random.Generator, *, with_position: bool) -> str:
     words = []
     if rng.random() < 0.85:
         words.append(_pick(rng, _SIZE_WORDS[obj.size]))
-    # versions that name every colour draw nothing here, so their captions stay as they were
-    if color_probability >= 1.0 or rng.random() < color_probability:
-        words.append(obj.color)
+    words.append(obj.color)
     if obj.texture == "plain":
         # plain fills are named only sometimes, as a real caption might
         if rng.random() < 0.3:
@@ -478,18 +469,10 @@ def _join(phrases: list[str]) -> str:
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _one_caption(scene: WorldScene, rng: np.random.Generator, world: WorldVersion) -> str:
+def _one_caption(scene: WorldScene, rng: np.random.Generator, position_probability: float) -> str:
     order = rng.permutation(len(scene.objects))
-    with_position = rng.random() < world.position_probability
-    phrases = [
-        _object_phrase(
-            scene.objects[i],
-            rng,
-            with_position=with_position,
-            color_probability=world.color_probability,
-        )
-        for i in order
-    ]
+    with_position = rng.random() < position_probability
+    phrases = [_object_phrase(scene.objects[i], rng, with_position=with_position) for i in order]
     body = _join(phrases)
     background = scene.background
     count = len(scene.objects)
@@ -540,11 +523,11 @@ def confusable_words(version: str = DEFAULT_WORLD) -> dict[str, tuple[str, ...]]
 
 @dataclass(frozen=True)
 class CaptionClaim:
-    """What a world caption asserts: per object (size or None, colour or None, shape,
-    position or None), the background when it names one, and per object the fill texture
-    it names (None where it names none)."""
+    """What a world caption asserts: per object (size or None, colour, shape, position or
+    None), the background when it names one, and per object the fill texture it names
+    (None where it names none)."""
 
-    objects: tuple[tuple[str | None, str | None, str, str | None], ...]
+    objects: tuple[tuple[str | None, str, str, str | None], ...]
     background: str | None
     textures: tuple[str | None, ...] = ()
 
@@ -586,19 +569,19 @@ def parse_caption(caption: str) -> CaptionClaim:
 
 def _parse_object(
     phrase: str, caption: str
-) -> tuple[tuple[str | None, str | None, str, str | None], str | None]:
+) -> tuple[tuple[str | None, str, str, str | None], str | None]:
     words = phrase.split(" ")
-    if words[0] not in ("a", "an") or len(words) < 2:
+    if words[0] not in ("a", "an") or len(words) < 3:
         raise ValueError(f"not a world caption: {caption!r}")
     words = words[1:]
     size = next((s for s, options in _SIZE_WORDS.items() if words[0] in options), None)
     if size is not None:
         words = words[1:]
-    color = words[0] if words[:1] and words[0] in COLORS else None
-    if color is not None:
-        words = words[1:]
-    first = words[0] if words else ""
-    texture = next((t for t, options in _TEXTURE_WORDS.items() if first in options), None)
+    color = words[0]
+    words = words[1:]
+    texture = next(
+        (t for t, options in _TEXTURE_WORDS.items() if words[:1] in ([o] for o in options)), None
+    )
     if texture is not None:
         words = words[1:]
     rest = " ".join(words)
@@ -609,7 +592,7 @@ def _parse_object(
                 position = next(
                     (p for p, phrases in _POSITION_PHRASES.items() if place in phrases), None
                 )
-                if place and position is None:
+                if color not in COLORS or (place and position is None):
                     raise ValueError(f"not a world caption: {caption!r}")
                 return (size, color, shape, position), texture
     raise ValueError(f"not a world caption: {caption!r}")
@@ -630,7 +613,7 @@ def caption_fits_scene(claim: CaptionClaim, label: dict) -> bool:
     def fits(index: int, obj: dict) -> bool:
         size, color, shape, position = claim.objects[index]
         return (
-            color in (None, obj["color"])
+            color == obj["color"]
             and shape == obj["shape"]
             and size in (None, obj["size"])
             and position in (None, obj["position"])
