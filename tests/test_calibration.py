@@ -86,7 +86,10 @@ def test_todays_pattern_misses_the_pixel_and_text_bands_and_names_the_worst_cell
 
 
 def test_missing_attacks_are_one_error_before_anything_runs():
-    with pytest.raises(RobustError, match=r"lacks sep_attack, co_attack \(start from configs"):
+    with pytest.raises(
+        RobustError,
+        match=r"lacks sep_attack, co_attack \(start from the shipped one: `robust specs world-",
+    ):
         check_calibration_labels(["pgd", "bert_attack", "sga"])
     check_calibration_labels(CALIBRATION_ATTACKS)
 

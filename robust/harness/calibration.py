@@ -89,7 +89,8 @@ def check_calibration_labels(labels: Sequence[str]) -> None:
     if missing:
         raise RobustError(
             f"the calibration needs attack labels {', '.join(CALIBRATION_ATTACKS)}; the spec "
-            f"lacks {', '.join(missing)} (start from configs/world_calibration.yaml)"
+            f"lacks {', '.join(missing)} (start from the shipped one: "
+            "`robust specs world-calibration`)"
         )
 
 
