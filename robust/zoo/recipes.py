@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
+from robust.errors import RobustError
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 WORLD_IMAGE_SIZE = 64
 TEXT_CFG = {"context_length": 40, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
+# The CLIP text context on any world but the shipped one: world-v2's and world-v3's longest
+# train captions take 46 and 43 BPE tokens with start and end, past the shipped 40.
+OTHER_WORLD_CONTEXT_LENGTH = 64
+
+
+def known_world(version: str) -> str:
+    """`version` itself when it names a world version; otherwise one RobustError line."""
+    world_image_size(version)  # raises for an unknown version
+    return version
+
+
+def world_image_size(version: str) -> int:
+    """The image side of world `version`; an unknown version is one RobustError line."""
+    from robust.data.world import world_version
+
+    try:
+        return world_version(version).image_size
+    except ValueError as error:
+        raise RobustError(f"--world: {error}") from None
+
+
+def patch_for_size(patch_size: int, image_size: int, new_image_size: int) -> int:
+    """The ViT patch side at `new_image_size` that keeps the tower's token count (and so
+    its compute): 64 px / patch 8 becomes 128 px / patch 16."""
+    return patch_size * new_image_size // image_size
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,23 @@ class ClipRecipe:
 
     def config(self) -> dict:
         return asdict(self)
+
+    def for_world(self, version: str) -> ClipRecipe:
+        """This recipe on world `version`: the version's image size (a ViT's patch scaled
+        with it), a text context that fits its captions; unchanged on its own world."""
+        if version == self.world:
+            return self
+        size = world_image_size(version)
+        vision = dict(self.model_cfg["vision_cfg"], image_size=size)
+        if vision["patch_size"] is not None:
+            vision["patch_size"] = patch_for_size(
+                vision["patch_size"], self.model_cfg["vision_cfg"]["image_size"], size
+            )
+        text = dict(self.model_cfg["text_cfg"])
+        text["context_length"] = max(text["context_length"], OTHER_WORLD_CONTEXT_LENGTH)
+        model_cfg = {**self.model_cfg, "vision_cfg": vision, "text_cfg": text}
+        preprocess_cfg = dict(self.preprocess_cfg, size=size)
+        return replace(self, world=version, model_cfg=model_cfg, preprocess_cfg=preprocess_cfg)
 
 
 RECIPES: dict[str, ClipRecipe] = {

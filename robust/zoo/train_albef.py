@@ -50,10 +50,10 @@ from robust.victims.albef import (
 from robust.zoo.augment import augment_images, random_erasing
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
-from robust.zoo.recipes import WORLD_IMAGE_SIZE
+from robust.zoo.recipes import WORLD_IMAGE_SIZE, patch_for_size, world_image_size
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.train import TrainReport, write_training_record
-from robust.zoo.vocab import build_world_vocab
+from robust.zoo.vocab import VOCAB_SIZE, build_world_vocab
 from robust.zoo.warm_start import (
     TEXT_SOURCE,
     VISION_SOURCE,
@@ -175,6 +175,18 @@ class AlbefRecipe:
     def config(self) -> dict:
         """The recipe as its JSON record holds it (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))
+
+    def for_world(self, version: str) -> AlbefRecipe:
+        """This recipe on world `version`: the version's image size with the ViT's patch
+        scaled to keep its token count, and room for any world vocabulary (the text warm
+        start's, up to VOCAB_SIZE tokens); unchanged on its own world."""
+        if version == self.world:
+            return self
+        size = world_image_size(version)
+        patch = patch_for_size(self.model["patch_size"], self.model["image_size"], size)
+        vocab_size = max(self.model["vocab_size"], VOCAB_SIZE)
+        model = dict(self.model, image_size=size, patch_size=patch, vocab_size=vocab_size)
+        return replace(self, world=version, model=model)
 
 
 ALBEF_RECIPES: dict[str, AlbefRecipe] = {
@@ -535,7 +547,7 @@ def train_albef(
         _, tokens = masked_lm_state(recipe.text_init)
         vocab_target.write_text("".join(f"{token}\n" for token in tokens))
     elif vocab_file is None:
-        build_world_vocab(vocab_target)
+        build_world_vocab(vocab_target, version=recipe.world)
     elif not vocab_target.exists() or not vocab_target.samefile(vocab_file):
         shutil.copyfile(vocab_file, vocab_target)
 

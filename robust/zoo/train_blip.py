@@ -14,7 +14,7 @@ import itertools
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from robust.victims.blip import DEC_TOKEN, ENC_TOKEN, ITM_MATCH_CLASS
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import mask_tokens
-from robust.zoo.recipes import WORLD_IMAGE_SIZE
+from robust.zoo.recipes import WORLD_IMAGE_SIZE, known_world, patch_for_size, world_image_size
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.warm_start import (
@@ -70,6 +70,20 @@ def _clip_vit_vision() -> dict:
         "num_hidden_layers": 4,
         "num_attention_heads": 3,
     }
+
+
+def vision_for_world(vision: dict, version: str) -> dict:
+    """A BLIP ViT config at world `version`'s image size, its patch scaled to keep the
+    token count."""
+    size = world_image_size(version)
+    patch = patch_for_size(vision["patch_size"], vision_image_size(vision), size)
+    return dict(vision, image_size=size, patch_size=patch)
+
+
+def vision_image_size(vision: dict) -> int:
+    """The image side a BLIP recipe's ViT takes: its `image_size`, set by `for_world`;
+    none means the shipped WORLD_IMAGE_SIZE (so the shipped recipes stay as they were)."""
+    return vision.get("image_size", WORLD_IMAGE_SIZE)
 
 
 def _text_defaults() -> dict:
@@ -127,6 +141,13 @@ class BlipRetrievalRecipe:
     def config(self) -> dict:
         return asdict(self)
 
+    def for_world(self, version: str) -> BlipRetrievalRecipe:
+        """This recipe on world `version` (its ViT at the version's size, same token
+        count); unchanged on its own world."""
+        if version == self.world:
+            return self
+        return replace(self, world=version, vision=vision_for_world(self.vision, version))
+
 
 @dataclass(frozen=True)
 class BlipCaptionRecipe:
@@ -156,6 +177,13 @@ class BlipCaptionRecipe:
     def config(self) -> dict:
         return asdict(self)
 
+    def for_world(self, version: str) -> BlipCaptionRecipe:
+        """This recipe on world `version` (its ViT at the version's size, same token
+        count); unchanged on its own world."""
+        if version == self.world:
+            return self
+        return replace(self, world=version, vision=vision_for_world(self.vision, version))
+
 
 @dataclass(frozen=True)
 class MlmRecipe:
@@ -179,6 +207,12 @@ class MlmRecipe:
 
     def config(self) -> dict:
         return asdict(self)
+
+    def for_world(self, version: str) -> MlmRecipe:
+        """This recipe on world `version`: its vocabulary is then built from that version's
+        captions, whose word pieces fit MLM_TEXT_POSITIONS (world-v3's longest take 57
+        even with the shipped world vocabulary)."""
+        return replace(self, world=known_world(version))
 
 
 BlipRecipe = BlipRetrievalRecipe | BlipCaptionRecipe | MlmRecipe
@@ -251,7 +285,7 @@ def blip_config(recipe: BlipRetrievalRecipe | BlipCaptionRecipe, tokenizer, *, e
         "eos_token_id": sep,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    vision = {**recipe.vision, "image_size": WORLD_IMAGE_SIZE}
+    vision = {**recipe.vision, "image_size": vision_image_size(recipe.vision)}
     return BlipConfig(
         text_config=text,
         vision_config=vision,
@@ -562,7 +596,12 @@ def _save_trained(
     from robust.victims.blip import save_blip
 
     save_blip(
-        model, tokenizer, output_dir, mean=recipe.mean, std=recipe.std, image_size=WORLD_IMAGE_SIZE
+        model,
+        tokenizer,
+        output_dir,
+        mean=recipe.mean,
+        std=recipe.std,
+        image_size=vision_image_size(recipe.vision),
     )
     report = TrainReport(recipe.name, Path(output_dir), seconds, steps, final_loss, config)
     write_training_record(report, dataset)
@@ -577,7 +616,7 @@ def new_blip_retrieval_victim(recipe: BlipRetrievalRecipe, tokenizer):
 
     torch.manual_seed(recipe.seed)
     model = BlipForImageTextRetrieval(blip_config(recipe, tokenizer, embed_dim=recipe.embed_dim))
-    preprocess = {"size": WORLD_IMAGE_SIZE, "mean": recipe.mean, "std": recipe.std}
+    preprocess = {"size": vision_image_size(recipe.vision), "mean": recipe.mean, "std": recipe.std}
     return BlipRetrievalVictim(recipe.name, model, tokenizer, preprocess)
 
 
@@ -660,7 +699,7 @@ def new_blip_caption_victim(recipe: BlipCaptionRecipe, tokenizer):
 
     torch.manual_seed(recipe.seed)
     model = BlipForConditionalGeneration(blip_config(recipe, tokenizer))
-    preprocess = {"size": WORLD_IMAGE_SIZE, "mean": recipe.mean, "std": recipe.std}
+    preprocess = {"size": vision_image_size(recipe.vision), "mean": recipe.mean, "std": recipe.std}
     return BlipCaptionVictim(recipe.name, model, tokenizer, preprocess)
 
 
