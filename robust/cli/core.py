@@ -102,6 +102,18 @@ def zoo_train_command(
         str | None,
         typer.Option(help="CLIP toys: fine-tune from this member or open_clip folder."),
     ] = None,
+    world: Annotated[
+        str | None,
+        typer.Option(help="World version to train on (default: the recipe's, world)."),
+    ] = None,
+    vision_init: Annotated[
+        str | None,
+        typer.Option(help="Fusion toys: warm-start the ViT from this CLIP ViT member or folder."),
+    ] = None,
+    text_init: Annotated[
+        str | None,
+        typer.Option(help="Fusion toys, captioner: warm-start the text from this masked LM."),
+    ] = None,
 ) -> None:
     """Train a toy victim on world train with the project's own recipe and save it."""
     from robust.zoo.train import train_zoo_member
@@ -115,6 +127,9 @@ def zoo_train_command(
             train_images=train_images,
             learning_rate=learning_rate,
             init=init,
+            world=world,
+            vision_init=vision_init,
+            text_init=text_init,
             progress=RichProgress(bar),
         )
     console.print(
@@ -200,6 +215,10 @@ def zoo_refine_itm_command(
     seed: Annotated[int | None, typer.Option(help="Seed of the negative draws (default 0).")] = (
         None
     ),
+    world: Annotated[
+        str | None,
+        typer.Option(help="World version the member was trained on (default: world)."),
+    ] = None,
 ) -> None:
     """Fine-tune a fusion toy's ITM (not its ITC) on the ITC-hard negatives re-ranking faces."""
     from robust.zoo.itm_refine import ItmRefineRecipe, refine_zoo_member
@@ -210,6 +229,7 @@ def zoo_refine_itm_command(
         "negatives_from_top": negatives_from_top,
         "train_images": train_images,
         "seed": seed,
+        "world": world,
     }
     recipe = ItmRefineRecipe(**{k: v for k, v in requested.items() if v is not None})
     with progress_bar() as bar:

@@ -37,7 +37,9 @@ from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.zoo import ZOO_DIR
+from robust.zoo.recipes import known_world
 from robust.zoo.schedule import cosine_learning_rate
+from robust.zoo.warm_start import check_trained_world
 
 if TYPE_CHECKING:
     from robust.zoo.train import TrainReport
@@ -65,6 +67,7 @@ class ItmRefineRecipe:
     world: str = "world"
 
     def __post_init__(self) -> None:
+        known_world(self.world)
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -404,6 +407,11 @@ def refine_zoo_member(
             f"`robust zoo train {name}`"
         )
     init_record = json.loads(record_file.read_text())
+    check_trained_world(
+        str(source),
+        recipe.world,
+        f"pass --init a {name} folder trained with --world {recipe.world}",
+    )
     victim = _load_member(member, source)
     if dataset is None:
         dataset = generate_world("train", count=recipe.train_images, version=recipe.world)

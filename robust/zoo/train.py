@@ -20,7 +20,7 @@ from robust.zoo import ZOO_DIR
 from robust.zoo.augment import noisy_caption, random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
 from robust.zoo.schedule import cosine_learning_rate
-from robust.zoo.warm_start import clip_state, training_record
+from robust.zoo.warm_start import check_trained_world, clip_state, training_record
 
 
 @dataclass(frozen=True)
@@ -71,24 +71,34 @@ def train_zoo_member(
     train_images: int | None = None,
     learning_rate: float | None = None,
     init: str | None = None,
+    world: str | None = None,
+    vision_init: str | None = None,
+    text_init: str | None = None,
     dataset: CaptionDataset | None = None,
     progress: Progress | None = None,
 ) -> TrainReport:
     """Train one toy victim on world train and save it in its family's real format.
 
     `init` (CLIP toys) starts from an existing member's weights, so the recipe's schedule
-    runs as a fine-tune of it; its training record is kept inside the new one.
+    runs as a fine-tune of it; its training record is kept inside the new one. `world`
+    trains on another world version (the recipe's `for_world`); `vision_init` / `text_init`
+    (fusion toys, the captioner) name the members its towers warm-start from, which must
+    have been trained on the same world.
     """
     recipes = zoo_recipes()
     if name not in recipes:
         raise RobustError(f"no zoo recipe named {name!r}; choose one of {', '.join(recipes)}")
     recipe, trainer = recipes[name]
+    if world is not None:
+        recipe = recipe.for_world(world)
     requested = {
         "seed": seed,
         "epochs": epochs,
         "train_images": train_images,
         "learning_rate": learning_rate,
         "init": init,
+        "vision_init": vision_init,
+        "text_init": text_init,
     }
     overrides = {k: v for k, v in requested.items() if v is not None}
     if overrides.get("epochs", 1) <= 0:
@@ -103,8 +113,28 @@ def train_zoo_member(
             option = "--" + key.replace("_", "-")
             raise RobustError(f"{option} does not apply to {name}'s recipe; leave it out")
     recipe = replace(recipe, **overrides)
+    check_warm_start_worlds(recipe)
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
     return trainer(recipe, output_dir, dataset=dataset, progress=progress)
+
+
+WARM_START_OPTIONS = {"init": "--init", "vision_init": "--vision-init", "text_init": "--text-init"}
+
+
+def check_warm_start_worlds(recipe: Any) -> None:
+    """Refuse, in one line naming the options to pass, a warm start from a member trained
+    on another world than the recipe's (the shipped sources were trained on `world`)."""
+    options = {field.name: WARM_START_OPTIONS.get(field.name) for field in fields(recipe)}
+    own = [option for option in options.values() if option is not None]
+    for field_name, option in options.items():
+        source = getattr(recipe, field_name)
+        if option is None or source is None:
+            continue
+        fix = (
+            f"to train {recipe.name} on {recipe.world}, pass {' and '.join(own)} "
+            f"naming members trained with --world {recipe.world}"
+        )
+        check_trained_world(source, recipe.world, fix)
 
 
 def train_clip(

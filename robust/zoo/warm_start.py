@@ -64,6 +64,25 @@ def training_record(name_or_path: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def trained_world(name_or_path: str) -> str | None:
+    """The world version a member was trained on, by its training.json (None: no record,
+    or not trained on a world)."""
+    from robust.data.world import WORLD_VERSIONS
+
+    record = training_record(name_or_path)
+    world = record["train_dataset"].partition(":")[0] if record else None
+    return world if world in WORLD_VERSIONS else None
+
+
+def check_trained_world(name_or_path: str, world: str, fix: str) -> None:
+    """Refuse to start from a member trained on another world than `world`: its image and
+    vocabulary sizes would not fit, or would fit and mean other things. `fix` says what to
+    pass instead."""
+    trained = trained_world(name_or_path)
+    if trained is not None and trained != world:
+        raise RobustError(f"{name_or_path} was trained on {trained}, not {world}; {fix}")
+
+
 def masked_lm_state(name_or_path: str = TEXT_SOURCE) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(BERT tensors of a `save_pretrained` BertForMaskedLM with `bert.` stripped, its
     vocabulary in id order), so a model warm-started from it tokenises the same way."""
