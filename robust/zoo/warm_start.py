@@ -70,7 +70,7 @@ def trained_world(name_or_path: str) -> str | None:
     from robust.data.world import WORLD_VERSIONS
 
     record = training_record(name_or_path)
-    world = record["train_dataset"].partition(":")[0] if record else None
+    world = record.get("train_dataset", "").partition(":")[0] if record else None
     return world if world in WORLD_VERSIONS else None
 
 
