@@ -17,6 +17,7 @@ from robust.data.world import (
     caption_fits_scene,
     confusable_words,
     generate_world,
+    letter_shape,
     parse_caption,
 )
 
@@ -207,7 +208,7 @@ def test_world_v3_adds_letters_as_object_categories_and_its_captions_fit():
     assert dataset.name == "world-v3:val"
     objects = [obj for label in dataset.labels for obj in label["objects"]]
     letters = {obj["shape"] for obj in objects if obj["shape"].startswith("letter ")}
-    assert letters == {f"letter {c.lower()}" for c in LETTERS}
+    assert letters == {letter_shape(c) for c in LETTERS}
     assert {obj["shape"] for obj in objects} - letters == set(SHAPES)
     # letters carry no fill pattern; shapes still do
     assert {obj["texture"] for obj in objects if obj["shape"] in letters} == {"plain"}

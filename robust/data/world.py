@@ -75,7 +75,14 @@ _COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 # capital letters drawn as objects in worlds with many object categories; A and I are left
 # out because their lower-case names are also English words ("a", "i")
 LETTERS = tuple("BCDEFGHJKLMNOPQRSTUVWXYZ")
-_SHAPE_WORDS.update({f"letter {c.lower()}": (f"letter {c.lower()}",) for c in LETTERS})
+
+
+def letter_shape(letter: str) -> str:
+    """The shape name (and caption words) of a capital letter drawn as an object."""
+    return f"letter {letter.lower()}"
+
+
+_SHAPE_WORDS.update({letter_shape(c): (letter_shape(c),) for c in LETTERS})
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ class WorldVersion:
     @property
     def shapes(self) -> tuple[str, ...]:
         """The object categories this version draws: the six shapes, then its letters."""
-        return SHAPES + tuple(f"letter {c.lower()}" for c in self.letters)
+        return SHAPES + tuple(letter_shape(c) for c in self.letters)
 
 
 # 128 px, objects with pixel-scale fill patterns the captions name, cluttered backgrounds
@@ -572,9 +579,8 @@ def _parse_object(
         words = words[1:]
     color = words[0]
     words = words[1:]
-    texture = next(
-        (t for t, options in _TEXTURE_WORDS.items() if words[:1] in ([o] for o in options)), None
-    )
+    first = words[0] if words else ""
+    texture = next((t for t, options in _TEXTURE_WORDS.items() if first in options), None)
     if texture is not None:
         words = words[1:]
     rest = " ".join(words)
