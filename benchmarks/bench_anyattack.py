@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import best_time, write_result
 from robust.attacks.anyattack import NoiseDecoder
 from robust.attacks.anyattack_train import PretrainConfig, new_state, pretrain
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 
 ENCODER = "toy-clip-vit"
 BATCH = 32

@@ -34,7 +34,7 @@ from robust.data.images import load_images
 from robust.data.world import generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 from robust.zoo import ZOO_DIR
 
 BERT_BASE_VOCAB = 30522

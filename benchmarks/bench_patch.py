@@ -19,7 +19,7 @@ from benchmarks.common import write_result
 from robust.attacks.advclip import AdvCLIP
 from robust.data.images import load_images
 from robust.data.world import generate_world
-from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS, load_victim
+from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim
 
 BATCH = 32
 FIT_IMAGES = 256

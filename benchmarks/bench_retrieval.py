@@ -11,7 +11,7 @@ import torch
 from benchmarks.common import best_time, peak_memory_in_fresh_process, write_result
 from robust.data.world import generate_world
 from robust.eval.retrieval import encode_dataset, rank_from_features
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 
 
 def ranking_call(split: str):

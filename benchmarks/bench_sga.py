@@ -18,7 +18,7 @@ from benchmarks.common import TOY_ALBEF, best_time, toy_albef_or_stand_in, write
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
 from robust.data.world import generate_world
-from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS, load_victim
+from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim
 from robust.zoo import ZOO_DIR
 
 BATCH = 16

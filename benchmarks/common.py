@@ -27,7 +27,7 @@ def toy_albef_or_stand_in():
     import torch
 
     from robust.victims.albef import AlbefModel, AlbefVictim
-    from robust.victims.zoo import KNOWN_VICTIMS, load_victim, weights_present
+    from robust.victims.registry import KNOWN_VICTIMS, load_victim, weights_present
     from robust.zoo.train_albef import albef_recipe_for
     from robust.zoo.warm_start import masked_lm_state
 

@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_victim(name_or_spec, *, device: str = "cpu"):
-    """Build a victim by registered name or spec string (see `robust.victims.zoo`)."""
-    from robust.victims.zoo import load_victim as _load_victim
+    """Build a victim by registered name or spec string (see `robust.victims.registry`)."""
+    from robust.victims.registry import load_victim as _load_victim
 
     return _load_victim(name_or_spec, device=device)
 

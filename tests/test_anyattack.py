@@ -29,7 +29,7 @@ from robust.attacks.anyattack_train import (
     temperature,
 )
 from robust.eval.targeted import class_key, pair_images
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 
 WORLD_SIZES = {"embed_dim": 64, "image_size": 64, "channels": 64, "bound": "tanh"}
 EPS = 16 / 255

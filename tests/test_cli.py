@@ -9,7 +9,7 @@ import pytest
 from pypdf import PdfReader
 
 from robust.harness.store import ResultStore
-from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
+from robust.victims.registry import TOY_RETRIEVAL_VICTIMS
 from tests.cli_helpers import assert_one_line_error, invoke
 
 

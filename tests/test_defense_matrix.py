@@ -44,7 +44,7 @@ def test_defense_axis_validation(tmp_path, tiny_open_clip_dir):
 
 
 def test_derived_defended_names_resolve_to_defended_victims(tmp_path, tiny_open_clip_dir):
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     spec = _spec(tmp_path, tiny_open_clip_dir)
     evaluation = load_victim(spec.victim("tiny+bits-3").load_arg())

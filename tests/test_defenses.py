@@ -22,7 +22,7 @@ from robust.defenses import (
     parse_defense,
 )
 from robust.errors import WeightsNotFoundError
-from robust.victims.zoo import KNOWN_VICTIMS, load_victim, weights_present
+from robust.victims.registry import KNOWN_VICTIMS, load_victim, weights_present
 
 
 @pytest.fixture(scope="module")

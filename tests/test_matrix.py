@@ -24,7 +24,7 @@ from robust.harness.executors import EvalCell, LocalExecutor
 from robust.harness.matrix import MatrixResult, batch_seed, run_matrix
 from robust.harness.spec import SpecError, parse_spec
 from robust.harness.store import ABSENT, ResultStore
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 from tests.conftest import TINY_OPEN_CLIP_CFG, TINY_PREPROCESS
 
 LIMIT = 6

@@ -13,7 +13,7 @@ from robust.data.images import load_images
 from robust.data.world import generate_world
 from robust.harness.noise_oracle import ORACLE_ATTACK, evaluate_noise_oracle, top1_owned
 from robust.harness.store import ResultStore
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 from tests.cli_helpers import assert_one_line_error, runner
 
 EPS = 16 / 255

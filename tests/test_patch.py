@@ -38,7 +38,7 @@ from robust.harness.patch import (
 )
 from robust.harness.store import ResultStore
 from robust.victims.base import Victim
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 from tests.cli_helpers import assert_one_line_error, runner
 
 

@@ -12,7 +12,7 @@ from robust.harness.executors import CraftCell
 from robust.harness.matrix import craft_request
 from robust.harness.spec import parse_spec
 from robust.precision import check_precision, precision_scope, prepare_model
-from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS, load_victim
+from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim
 
 COUNT = 16
 

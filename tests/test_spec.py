@@ -125,7 +125,7 @@ def test_shipped_configs_validate(tmp_path):
         "co_attack",
         "sga",
     ]
-    from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
+    from robust.victims.registry import TOY_RETRIEVAL_VICTIMS
 
     shipped = list(TOY_RETRIEVAL_VICTIMS)
     assert [v.name for v in world.sources] == [v.name for v in world.targets] == shipped

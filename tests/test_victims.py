@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import robust
 from robust.errors import RobustError, UnknownVictimError, WeightsNotFoundError
 from robust.victims.openclip import OpenClipVictim
-from robust.victims.zoo import KNOWN_VICTIMS, list_victims, resolve_spec, weights_present
+from robust.victims.registry import KNOWN_VICTIMS, list_victims, resolve_spec, weights_present
 
 TEXTS = ["a red circle in the center", "two shapes: a blue square and a green star"]
 

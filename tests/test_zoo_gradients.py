@@ -14,7 +14,7 @@ import torch
 import robust
 from robust.attacks.pgd import PGDParams, caption_set_similarity, linf_pgd
 from robust.data.images import load_images
-from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
+from robust.victims.registry import TOY_RETRIEVAL_VICTIMS
 
 IMAGES = 16
 LARGE_EPS = 32 / 255

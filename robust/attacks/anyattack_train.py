@@ -372,7 +372,7 @@ def _run(
 
 
 def _load_encoder(name: str, config: TrainConfig) -> Victim:
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     encoder = load_victim(name)
     encoder.requires_grad_(False)
@@ -434,7 +434,7 @@ def finetune(
         raise AttackConfigError(f"this is a {run_config.stage} run; continue it with pretrain")
     encoder = encoder or _load_encoder(run_config.encoder, run_config)
     given = auxiliaries or {}
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     weighted: dict[str, tuple[Victim, float]] = {}
     for name, weight in run_config.auxiliaries.items():

@@ -53,7 +53,7 @@ def _train(stage: str, config, out: Path, resume: bool) -> None:
 
 def _decoder_sizes(encoder: str, channels: int, image_size: int | None) -> dict[str, int]:
     from robust.attacks.anyattack import decoder_config_for
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     victim = load_victim(encoder)
     return decoder_config_for(victim, channels=channels, image_size=image_size).to_dict()
@@ -160,7 +160,7 @@ def finetune_command(
 
 
 def _parse_auxiliaries(values: list[str]) -> dict[str, float]:
-    from robust.victims.zoo import resolve_spec
+    from robust.victims.registry import resolve_spec
 
     weights: dict[str, float] = {}
     for value in values:
@@ -176,7 +176,7 @@ def _parse_auxiliaries(values: list[str]) -> dict[str, float]:
 def _open_attack(decoder: Path, encoder: str | None, eps: str | None):
     """The decoder, the encoder it was trained with, and the budget it was trained for."""
     from robust.attacks.anyattack import AnyAttack, describe_checkpoint, load_decoder, parse_eps
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     info = describe_checkpoint(decoder)
     encoder = encoder or info["encoder"]

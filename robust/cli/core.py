@@ -30,7 +30,7 @@ app.add_typer(zoo_app, name="zoo")
 @user_errors
 def victims_command() -> None:
     """List every registered victim with its family, resolution, capabilities and weights."""
-    from robust.victims.zoo import list_victims, weights_present
+    from robust.victims.registry import list_victims, weights_present
 
     table = Table(title="Registered victims")
     table.add_column("name", no_wrap=True)
@@ -42,7 +42,7 @@ def victims_command() -> None:
         table.add_row(
             entry.name,
             entry.family,
-            str(entry.image_size),
+            "?" if entry.image_size is None else str(entry.image_size),
             ",".join(entry.capabilities),
             present,
             entry.spec,
@@ -300,7 +300,7 @@ def caption_command(
     """Generate captions and score them against the references (BLEU-1..4, ROUGE-L, CIDEr)."""
     from robust.data import load_dataset
     from robust.eval.caption_eval import evaluate_captioning
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     if batch_size <= 0:
         raise RobustError(f"--batch-size must be positive, got {batch_size}")

@@ -35,6 +35,12 @@ import torch.nn.functional as F
 from robust.defenses.registry import parse_defense
 from robust.defenses.transforms import Defense, DefenseError
 from robust.victims.base import Victim
+from robust.victims.registry import (
+    check_victim,
+    load_victim,
+    register_victim_family,
+    spec_image_size,
+)
 
 __all__ = ["DefendedVictim", "bpda", "defended_spec", "load_defended_spec"]
 
@@ -221,8 +227,6 @@ def parse_defended_spec(arg: str) -> tuple[Defense, dict[str, Any], str]:
 
 def load_defended_spec(arg: str, name: str | None) -> DefendedVictim:
     """Build a DefendedVictim from `DEFENSE[,adaptive][,bpda][,eot=N][,seed=N]:VICTIM`."""
-    from robust.victims.zoo import load_victim
-
     defense, settings, inner = parse_defended_spec(arg)
     victim = load_victim(inner)
     display = None if name is None or name == f"{SPEC_PREFIX}:{arg}" else name
@@ -231,7 +235,20 @@ def load_defended_spec(arg: str, name: str | None) -> DefendedVictim:
 
 def check_defended_spec(arg: str, name: str | None = None) -> None:
     """The spec parses and the victim behind the defense has its files here."""
-    from robust.victims.zoo import check_victim
-
     _, _, inner = parse_defended_spec(arg)
     check_victim(inner)
+
+
+def defended_image_size(arg: str, name: str | None = None) -> int | None:
+    """The resolution of the victim behind the defense (a defense never resizes)."""
+    return spec_image_size(parse_defended_spec(arg)[2])
+
+
+register_victim_family(
+    SPEC_PREFIX,
+    DefendedVictim,
+    load=load_defended_spec,
+    check=check_defended_spec,
+    image_size=defended_image_size,
+    family="defended",
+)

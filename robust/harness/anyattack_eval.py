@@ -38,7 +38,7 @@ from robust.harness.evaluate import dataset_key
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
-from robust.victims.zoo import load_victim, resolve_spec
+from robust.victims.registry import load_victim, resolve_spec
 from robust.zoo import ZOO_DIR
 
 ATTACK = "anyattack"

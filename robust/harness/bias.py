@@ -190,7 +190,7 @@ def cache_relevance_bias(
 ) -> BiasReport:
     """Relevance bias of `victim_name` between clean (A) and adversarial (B) copies of the
     images `attack` crafted on `source` in the matrix run at `run_dir`."""
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     run_dir = Path(run_dir)
     progress = ensure_progress(progress)
@@ -237,7 +237,7 @@ def pairs_relevance_bias(
 ) -> BiasReport:
     """Relevance bias of `victim_name` between real (A) and generated (B) images of a pairs
     json; negative Relative Delta = the victim prefers generated images."""
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     gallery = load_pairs(pairs_path)
     victim = load_victim(victim_name, device=device)
@@ -279,7 +279,7 @@ def cache_caption_bias(
     """What the adversarial images `attack` crafted on `source` do to `captioner`'s captions
     (change rate, world-attribute insertions/deletions, target concept, metric drop)."""
     from robust.eval.caption_eval import generate_dataset_captions
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     run_dir = Path(run_dir)
     dataset, clean, adversarial = _clean_and_adversarial(run_dir, attack, source, seed)

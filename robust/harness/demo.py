@@ -45,7 +45,7 @@ from robust.harness.store import ResultStore
 from robust.progress import Progress
 from robust.report.pdf import ReportSummary, build_report
 from robust.resources import spec_path
-from robust.victims.zoo import TOY_RETRIEVAL_VICTIMS
+from robust.victims.registry import TOY_RETRIEVAL_VICTIMS
 
 DEMO_SPLIT = "test-1k"
 # ITM re-ranks each query's top 16 ITC candidates in the demo's clean part, as in its matrix

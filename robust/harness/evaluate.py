@@ -13,7 +13,7 @@ from robust.eval.retrieval import RetrievalResult, evaluate_retrieval
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
-from robust.victims.zoo import check_victim, load_victim
+from robust.victims.registry import check_victim, load_victim
 
 ITC = "itc"
 RERANK = "rerank"

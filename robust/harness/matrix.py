@@ -269,7 +269,7 @@ class CellRunner:
         """The named source/target, loading it (and freeing the previous one) if needed."""
         if self._victim is not None and self._victim[0] == name:
             return self._victim[1]
-        from robust.victims.zoo import load_victim
+        from robust.victims.registry import load_victim
 
         self._victim = None
         victim = load_victim(self.spec.victim(name).load_arg(), device=self.spec.device)
@@ -714,7 +714,7 @@ def _summarise(
     computed: dict[str, int],
 ) -> MatrixResult:
     """Read the headline matrices back from the store (so a resumed run reports all cells)."""
-    from robust.victims.zoo import resolve_spec
+    from robust.victims.registry import resolve_spec
 
     sources = tuple(ref.name for ref in spec.sources)
     targets = tuple(ref.name for ref in spec.targets)

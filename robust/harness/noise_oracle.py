@@ -26,7 +26,7 @@ from robust.harness.anyattack_eval import PairImages, victim_galleries
 from robust.harness.evaluate import dataset_key
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress
-from robust.victims.zoo import load_victim
+from robust.victims.registry import load_victim
 
 ORACLE_ATTACK = "anyattack-oracle"
 

@@ -45,7 +45,7 @@ from robust.harness.evaluate import dataset_key, retrieval_results
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
-from robust.victims.zoo import load_victim, resolve_spec
+from robust.victims.registry import load_victim, resolve_spec
 
 PATCH_ATTACK = "advclip-patch"
 UNOCCLUDED = "_unoccluded"  # suffix of metrics over images whose captioned objects the patch misses

@@ -270,7 +270,7 @@ class ExperimentSpec(BaseModel):
     @field_validator("sources", "targets", mode="before")
     @classmethod
     def _victims(cls, value: Any) -> Any:
-        from robust.victims.zoo import KNOWN_VICTIMS, resolve_spec
+        from robust.victims.registry import KNOWN_VICTIMS, resolve_spec
 
         if not isinstance(value, list):
             return value
@@ -391,7 +391,7 @@ class ExperimentSpec(BaseModel):
         Validation checks names and numbers; this checks the files, without loading models,
         so a missing checkpoint fails the run in seconds instead of after hours of cells.
         """
-        from robust.victims.zoo import check_victim
+        from robust.victims.registry import check_victim
 
         for ref in dict.fromkeys([*self.sources, *self.targets]):
             check_victim(ref.load_arg())

@@ -35,7 +35,7 @@ from robust.harness.evaluate import dataset_key
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress
 from robust.victims.base import Victim
-from robust.victims.zoo import check_victim, load_victim
+from robust.victims.registry import check_victim, load_victim
 
 COMMAND = "zeroshot"
 SCORING_PREFIX = "zero-shot:"

@@ -40,6 +40,7 @@ from robust.checkpoints import (
 )
 from robust.errors import RobustError, WeightsNotFoundError
 from robust.victims.base import Victim
+from robust.victims.registry import register_victim_family
 from robust.victims.weights import hub_file_in_cache, missing_weights, weights_root
 
 logger = logging.getLogger(__name__)
@@ -751,6 +752,19 @@ def check_albef_spec(arg: str, name: str | None = None, *, family: str = "albef"
     check_checkpoint_file(checkpoint)
 
 
+def albef_image_size(arg: str, name: str | None = None) -> int:
+    """The resolution the checkpoint loads at, from the config.json beside it; the released
+    models' (its AlbefConfig default) where there is none or the file is not here."""
+    checkpoint, _ = find_albef_checkpoint(arg)
+    config = None
+    if checkpoint is not None:
+        try:
+            config, _ = read_config_beside(checkpoint)
+        except RobustError:
+            config = None
+    return (config or AlbefConfig()).image_size
+
+
 def albef_weights_present(arg: str) -> bool:
     """Whether `albef:arg` / `tcl:arg` would find its checkpoint and vocabulary here."""
     try:
@@ -1043,3 +1057,25 @@ def save_albef_checkpoint(
     if not vocab_target.exists() or not vocab_target.samefile(vocab_file):
         shutil.copyfile(vocab_file, vocab_target)
     return path
+
+
+def _check_tcl_spec(arg: str, name: str | None = None) -> None:
+    check_albef_spec(arg, name, family="tcl")
+
+
+register_victim_family(
+    "albef",
+    AlbefVictim,
+    load=load_albef_spec,
+    check=check_albef_spec,
+    image_size=albef_image_size,
+    family="albef",
+)
+register_victim_family(
+    "tcl",
+    AlbefVictim,
+    load=load_tcl_spec,
+    check=_check_tcl_spec,
+    image_size=albef_image_size,
+    family="tcl",
+)

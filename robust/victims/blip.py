@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from robust.errors import CapabilityError, RobustError
 from robust.victims.base import Victim
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from robust.victims.weights import locate_hf_model_dir
+from robust.victims.registry import register_victim_family
+from robust.victims.weights import hf_vision_image_size, locate_hf_model_dir
 
 ENC_TOKEN = "[ENC]"
 DEC_TOKEN = "[DEC]"
@@ -463,6 +464,26 @@ def load_blip_captioner(arg: str, name: str | None = None) -> Victim:
     return BlipCaptionVictim.from_spec(arg, name)
 
 
+# transformers' BlipVisionConfig default (every released BLIP), where config.json states none
+BLIP_IMAGE_SIZE = 384
+
+
+def _check_blip_spec(prefix: str):
+    def check(arg: str, name: str | None = None) -> None:
+        """The `save_pretrained` folder is here (its weights are read only when loading)."""
+        locate_hf_model_dir(arg, name or f"{prefix}:{arg}")
+
+    return check
+
+
+def _blip_image_size(prefix: str):
+    def image_size(arg: str, name: str | None = None) -> int:
+        """The resolution its config.json states, read without loading weights."""
+        return hf_vision_image_size(arg, name or f"{prefix}:{arg}", BLIP_IMAGE_SIZE)
+
+    return image_size
+
+
 def save_blip(
     model,
     tokenizer,
@@ -520,3 +541,19 @@ def _make_tokenizer_config_portable(folder: Path) -> None:
         merged += [token for token in extra if token not in merged]
         values["additional_special_tokens"] = merged
         path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n")
+
+
+register_victim_family(
+    RETRIEVAL_PREFIX,
+    BlipRetrievalVictim,
+    load=load_blip_retrieval,
+    check=_check_blip_spec(RETRIEVAL_PREFIX),
+    image_size=_blip_image_size(RETRIEVAL_PREFIX),
+)
+register_victim_family(
+    CAPTION_PREFIX,
+    BlipCaptionVictim,
+    load=load_blip_captioner,
+    check=_check_blip_spec(CAPTION_PREFIX),
+    image_size=_blip_image_size(CAPTION_PREFIX),
+)

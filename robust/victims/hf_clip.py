@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from robust.errors import RobustError
 from robust.victims.base import Victim
-from robust.victims.weights import locate_hf_model_dir
+from robust.victims.registry import register_victim_family
+from robust.victims.weights import hf_vision_image_size, locate_hf_model_dir
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -85,3 +86,27 @@ def read_clip_preprocess(folder: Path, config) -> dict:
         if values.get("do_center_crop") is False:
             preprocess["resize_mode"] = "squash"
     return preprocess
+
+
+# transformers' CLIPVisionConfig default, used where a folder's config.json states none
+HF_CLIP_IMAGE_SIZE = 224
+SPEC_PREFIX = "hf-clip"
+
+
+def check_hf_clip_spec(arg: str, name: str | None = None) -> None:
+    """The `save_pretrained` folder is here (its weights are read only when loading)."""
+    locate_hf_model_dir(arg, name or f"{SPEC_PREFIX}:{arg}")
+
+
+def hf_clip_image_size(arg: str, name: str | None = None) -> int:
+    """The resolution its config.json states, read without loading weights."""
+    return hf_vision_image_size(arg, name or f"{SPEC_PREFIX}:{arg}", HF_CLIP_IMAGE_SIZE)
+
+
+register_victim_family(
+    SPEC_PREFIX,
+    HFClipVictim,
+    load=HFClipVictim.from_spec,
+    check=check_hf_clip_spec,
+    image_size=hf_clip_image_size,
+)

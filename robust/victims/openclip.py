@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from robust.checkpoints import check_checkpoint_file
 from robust.errors import RobustError
 from robust.victims.base import Victim
+from robust.victims.registry import register_victim_family
 from robust.victims.weights import (
     find_open_clip_hub_dir,
     find_open_clip_weights,
@@ -21,6 +22,9 @@ from robust.victims.weights import (
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 RANDOM_INIT = "random"
+# the resolution of CLIP ViTs fine-tuned from OpenAI's (e.g. TeCoA/FARE on the hub), assumed
+# for an hf-hub repository whose config is not on this machine
+HUB_IMAGE_SIZE = 224
 
 
 class OpenClipVictim(Victim):
@@ -114,6 +118,34 @@ def check_open_clip_spec(spec: str, name: str | None = None) -> None:
         check_checkpoint_file(file)
 
 
+def open_clip_image_size(spec: str, name: str | None = None) -> int | None:
+    """The resolution an `open_clip:` spec loads at, read without loading weights: from the
+    folder's open_clip_config.json (local-dir, or an hf-hub repository found here), else from
+    the architecture's config; an hf-hub repository not here counts as CLIP's 224."""
+    if spec.startswith(HF_HUB):
+        folder, _, _ = find_open_clip_hub_dir(spec[len(HF_HUB) :], (name or spec,))
+        if folder is None:
+            return HUB_IMAGE_SIZE
+        spec = LOCAL_DIR + str(folder)
+    if spec.startswith(LOCAL_DIR):
+        path = Path(spec[len(LOCAL_DIR) :]).expanduser() / "open_clip_config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        size = (config.get("preprocess_cfg") or {}).get("size")
+        if size is None:
+            size = config.get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+    else:
+        import open_clip
+
+        model_cfg = open_clip.get_model_config(spec.partition("@")[0])
+        size = None if model_cfg is None else model_cfg.get("vision_cfg", {}).get("image_size")
+    if size is None:
+        return None
+    return int(size if isinstance(size, int) else size[0])
+
+
 def check_local_dir(folder: Path) -> list[Path]:
     """An open_clip local-dir needs its config and one weights file: say which is missing.
     Returns the weights files."""
@@ -152,3 +184,12 @@ def save_local_dir(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder
+
+
+register_victim_family(
+    "open_clip",
+    OpenClipVictim,
+    load=OpenClipVictim.from_spec,
+    check=check_open_clip_spec,
+    image_size=open_clip_image_size,
+)

@@ -7,6 +7,7 @@ from, so the user can fetch them on a machine with network access.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -122,6 +123,25 @@ def find_hf_model_dir(
             return folder, looked, f"huggingface.co/{model_id}"
     looked.append(f"HF cache {model_id}")
     return hub_snapshot_in_cache(model_id), looked, f"huggingface.co/{model_id}"
+
+
+def hf_vision_image_size(model_id: str, display: str, default: int) -> int:
+    """The vision resolution a `save_pretrained` folder's config.json states, read without
+    loading weights; `default` (the model class's config default) where the folder or the
+    key is not here."""
+    try:
+        folder, _, _ = find_hf_model_dir(model_id, (display,))
+    except ValueError:  # neither a folder nor a valid hub id
+        return default
+    if folder is None:
+        return default
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+    vision = config.get("vision_config") if isinstance(config, dict) else None
+    size = vision.get("image_size", default) if isinstance(vision, dict) else default
+    return int(size)
 
 
 def locate_hf_model_dir(model_id: str, display: str) -> Path:

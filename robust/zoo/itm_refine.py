@@ -427,7 +427,7 @@ def refine_zoo_member(
 
 
 def _load_member(member: RefineMember, folder: Path) -> Victim:
-    from robust.victims.zoo import load_victim
+    from robust.victims.registry import load_victim
 
     weights = Path(member.spec(folder).split(":", 1)[1])
     weights = weights / "config.json" if member.family == "hf-blip" else weights
