@@ -143,11 +143,11 @@ def sga_speed(victim, mlm: Path, dataset, batch: int, device: str) -> dict:
     attack = build_attack("sga", victim, {}, mlm=mlm, seed=0)
     attack.image_attack = Timed(attack.image_attack)
     attack.text_attack = Timed(attack.text_attack)
-    attack(AttackBatch(images, warm_groups))  # warm-up: allocations, kernels, MLM load
+    attack.craft(AttackBatch(images, warm_groups))  # warm-up: allocations, kernels, MLM load
     synchronize(device)
     attack.image_attack.seconds = attack.text_attack.seconds = 0.0
     start = time.perf_counter()
-    attack(AttackBatch(images, groups), torch.Generator().manual_seed(1))
+    attack.craft(AttackBatch(images, groups), torch.Generator().manual_seed(1))
     synchronize(device)
     total = time.perf_counter() - start
     params = attack.image_attack.function.params()

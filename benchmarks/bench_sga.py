@@ -68,10 +68,10 @@ def timed_sga(victim, images: torch.Tensor, groups, warm_groups) -> tuple[float,
     attack = build_attack("sga", victim, {}, mlm=ZOO_DIR / "toy-mlm", seed=0)
     attack.image_attack = Timed(attack.image_attack)
     attack.text_attack = Timed(attack.text_attack)
-    attack(AttackBatch(images, warm_groups))  # warm-up (allocations, MLM load)
+    attack.craft(AttackBatch(images, warm_groups))  # warm-up (allocations, MLM load)
     attack.image_attack.seconds = attack.text_attack.seconds = 0.0
     start = time.perf_counter()
-    attack(AttackBatch(images, groups), torch.Generator().manual_seed(1))
+    attack.craft(AttackBatch(images, groups), torch.Generator().manual_seed(1))
     total = time.perf_counter() - start
     return total, attack.image_attack.seconds, attack.text_attack.seconds, attack
 

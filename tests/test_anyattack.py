@@ -303,7 +303,7 @@ def test_matrix_runs_anyattack_as_a_targeted_attack(tmp_path, toy_vit):
     assert attack.kind == "targeted" and attack.config()["decoder"] == str(decoder_path)
     images = load_images(world.images, range(4), 64)
     groups = tuple(tuple(g) for g in world.captions_of(range(4)))
-    output = attack(AttackBatch(images, groups), torch.Generator().manual_seed(0))
+    output = attack.craft(AttackBatch(images, groups), torch.Generator().manual_seed(0))
     assert (output.images - images).abs().max().item() <= EPS32 + 1e-7
     assert sorted(output.texts) == sorted(groups) and all(
         out != own for out, own in zip(output.texts, groups, strict=True)

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import robust.harness.matrix as matrix_module
-from robust.attacks import ATTACKS, TextAttack
+from robust.attacks import TextAttack, register_attack
 from robust.attacks.pgd import PGD
 from robust.cli import app
 from robust.data import load_dataset
@@ -107,10 +107,12 @@ class NoParams:
     """A test attack without hyper-parameters."""
 
 
+@register_attack
 class GuideRecorder(TextAttack):
     """Reverses every caption and records the guide embeddings it was given."""
 
     name = "guide_recorder"
+    Params = NoParams
     guides: list[tuple[list[str], torch.Tensor]] = []
 
     def params(self) -> NoParams:
@@ -496,8 +498,7 @@ def test_cross_resolution_clean_and_adversarial_take_the_same_path(
     np.testing.assert_array_equal(stored_ranks, expected.ir_ranks)
 
 
-def test_text_attack_guides_are_the_paired_clean_images(tmp_path, tiny_open_clip_dir, monkeypatch):
-    monkeypatch.setitem(ATTACKS, "guide_recorder", f"{__name__}:GuideRecorder")
+def test_text_attack_guides_are_the_paired_clean_images(tmp_path, tiny_open_clip_dir):
     GuideRecorder.guides.clear()
     spec = make_spec(
         tmp_path,

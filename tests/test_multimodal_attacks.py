@@ -35,8 +35,8 @@ def test_budgets_hold_exactly_and_same_seed_is_identical(name, victim, tiny_mlm_
     params = {"eps": 4 / 255, "steps": 3, "step_size": 2 / 255}
     attack = build_attack(name, victim, params, mlm=tiny_mlm_dir, seed=3)
     clean = batch()
-    first = attack(clean)
-    second = build_attack(name, victim, params, mlm=tiny_mlm_dir, seed=3)(clean)
+    first = attack.craft(clean)
+    second = build_attack(name, victim, params, mlm=tiny_mlm_dir, seed=3).craft(clean)
     assert (first.images - clean.images).abs().max() <= 4 / 255 + 1e-6
     assert first.images.min() >= 0 and first.images.max() <= 1
     assert torch.equal(first.images, second.images) and first.texts == second.texts
@@ -61,7 +61,8 @@ def test_sga_defaults_are_the_papers(victim, tiny_mlm_dir):
 
 def test_sga_moves_images_away_from_their_captions(victim, tiny_mlm_dir):
     clean = batch()
-    adversarial = build_attack("sga", victim, {"eps": 8 / 255, "steps": 5}, mlm=tiny_mlm_dir)(clean)
+    attack = build_attack("sga", victim, {"eps": 8 / 255, "steps": 5}, mlm=tiny_mlm_dir)
+    adversarial = attack.craft(clean)
     with torch.no_grad():
         texts = [t for group in clean.texts for t in group]
         owners = torch.tensor([i for i, group in enumerate(clean.texts) for _ in group])
@@ -84,7 +85,7 @@ def test_co_attack_alpha_is_validated_and_recorded(victim, tiny_mlm_dir):
         ({"eps": 0}, "eps"),
         ({"eps": 2}, "eps"),
         ({"objective": "kl"}, "fixes its own objectives"),
-        ({"epsilon": 0.1}, "no parameter epsilon"),
+        ({"epsilon": 0.1}, "no parameter 'epsilon'"),
         ({"max_words": 0}, "max_words"),
     ],
 )
@@ -111,7 +112,9 @@ def test_white_box_sga_at_8_255_breaks_toy_clip_vit(world_small):
     attack = build_attack("sga", victim, {"eps": 8 / 255}, mlm=robust.zoo.ZOO_DIR / "toy-mlm")
     groups = tuple(tuple(g) for g in dataset.captions_of(range(dataset.num_images)))
     adversarial = [
-        attack(AttackBatch(images[i : i + 8], groups[i : i + 8]), torch.Generator().manual_seed(i))
+        attack.craft(
+            AttackBatch(images[i : i + 8], groups[i : i + 8]), torch.Generator().manual_seed(i)
+        )
         for i in range(0, dataset.num_images, 8)
     ]
     adv_images = torch.cat([a.images for a in adversarial])

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust.attacks.base import Attack, AttackConfigError, AttackKind
+from robust.attacks.base import AttackConfigError, UniversalAttack
 from robust.attacks.patch_artifact import PatchArtifact, load_patch
 from robust.attacks.patch_geometry import (
     apply_patch,
@@ -45,6 +45,7 @@ from robust.attacks.patch_geometry import (
     patch_side,
     sample_boxes,
 )
+from robust.attacks.registry import register_attack
 from robust.data.dataset import CaptionDataset
 from robust.errors import CapabilityError
 from robust.progress import Progress, ensure_progress
@@ -221,16 +222,16 @@ class FeatureBank:
     bank_indices: torch.Tensor  # [M] rows of `images` that form the k-NN bank
 
 
-class AdvCLIP(Attack):
+@register_attack
+class AdvCLIP(UniversalAttack):
     """The AdvCLIP universal patch, bound to a source victim's image (and text) encoder."""
 
     name: ClassVar[str] = "advclip"
-    kind: ClassVar[AttackKind] = "universal"
-    params_class: ClassVar[type] = AdvCLIPParams
+    Params: ClassVar[type] = AdvCLIPParams
 
     def __init__(self, victim: Victim, *, seed: int = 0, **params: Any) -> None:
         super().__init__(victim, seed=seed)
-        self._params = AdvCLIPParams(**params)
+        self._params: AdvCLIPParams = self.validate_params(params)
         self.side = patch_side(victim.image_size, self._params.area_fraction)
         self.artifact: PatchArtifact | None = None
 
@@ -425,7 +426,7 @@ class AdvCLIP(Attack):
             raise AttackConfigError("the patch is not fitted yet; call fit() or load a patch file")
         return self.artifact.apply(images, self.generator(generator))
 
-    # -- the matrix's universal-attack protocol ---------------------------------------------
+    # -- the artifact ------------------------------------------------------------------------
 
     def fit_data(self) -> CaptionDataset:
         """The dataset named by `fit_dataset` / `fit_limit` (world train by default)."""

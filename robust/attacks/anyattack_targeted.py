@@ -8,13 +8,21 @@ targets are a seeded derangement of the batch (no image is its own target).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.anyattack import DEFAULT_EPS, AnyAttack, check_eps, load_decoder
+from robust.attacks.anyattack import (
+    DEFAULT_EPS,
+    AnyAttack,
+    check_eps,
+    load_decoder,
+    read_checkpoint,
+)
 from robust.attacks.base import AdvBatch, Attack, AttackBatch, AttackConfigError, AttackKind
+from robust.attacks.registry import register_attack
 from robust.victims.base import Victim
 
 
@@ -28,17 +36,19 @@ class AnyAttackTargetedParams:
     def __post_init__(self) -> None:
         if not self.decoder:
             raise AttackConfigError(
-                "anyattack needs params.decoder: a decoder checkpoint, e.g. "
+                "params.decoder is required: a decoder checkpoint, e.g. "
                 "robust/zoo/anyattack-world/decoder.pt"
             )
         check_eps(self.eps)
 
 
+@register_attack
 class AnyAttackTargeted(Attack):
     """Targeted noise from a decoder, targets drawn within each batch."""
 
     name: ClassVar[str] = "anyattack"
     kind: ClassVar[AttackKind] = "targeted"
+    Params: ClassVar[type] = AnyAttackTargetedParams
 
     def __init__(
         self, victim: Victim, *, decoder: str = "", eps: float = DEFAULT_EPS, seed: int = 0
@@ -47,10 +57,15 @@ class AnyAttackTargeted(Attack):
         self._params = AnyAttackTargetedParams(decoder=str(decoder), eps=float(eps))
         self.attack = AnyAttack(victim, load_decoder(decoder).to(victim.device), eps=eps)
 
+    @classmethod
+    def check_files(cls, params: Mapping[str, Any], mlm: str | None) -> None:
+        """The decoder checkpoint it loads."""
+        read_checkpoint(params["decoder"])
+
     def params(self) -> AnyAttackTargetedParams:
         return self._params
 
-    def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
+    def craft(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         count = batch.images.shape[0]
         if count < 2:
             raise AttackConfigError("anyattack needs batches of at least 2 images (targets)")

@@ -42,9 +42,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.attacks.base import AttackConfigError, TextAttack
+from robust.attacks.registry import register_attack
 from robust.attacks.stopwords import is_filter_word
 from robust.errors import RobustError, WeightsNotFoundError
 from robust.victims.base import Victim
@@ -271,6 +272,7 @@ def _is_special(token: str) -> bool:
     return len(token) > 1 and token.startswith("[") and token.endswith("]")
 
 
+@register_attack
 class BertAttack(TextAttack):
     """BERT-Attack bound to a source victim and an injectable masked LM.
 
@@ -281,6 +283,8 @@ class BertAttack(TextAttack):
     """
 
     name: ClassVar[str] = "bert_attack"
+    Params: ClassVar[type] = BertAttackParams
+    needs_mlm: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -291,14 +295,7 @@ class BertAttack(TextAttack):
         **params: Any,
     ) -> None:
         super().__init__(victim, seed=seed)
-        known = {item.name for item in fields(BertAttackParams)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise AttackConfigError(
-                f"bert_attack has no parameter {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        self._params = BertAttackParams(**params)
+        self._params: BertAttackParams = self.validate_params(params)
         if isinstance(mlm, tuple):
             if len(mlm) != 2:
                 raise AttackConfigError("mlm must be a folder, a name or a (model, tokenizer) pair")
@@ -317,6 +314,11 @@ class BertAttack(TextAttack):
         self._pad_id = int(pad_id) if pad_id is not None else 0
         self._subword_cache: dict[str, list[int]] = {}
         self._prepared: _Prepared | None = None
+
+    @classmethod
+    def check_files(cls, params: Mapping[str, Any], mlm: str | None) -> None:
+        """The masked LM it loads (the default one unless `mlm` is given)."""
+        resolve_mlm_folder(mlm or DEFAULT_MLM)
 
     def params(self) -> BertAttackParams:
         return self._params

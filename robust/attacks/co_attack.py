@@ -7,14 +7,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.base import AdvBatch, AttackBatch, AttackConfigError
-from robust.attacks.multimodal import TwoHalfAttack, flatten, per_image, regroup
+from robust.attacks.base import AdvBatch, AttackBatch, AttackConfigError, flatten, regroup
+from robust.attacks.multimodal import TwoHalfAttack, per_image
 from robust.attacks.pgd import embedding_kl, linf_pgd
+from robust.attacks.registry import register_attack
 from robust.victims.base import Victim
 
 DEFAULT_ALPHA = 3.0
 
 
+@register_attack
 class CoAttack(TwoHalfAttack):
     """BERT-Attack the captions, then PGD on the image maximising
 
@@ -33,10 +35,14 @@ class CoAttack(TwoHalfAttack):
     def __init__(self, victim: Victim, **kwargs: Any) -> None:
         super().__init__(victim, **kwargs)
         self.alpha = float(self.extra["alpha"])
-        if not self.alpha >= 0:
-            raise AttackConfigError(f"alpha must be a non-negative number, got {self.alpha}")
 
-    def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
+    @classmethod
+    def check_extra(cls, extra: dict[str, Any]) -> None:
+        alpha = extra["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha >= 0:
+            raise AttackConfigError(f"alpha must be a non-negative number, got {alpha!r}")
+
+    def craft(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         generator = self.generator(generator)
         victim = self.victim
         texts, owners = flatten(batch.texts)

@@ -13,7 +13,7 @@ pinned requests, and never imports it; `make` installs it with `--no-deps` (READ
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robust.attacks.base import AttackConfigError, ImageAttack
+from robust.attacks.registry import register_attack
 from robust.seeding import global_generator_seeded
 from robust.victims.base import Victim
 
@@ -124,6 +125,7 @@ class TorchattacksParams:
     labels: str = "caption-set-max"
 
 
+@register_attack
 class TorchattacksAttack(ImageAttack):
     """Any torchattacks image attack as a source attack in the matrix.
 
@@ -133,11 +135,24 @@ class TorchattacksAttack(ImageAttack):
     """
 
     name: ClassVar[str] = "torchattacks"
+    Params: ClassVar[type] = TorchattacksParams
 
     def __init__(self, victim: Victim, *, seed: int = 0, attack: str = "PGD", **arguments):
         super().__init__(victim, seed=seed)
-        self._params = TorchattacksParams(attack, dict(arguments))
+        self._params = self.validate_params({"attack": attack, **arguments})
         self._attack_class = torchattacks_class(attack)
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any]) -> TorchattacksParams:
+        """`attack` names the torchattacks class; every other key is one of its arguments."""
+        arguments = dict(params)
+        attack = arguments.pop("attack", "PGD")
+        if not isinstance(attack, str) or not attack:
+            raise AttackConfigError(
+                f"torchattacks: attack must name a torchattacks class such as 'PGD' or "
+                f"'MIFGSM', got {attack!r}"
+            )
+        return TorchattacksParams(attack, arguments)
 
     def params(self) -> TorchattacksParams:
         return self._params

@@ -1,17 +1,22 @@
 """What Sep-Attack, Co-Attack and SGA share: splitting hyper-parameters between their image
-(PGD) and text (BERT-Attack) halves, and moving between per-image caption groups and the
-flat caption list that text attacks work on."""
+(PGD) and text (BERT-Attack) halves, and splitting caption embeddings back per image."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.base import AttackConfigError, MultimodalAttack
-from robust.attacks.bert_attack import DEFAULT_MLM, BertAttack, BertAttackParams, MaskedLM
+from robust.attacks.base import AttackConfigError, MultimodalAttack, make_params
+from robust.attacks.bert_attack import (
+    DEFAULT_MLM,
+    BertAttack,
+    BertAttackParams,
+    MaskedLM,
+    resolve_mlm_folder,
+)
 from robust.attacks.pgd import PGD, PGDParams
 from robust.victims.base import Victim
 
@@ -28,67 +33,80 @@ class MultimodalParams:
     extra: dict[str, Any]
 
 
-def build_halves(
-    attack_name: str,
-    victim: Victim,
-    params: dict[str, Any],
-    *,
-    image_objective: str,
-    text_objective: str,
-    mlm: MaskedLM,
-    seed: int,
-    extra_names: frozenset[str] = frozenset(),
-) -> tuple[PGD, BertAttack, dict[str, Any]]:
-    """Split flat keyword parameters into a PGD and a BertAttack bound to `victim`.
-
-    `objective` is fixed by each multimodal attack; anything not a PGD, BERT-Attack or
-    declared extra parameter is one clear error.
-    """
-    if "objective" in params:
-        raise AttackConfigError(
-            f"{attack_name} fixes its own objectives; remove 'objective' from its parameters"
-        )
-    shared = IMAGE_FIELDS & TEXT_FIELDS
-    if shared:  # both halves would claim the same name: never silently route it to one
-        raise AttackConfigError(f"ambiguous parameter names {sorted(shared)}")
-    unknown = sorted(set(params) - IMAGE_FIELDS - TEXT_FIELDS - extra_names)
-    if unknown:
-        valid = sorted(IMAGE_FIELDS | TEXT_FIELDS | extra_names)
-        raise AttackConfigError(
-            f"{attack_name} has no parameter {', '.join(unknown)}; valid: {', '.join(valid)}"
-        )
-    image = {k: v for k, v in params.items() if k in IMAGE_FIELDS}
-    text = {k: v for k, v in params.items() if k in TEXT_FIELDS}
-    extra = {k: v for k, v in params.items() if k in extra_names}
-    image_attack = PGD(victim, seed=seed, objective=image_objective, **image)
-    text_attack = BertAttack(victim, mlm=mlm, seed=seed, objective=text_objective, **text)
-    return image_attack, text_attack, extra
-
-
 class TwoHalfAttack(MultimodalAttack):
     """A multimodal attack built from a PGD image half and a BERT-Attack text half.
 
-    Subclasses fix both halves' objectives and may declare `extra_params` and `defaults`.
+    Its parameters are flat PGD and BERT-Attack keywords; subclasses fix both halves'
+    objectives and may declare `extra_params` (checked by `check_extra`) and `defaults`.
     """
 
+    Params: ClassVar[type] = MultimodalParams
+    needs_mlm: ClassVar[bool] = True
     image_objective: ClassVar[str] = "kl"
     text_objective: ClassVar[str] = "kl"
+    # keywords of its own beside the PGD and BERT-Attack ones (e.g. Co-Attack's alpha)
+    extra_params: ClassVar[frozenset[str]] = frozenset()
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
     ) -> None:
         super().__init__(victim, seed=seed)
-        self.image_attack, self.text_attack, self.extra = build_halves(
-            self.name,
-            victim,
-            {**self.defaults, **params},
-            image_objective=self.image_objective,
-            text_objective=self.text_objective,
-            mlm=mlm,
-            seed=seed,
-            extra_names=self.extra_params,
+        self.validate_params(params)
+        image, text, extra = self.split_params(params)
+        self.image_attack = PGD(victim, seed=seed, objective=self.image_objective, **image)
+        self.text_attack = BertAttack(
+            victim, mlm=mlm, seed=seed, objective=self.text_objective, **text
         )
+        self.extra = extra
+
+    @classmethod
+    def split_params(
+        cls, params: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Flat keyword parameters (after `defaults`) as (image, text, extra) keywords.
+
+        `objective` is fixed by each multimodal attack; anything not a PGD, BERT-Attack or
+        declared extra parameter is one clear error.
+        """
+        params = {**cls.defaults, **params}
+        if "objective" in params:
+            raise AttackConfigError(
+                f"{cls.name} fixes its own objectives; remove 'objective' from its parameters"
+            )
+        shared = IMAGE_FIELDS & TEXT_FIELDS
+        if shared:  # both halves would claim the same name: never silently route it to one
+            raise AttackConfigError(f"ambiguous parameter names {sorted(shared)}")
+        unknown = sorted(set(params) - IMAGE_FIELDS - TEXT_FIELDS - cls.extra_params)
+        if unknown:
+            valid = sorted(IMAGE_FIELDS | TEXT_FIELDS | cls.extra_params)
+            raise AttackConfigError(
+                f"{cls.name} has no parameter {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(valid)}"
+            )
+        image = {k: v for k, v in params.items() if k in IMAGE_FIELDS}
+        text = {k: v for k, v in params.items() if k in TEXT_FIELDS}
+        extra = {k: v for k, v in params.items() if k in cls.extra_params}
+        return image, text, extra
+
+    @classmethod
+    def check_extra(cls, extra: dict[str, Any]) -> None:
+        """Range checks of the attack's own extra parameters (none by default)."""
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any]) -> MultimodalParams:
+        image, text, extra = cls.split_params(params)
+        cls.check_extra(extra)
+        return MultimodalParams(
+            make_params(cls.name, PGDParams, {**image, "objective": cls.image_objective}),
+            make_params(cls.name, BertAttackParams, {**text, "objective": cls.text_objective}),
+            extra,
+        )
+
+    @classmethod
+    def check_files(cls, params: Mapping[str, Any], mlm: str | None) -> None:
+        """The masked LM the text half loads (the default one unless `mlm` is given)."""
+        resolve_mlm_folder(mlm or DEFAULT_MLM)
 
     def params(self) -> MultimodalParams:
         return MultimodalParams(self.image_attack.params(), self.text_attack.params(), self.extra)
@@ -96,22 +114,6 @@ class TwoHalfAttack(MultimodalAttack):
     def config(self) -> dict[str, Any]:
         """Every hyper-parameter of both halves plus which masked LM proposed substitutes."""
         return {**super().config(), "mlm": self.text_attack.mlm_name}
-
-
-def flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
-    """All captions in one list, plus the image index each came from."""
-    texts = [text for group in groups for text in group]
-    owners = [index for index, group in enumerate(groups) for _ in group]
-    return texts, owners
-
-
-def regroup(texts: Sequence[str], groups: Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
-    """Put a flat caption list back into the shape of `groups`."""
-    result, start = [], 0
-    for group in groups:
-        result.append(tuple(texts[start : start + len(group)]))
-        start += len(group)
-    return tuple(result)
 
 
 def per_image(embeddings: torch.Tensor, owners: Sequence[int], count: int) -> list[torch.Tensor]:

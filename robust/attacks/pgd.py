@@ -22,13 +22,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from robust.attacks.base import AttackConfigError, ImageAttack, check_budget, project_linf
+from robust.attacks.registry import register_attack
 from robust.victims.base import Victim
 
 __all__ = [
@@ -376,6 +377,7 @@ def linf_pgd(
     return adversarial
 
 
+@register_attack
 class PGD(ImageAttack):
     """L-inf PGD bound to a source victim: the baselines' KL PGD or SGA's text-guided attack.
 
@@ -384,17 +386,11 @@ class PGD(ImageAttack):
     """
 
     name: ClassVar[str] = "pgd"
+    Params: ClassVar[type] = PGDParams
 
     def __init__(self, victim: Victim, *, seed: int = 0, **params: Any) -> None:
         super().__init__(victim, seed=seed)
-        known = {field.name for field in fields(PGDParams)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise AttackConfigError(
-                f"unknown PGD parameter(s) {', '.join(unknown)}; "
-                f"valid ones are {', '.join(sorted(known))}"
-            )
-        self._params = PGDParams(**params)
+        self._params: PGDParams = self.validate_params(params)
 
     def params(self) -> PGDParams:
         return self._params

@@ -6,10 +6,12 @@ from typing import ClassVar
 
 import torch
 
-from robust.attacks.base import AdvBatch, AttackBatch
-from robust.attacks.multimodal import TwoHalfAttack, flatten, regroup
+from robust.attacks.base import AdvBatch, AttackBatch, flatten, regroup
+from robust.attacks.multimodal import TwoHalfAttack
+from robust.attacks.registry import register_attack
 
 
+@register_attack
 class SepAttack(TwoHalfAttack):
     """The SGA paper's separate baseline: KL PGD images, untargeted (KL) BERT-Attack texts.
 
@@ -19,7 +21,7 @@ class SepAttack(TwoHalfAttack):
 
     name: ClassVar[str] = "sep_attack"
 
-    def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
+    def craft(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         generator = self.generator(generator)
         images = self.image_attack(batch.images, batch.texts, generator)
         texts, _ = flatten(batch.texts)

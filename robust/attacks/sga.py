@@ -13,13 +13,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from robust.attacks.base import AdvBatch, AttackBatch
-from robust.attacks.multimodal import TwoHalfAttack, flatten, per_image, regroup
+from robust.attacks.base import AdvBatch, AttackBatch, flatten, regroup
+from robust.attacks.multimodal import TwoHalfAttack, per_image
+from robust.attacks.registry import register_attack
 
 SGA_SCALES = (0.5, 0.75, 1.25, 1.5)
 SGA_NOISE_STD = 0.05
 
 
+@register_attack
 class SGA(TwoHalfAttack):
     """SGA bound to a source victim; defaults eps 2/255, 10 steps of 0.5/255, 1 word.
 
@@ -32,7 +34,7 @@ class SGA(TwoHalfAttack):
     text_objective: ClassVar[str] = "guide"
     defaults: ClassVar[dict[str, Any]] = {"scales": SGA_SCALES, "noise_std": SGA_NOISE_STD}
 
-    def __call__(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
+    def craft(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         generator = self.generator(generator)
         victim = self.victim
         count = batch.images.shape[0]

@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import torch
@@ -53,8 +53,10 @@ from robust.harness.store import ABSENT, MetricRow, ResultStore
 from robust.precision import precision_scope, prepare_model
 from robust.progress import NullProgress, Progress, ensure_progress
 
+if TYPE_CHECKING:
+    from robust.attacks.base import UniversalAttack
+
 __all__ = [
-    "ATTACK_KINDS",
     "CellRunner",
     "CleanResult",
     "CraftResult",
@@ -66,7 +68,6 @@ __all__ = [
     "run_matrix",
 ]
 
-ATTACK_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal", "targeted")
 CACHE_DIRNAME: Final[str] = "cache"
 HEADLINE_METRIC: Final[str] = "r1"
 
@@ -141,54 +142,6 @@ def adversarial_dataset(
         for caption_index, text in zip(caption_indices, group, strict=True):
             captions[caption_index] = str(text)
     return replace(dataset, images=ArrayImages(images), captions=tuple(captions))
-
-
-def _regroup(flat: Sequence[str], counts: Sequence[int]) -> list[list[str]]:
-    groups, start = [], 0
-    for count in counts:
-        groups.append(list(flat[start : start + count]))
-        start += count
-    return groups
-
-
-def _run_attack(
-    attack: Any,
-    source: Any,
-    images: torch.Tensor,
-    texts: list[list[str]],
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, list[list[str]]]:
-    """Call an attack of any kind on one batch; returns (images, captions per image)."""
-    from robust.attacks.base import AttackBatch
-
-    kind = getattr(attack, "kind", None)
-    if kind == "image":
-        return attack(images, texts, generator), texts
-    if kind == "text":
-        counts = [len(group) for group in texts]
-        flat = [text for group in texts for text in group]
-        with torch.no_grad():
-            image_embeddings = source.encode_image(images)
-        guide = image_embeddings.repeat_interleave(
-            torch.tensor(counts, device=image_embeddings.device), dim=0
-        )
-        adversarial = list(attack(flat, guide, generator))
-        if len(adversarial) != len(flat):
-            raise RobustError(
-                f"text attack {attack.name!r} returned {len(adversarial)} captions for "
-                f"{len(flat)}; it must return one per caption"
-            )
-        return images, _regroup(adversarial, counts)
-    if kind == "universal":
-        return attack.apply(images, generator), texts
-    if kind in ("multimodal", "targeted"):  # targeted: captions are the targets' captions
-        batch = AttackBatch(images, tuple(tuple(group) for group in texts))
-        output = attack(batch, generator)
-        return output.images, [list(group) for group in output.texts]
-    raise RobustError(
-        f"attack {getattr(attack, 'name', attack)!r} is a {kind} attack; the transfer matrix "
-        f"runs {', '.join(ATTACK_KINDS)} attacks"
-    )
 
 
 class CellRunner:
@@ -303,7 +256,7 @@ class CellRunner:
         With `batches`, craft only those (one shard of the cell) and leave the entry
         unfinished: the cell's own call, once every shard is done, writes the manifest.
         """
-        from robust.attacks import build_attack
+        from robust.attacks import AttackBatch, UniversalAttack, build_attack
         from robust.data.images import load_images, to_uint8_array
 
         entry = self.entry(cell.attack_label, cell.source, cell.seed)
@@ -320,11 +273,6 @@ class CellRunner:
         attack = build_attack(
             attack_spec.name, source, dict(attack_spec.params), seed=cell.seed, **extra
         )
-        if getattr(attack, "kind", None) not in ATTACK_KINDS:
-            raise RobustError(
-                f"attack {attack_spec.name!r} is a {attack.kind} attack; the transfer matrix "
-                f"runs {', '.join(ATTACK_KINDS)} attacks"
-            )
         config = jsonable(attack.config())
         batch_size = self.spec.batch_size
         plan = {
@@ -339,7 +287,7 @@ class CellRunner:
             "generator": "torch.Generator().manual_seed(sha256('seed:batch')[:8])",
         }
         done = entry.begin(plan)
-        if attack.kind == "universal":
+        if isinstance(attack, UniversalAttack):
             self._fit_universal(attack, entry.path)
         starts = range(0, dataset.num_images, batch_size)
         crafted = 0
@@ -355,14 +303,17 @@ class CellRunner:
                 ).to(source.device)
                 texts = dataset.captions_of(indices)
                 generator = torch.Generator().manual_seed(batch_seed(cell.seed, batch_index))
-                adv_images, adv_texts = _run_attack(attack, source, images, texts, generator)
-                if tuple(adv_images.shape) != tuple(images.shape):
+                batch = AttackBatch(images, tuple(tuple(group) for group in texts))
+                adversarial = attack.craft(batch, generator)
+                if tuple(adversarial.images.shape) != tuple(images.shape):
                     raise RobustError(
                         f"attack {attack_spec.name!r} returned images shaped "
-                        f"{tuple(adv_images.shape)} for {tuple(images.shape)}; it must keep "
-                        "the source resolution"
+                        f"{tuple(adversarial.images.shape)} for {tuple(images.shape)}; it must "
+                        "keep the source resolution"
                     )
-                entry.write_batch(batch_index, indices, to_uint8_array(adv_images), adv_texts)
+                entry.write_batch(
+                    batch_index, indices, to_uint8_array(adversarial.images), adversarial.texts
+                )
                 crafted += 1
                 task.advance(len(indices))
         if batches is not None:
@@ -378,7 +329,7 @@ class CellRunner:
         entry.finish(config, info)
         return CraftResult(cell, source.image_size, source.resize_mode, dataset.num_images, crafted)
 
-    def _fit_universal(self, attack: Any, folder: Path) -> None:
+    def _fit_universal(self, attack: UniversalAttack, folder: Path) -> None:
         """Fit a universal attack once per cache entry; its artifact is kept in the entry, so
         a resumed craft reuses it and every target sees the same patch."""
         if not attack.load_artifact(folder):

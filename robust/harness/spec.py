@@ -13,10 +13,7 @@ short display name (the store's column value).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import importlib
-import inspect
 import json
 import math
 import re
@@ -53,7 +50,6 @@ POSITIVE_INT_PARAMS: Final[frozenset[str]] = frozenset(
     {"steps", "num_iters", "iterations", "max_words", "top_k", "max_length", "batch_size"}
 )
 UNIT_INTERVAL_PARAMS: Final[frozenset[str]] = frozenset({"eps", "step_size"})
-MATRIX_KINDS: Final[tuple[str, ...]] = ("image", "text", "multimodal", "universal", "targeted")
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -102,19 +98,6 @@ def _check_param(key: str, value: Any) -> None:
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
-def _params_dataclass(attack_cls: type) -> type | None:
-    """The attack's hyper-parameter dataclass, if it exposes one under a known name."""
-    module = importlib.import_module(attack_cls.__module__)
-    for candidate in (
-        getattr(attack_cls, "params_class", None),
-        getattr(attack_cls, "Params", None),
-        getattr(module, f"{attack_cls.__name__}Params", None),
-    ):
-        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
-            return candidate
-    return None
-
-
 class AttackSpec(BaseModel):
     """One attack of the matrix: registry name, display label, hyper-parameters, masked LM."""
 
@@ -140,10 +123,8 @@ class AttackSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> AttackSpec:
-        from robust.attacks import ATTACKS, attack_class
+        from robust.attacks import AttackConfigError, attack_class
 
-        if self.name not in ATTACKS:
-            raise ValueError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
         if not _LABEL.match(self.label or ""):
             raise ValueError(
                 f"label {self.label!r} must start with a letter or digit and use only "
@@ -153,96 +134,29 @@ class AttackSpec(BaseModel):
             _check_param(key, value)
         try:
             attack_cls = attack_class(self.name)
+        except AttackConfigError as error:
+            raise ValueError(str(error)) from None
         except Exception as error:  # a registered module that cannot be imported
             raise ValueError(
                 f"attack {self.name!r} cannot be loaded ({type(error).__name__}: {error}); "
                 "check the installation"
             ) from None
-        if self.mlm is not None and getattr(attack_cls, "kind", None) == "image":
+        if self.mlm is not None and not attack_cls.needs_mlm:
             raise ValueError(
-                f"mlm is only used by text and multimodal attacks; remove it from {self.name!r}"
+                f"mlm is only used by text and multimodal attacks that load a masked LM; "
+                f"remove it from {self.name!r}"
             )
-        kind = getattr(attack_cls, "kind", None)
-        if kind not in MATRIX_KINDS:
-            raise ValueError(
-                f"{self.name} is a {kind} attack; the transfer matrix runs "
-                f"{', '.join(MATRIX_KINDS)} attacks"
-            )
-        _build_params(self.name, attack_cls, self.params)
+        try:  # the class builds its own parameters now, so range errors come before any model
+            attack_cls.validate_params(self.params)
+        except AttackConfigError as error:
+            raise ValueError(str(error)) from None
         return self
 
+    def check_files(self) -> None:
+        """The files building this attack reads (masked LM, decoder), checked unloaded."""
+        from robust.attacks import attack_class
 
-def _build_params(name: str, attack_cls: type, params: dict[str, Any]) -> None:
-    """Build the attack's hyper-parameter dataclasses now, so range errors surface before
-    any model loads. Multimodal attacks take flat PGD + BERT-Attack keywords: each half is
-    built from its own keys (their extra keys are checked when the attack is built)."""
-    halves: list[tuple[type, bool]] = []
-    params_cls = _params_dataclass(attack_cls)
-    if params_cls is not None:
-        halves.append((params_cls, True))
-    elif getattr(attack_cls, "kind", None) == "multimodal":
-        try:
-            from robust.attacks.bert_attack import BertAttackParams
-            from robust.attacks.pgd import PGDParams
-        except ImportError:
-            return
-        # each multimodal attack fixes its halves' objectives itself
-        halves = [(PGDParams, False), (BertAttackParams, False)]
-        extras = getattr(attack_cls, "extra_params", None)
-        if extras is not None:  # the attack declares its own keywords: check for typos
-            known = {f.name for t, _ in halves for f in dataclasses.fields(t)} | set(extras)
-            unknown = sorted(set(params) - known - {"objective"})
-            if unknown:
-                raise ValueError(
-                    f"{name} has no parameter {', '.join(map(repr, unknown))}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-    for dataclass_type, complete in halves:
-        known = {item.name for item in dataclasses.fields(dataclass_type)}
-        unknown = sorted(set(params) - known)
-        if complete and unknown:
-            raise ValueError(
-                f"{name} has no parameter {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        chosen = {key: value for key, value in params.items() if key in known}
-        if not complete:
-            chosen.pop("objective", None)
-        try:
-            dataclass_type(**chosen)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {error}") from None
-
-
-def _check_attack_files(attack: AttackSpec) -> None:
-    """The masked LM an attack loads (the default one unless `mlm` is given) and any decoder
-    file its params name."""
-    from robust.attacks import attack_class
-
-    if _takes_mlm(attack_class(attack.name)):
-        from robust.attacks.bert_attack import DEFAULT_MLM, resolve_mlm_folder
-
-        resolve_mlm_folder(attack.mlm or DEFAULT_MLM)
-    decoder = attack.params.get("decoder")
-    if isinstance(decoder, str) and decoder:
-        from robust.attacks.anyattack import read_checkpoint
-
-        read_checkpoint(decoder)
-
-
-def _takes_mlm(attack_cls: type) -> bool:
-    """Whether building the attack loads a masked LM: an `mlm` keyword somewhere along its
-    constructors (multimodal attacks pass theirs on through **kwargs)."""
-    for klass in attack_cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        parameters = inspect.signature(init).parameters
-        if "mlm" in parameters:
-            return True
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return False
-    return False
+        attack_class(self.name).check_files(self.params, self.mlm)
 
 
 class ExperimentSpec(BaseModel):
@@ -397,7 +311,7 @@ class ExperimentSpec(BaseModel):
             check_victim(ref.load_arg())
         for attack in self.attacks:
             try:
-                _check_attack_files(attack)
+                attack.check_files()
             except RobustError as error:
                 raise type(error)(f"attack {attack.label!r}: {error}") from None
 
