@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from robust.errors import RobustError, UnknownVictimError
-from robust.victims.base import Victim
 from robust.zoo import ZOO_DIR
 
-Loader = Callable[[str, str | None], Victim]
+if TYPE_CHECKING:  # resolving names must not load torch (the report resolves specs)
+    from robust.victims.base import Victim
+
+Loader = Callable[[str, str | None], "Victim"]
 Checker = Callable[[str, str | None], None]
 
 
