@@ -320,7 +320,7 @@ def defense_table(
     return tuple(rows)
 
 
-def run_split(store: ResultStore, run_id: int) -> tuple[str, str] | None:
+def _run_split(store: ResultStore, run_id: int) -> tuple[str, str] | None:
     """The (dataset, split) a run's rows are on, or None for a run with no rows yet."""
     rows = store.metrics(run_id)
     return (rows[0].dataset, rows[0].split) if rows else None
@@ -343,7 +343,7 @@ def stored_defense_table(run_dir: Path | str) -> tuple[MatrixLayout, tuple[Defen
         layout = MatrixLayout.from_spec(store.run_info(run_id)["spec"].get("spec", {}))
         if not layout.defenses:
             raise RobustError(f"{run_dir}'s matrix has no defenses axis; add `defenses:` to it")
-        where = run_split(store, run_id)
+        where = _run_split(store, run_id)
         if where is None:
             raise RobustError(
                 f"{run_dir}'s matrix run {run_id} has no results yet; run `robust matrix SPEC` "

@@ -118,22 +118,24 @@ CREATE TABLE runs (
     hardware TEXT NOT NULL
 );
 """
-# The row tables, also what a schema-1 file's rows are copied into when it is migrated.
-_ROW_TABLES_SQL: Final[str] = """
-CREATE TABLE metrics (
-    id INTEGER PRIMARY KEY,
+# The columns that key a row, shared by both row tables (their meaning: module docstring).
+_KEY_COLUMNS_SQL: Final[str] = """
     run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     victim TEXT NOT NULL,
     dataset TEXT NOT NULL,
     split TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    value REAL,
     attack TEXT NOT NULL DEFAULT '',
     seed INTEGER,
     source TEXT NOT NULL DEFAULT '',
     target TEXT NOT NULL DEFAULT '',
     defense TEXT NOT NULL DEFAULT '',
-    scoring TEXT NOT NULL DEFAULT 'itc',
+    scoring TEXT NOT NULL DEFAULT 'itc',"""
+# The row tables, also what a schema-1 file's rows are copied into when it is migrated.
+_ROW_TABLES_SQL: Final[str] = f"""
+CREATE TABLE metrics (
+    id INTEGER PRIMARY KEY,{_KEY_COLUMNS_SQL}
+    metric TEXT NOT NULL,
+    value REAL,
     created_at TEXT NOT NULL
 );
 CREATE UNIQUE INDEX metrics_key ON metrics
@@ -142,18 +144,8 @@ CREATE UNIQUE INDEX metrics_key ON metrics
 CREATE INDEX metrics_cell ON metrics
     (run_id, victim, dataset, split, attack, seed, source, target, defense);
 CREATE TABLE query_results (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    victim TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    split TEXT NOT NULL,
+    id INTEGER PRIMARY KEY,{_KEY_COLUMNS_SQL}
     direction TEXT NOT NULL CHECK (direction IN ('tr', 'ir')),
-    attack TEXT NOT NULL DEFAULT '',
-    seed INTEGER,
-    source TEXT NOT NULL DEFAULT '',
-    target TEXT NOT NULL DEFAULT '',
-    defense TEXT NOT NULL DEFAULT '',
-    scoring TEXT NOT NULL DEFAULT 'itc',
     ranks BLOB NOT NULL,
     count INTEGER NOT NULL,
     created_at TEXT NOT NULL

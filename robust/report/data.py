@@ -534,22 +534,16 @@ def _white_box_pairs(spec: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 _RowKey = tuple[str, str, str, str | None, int | None, str | None, str | None, str | None, str]
+_ROW_KEY: Final[tuple[str, ...]] = (
+    "victim", "dataset", "split", "attack", "seed", "source", "target", "defense", "scoring",
+)  # fmt: skip
 
 
 def _group_rows(rows: Iterable[MetricRow]) -> dict[_RowKey, dict[str, float]]:
+    """Each cell's metrics by name, the cell keyed by `_ROW_KEY` in that order."""
     grouped: dict[_RowKey, dict[str, float]] = {}
     for row in rows:
-        key = (
-            row.victim,
-            row.dataset,
-            row.split,
-            row.attack,
-            row.seed,
-            row.source,
-            row.target,
-            row.defense,
-            row.scoring,
-        )
+        key = tuple(getattr(row, name) for name in _ROW_KEY)
         grouped.setdefault(key, {})[row.metric] = row.value
     return grouped
 
