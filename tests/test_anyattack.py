@@ -277,7 +277,12 @@ def test_short_pretraining_lowers_the_loss_and_beats_the_clean_floor(tmp_path, t
     adv = adv[0]
     floor = floor[0]
     with ResultStore.in_run_dir(tmp_path) as store:
-        rows = {r.metric: r.value for r in store.metrics(attack="anyattack")}
+        stored = store.metrics(attack="anyattack")
+    # the seed of the drawn pairs, the encoder as source, the evaluated victim as target
+    assert {(r.seed, r.source, r.target, r.victim) for r in stored} == {
+        (0, "toy-clip-vit", "toy-clip-vit", "toy-clip-vit")
+    }
+    rows = {r.metric: r.value for r in stored}
     assert rows["adv_tr_r1"] == pytest.approx(adv)
     assert rows["floor_tr_r1"] == pytest.approx(floor)
     examples = json.loads((tmp_path / "anyattack_examples" / "examples.json").read_text())

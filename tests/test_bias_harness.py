@@ -101,6 +101,7 @@ def test_cache_relevance_bias_and_attribute_shift(matrix_run):
     with ResultStore.in_run_dir(matrix_run) as store:
         rows = store.metrics(report.run_id, attack="pgd", source="toy-clip-vit")
     assert len(rows) == len(metrics) + len(report.attribute_shifts)
+    assert {(row.seed, row.target) for row in rows} == {(0, "toy-clip-vit")}  # the cache entry's
     with pytest.raises(RobustError, match="cached: pgd on toy-clip-vit"):
         cache_relevance_bias(matrix_run, "sga", "toy-clip-vit", "toy-clip-vit")
 

@@ -50,6 +50,7 @@ def test_world_export_then_eval_reads_it_back(tmp_path, tiny_open_clip_dir):
             dataset="annotations",
             split="test[:10]",
             direction="tr",
+            target=f"open_clip:local-dir:{tiny_open_clip_dir}",
         )
         assert ranks.shape == (10,)
         tr_r1 = next(r.value for r in rows if r.metric == "tr_r1")

@@ -26,6 +26,7 @@ from robust.harness.spec import SpecError, parse_spec
 from robust.harness.store import ABSENT, ResultStore
 from robust.victims.registry import load_victim
 from tests.conftest import TINY_OPEN_CLIP_CFG, TINY_PREPROCESS
+from tests.schema1_store import downgrade_matrix_store
 
 LIMIT = 6
 PGD_PARAMS = {"eps": "16/255", "step_size": "4/255", "steps": 3}
@@ -161,7 +162,7 @@ def stored(run_dir: Path) -> tuple[list, dict]:
             if row.metric != "tr_r1":
                 continue
             for direction in ("tr", "ir"):
-                key = (row.attack, row.source, row.target, row.scoring, direction)
+                key = (row.attack, row.seed, row.source, row.target, row.scoring, direction)
                 ranks[key] = store.query_ranks(
                     run_id,
                     victim=row.victim,
@@ -169,6 +170,7 @@ def stored(run_dir: Path) -> tuple[list, dict]:
                     split=row.split,
                     direction=direction,
                     attack=row.attack,
+                    seed=row.seed,
                     source=row.source,
                     target=row.target,
                     scoring=row.scoring,
@@ -185,7 +187,7 @@ def png_bytes(run_dir: Path) -> dict[str, bytes]:
 
 def same_values(first: list, second: list) -> bool:
     def key(row):
-        return (row.attack, row.source, row.target, row.scoring, row.metric)
+        return (row.attack, row.seed, row.source, row.target, row.scoring, row.metric)
 
     a = {key(row): row.value for row in first}
     b = {key(row): row.value for row in second}
@@ -259,6 +261,7 @@ def test_every_cell_has_adversarial_and_clean_rows(full_run):
             split=f"val[:{LIMIT}]",
             direction="ir",
             attack="sga-8",
+            seed=0,
             source="clip48",
             target="albef32",
             scoring="rerank",
@@ -345,9 +348,38 @@ def test_same_seed_gives_identical_pngs_other_seed_differs(tmp_path, tiny_open_c
     seed1 = [v for k, v in pngs_a.items() if "seed-1" in k]
     assert seed0 != seed1
     with ResultStore.in_run_dir(tmp_path / "a") as store:
-        attacks_stored = {r.attack for r in store.metrics(result.run_id) if r.attack}
-    assert attacks_stored == {"pgd@seed=0", "pgd@seed=1"}
+        attacks_stored = {(r.attack, r.seed) for r in store.metrics(result.run_id) if r.attack}
+        clean_seeds = {r.seed for r in store.metrics(result.run_id, attack=ABSENT)}
+    assert attacks_stored == {("pgd", 0), ("pgd", 1)} and clean_seeds == {None}
     assert batch_seed(0, 1) == batch_seed(0, 1) != batch_seed(1, 0)
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], [5]])
+def test_a_run_stored_by_schema_1_resumes_without_recomputing(
+    tmp_path, tiny_open_clip_dir, clip48_dir, counted_pgd, seeds
+):
+    calls, _ = counted_pgd
+    spec = make_spec(
+        tmp_path,
+        sources=[clip32(tiny_open_clip_dir)],
+        targets=[clip32(tiny_open_clip_dir), clip48(clip48_dir)],
+        attacks=[{"name": "pgd", "params": PGD_PARAMS}],
+        seeds=seeds,
+    )
+    first = run_matrix(spec)
+    rows, ranks = stored(tmp_path)
+    # the same run as the code before the seed column wrote it (`pgd@seed=N` with several)
+    downgrade_matrix_store(tmp_path / "results.sqlite")
+    calls.clear()
+
+    again = run_matrix(spec)
+    assert calls == [] and again.run_id == first.run_id
+    assert again.computed == {"crafted": 0, "crafted_batches": 0, "clean": 0, "evaluated": 0}
+    np.testing.assert_array_equal(again.tr_asr["pgd"], first.tr_asr["pgd"])
+    np.testing.assert_array_equal(again.clean_ir_r1, first.clean_ir_r1)
+    migrated_rows, migrated_ranks = stored(tmp_path)
+    assert same_values(rows, migrated_rows) and len(rows) == len(migrated_rows)
+    assert ranks.keys() == migrated_ranks.keys()
 
 
 def test_resume_after_kills_matches_an_uninterrupted_run(

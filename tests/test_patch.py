@@ -271,6 +271,10 @@ def test_patch_evaluation_stores_every_task_with_a_control_row(tmp_path, world_s
         rows = store.metrics(evaluation.run_id)
         info = store.run_info(evaluation.run_id)
     found = {(row.victim, row.attack, row.scoring) for row in rows}
+    # the patch's rows carry its fitting seed, the control's the seed that drew it
+    seeds = {(row.attack, row.seed) for row in rows}
+    assert seeds == {(None, None), (PATCH_ATTACK, 3), (CONTROL_ATTACK, 0)}
+    assert all(row.target == row.victim for row in rows)
     for attack in (None, PATCH_ATTACK, CONTROL_ATTACK):
         for scoring in ("itc", "zero-shot", "knn"):
             assert ("toy-clip-vit", attack, scoring) in found
@@ -304,7 +308,7 @@ def test_patch_evaluation_stores_every_task_with_a_control_row(tmp_path, world_s
         name, split = dataset_key(data)
         ranks = store.query_ranks(
             evaluation.run_id, victim="toy-clip-vit", dataset=name, split=split,
-            direction="tr", scoring="itc", attack=CONTROL_ATTACK,
+            direction="tr", scoring="itc", attack=CONTROL_ATTACK, seed=0,
             source="toy-clip-vit", target="toy-clip-vit",
         )  # fmt: skip
     expected = float(np.mean(np.asarray(ranks)[whole] < 1))

@@ -76,7 +76,14 @@ def write_clean_store(run_dir, victims=VICTIMS) -> None:
             {"command": "eval", "victims": list(victims)}, {"world": 0}, PROVENANCE
         )
         rows = [
-            MetricRow(victim=name, dataset="world", split="test-1k", metric=metric, value=value)
+            MetricRow(
+                victim=name,
+                dataset="world",
+                split="test-1k",
+                metric=metric,
+                value=value,
+                target=name,
+            )
             for name in victims
             for metric, value in _recalls(CLEAN.get(name, 0.5)).items()
         ]
@@ -100,7 +107,6 @@ def write_matrix_store(run_dir, seeds=(0,), seed_offsets=(0.0,)) -> None:
                 ]
         for (attack, source, target), (tr, ir) in ASR.items():
             for seed, offset in zip(seeds, seed_offsets, strict=True):
-                column = attack if len(seeds) == 1 else f"{attack}@seed={seed}"
                 values = {
                     **_recalls(0.3),
                     "tr_asr_r1": tr + offset,
@@ -113,7 +119,8 @@ def write_matrix_store(run_dir, seeds=(0,), seed_offsets=(0.0,)) -> None:
                         victim=target,
                         metric=m,
                         value=v,
-                        attack=column,
+                        attack=attack,
+                        seed=seed,
                         source=source,
                         target=target,
                         **keys,
@@ -556,6 +563,7 @@ def write_defended_matrix(run_dir) -> None:
                     metric=m,
                     value=v,
                     attack="pgd",
+                    seed=0,
                     source=source,
                     target=target,
                     **keys,
@@ -582,6 +590,7 @@ def write_defended_matrix(run_dir) -> None:
                         metric=m,
                         value=v,
                         attack="pgd",
+                        seed=0,
                         source=source,
                         target=target,
                         defense=defense,

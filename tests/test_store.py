@@ -25,6 +25,7 @@ from robust.harness.store import (
     StoreError,
     StoreSchemaError,
 )
+from tests.schema1_store import write_schema_1_store
 
 PROVENANCE = {
     "versions": {"python": "3.11.9", "vlp-robust": "0.1.0", "torch": None},
@@ -432,3 +433,210 @@ def test_scoring_keeps_itc_and_reranked_results_apart(tmp_path):
         assert reranked.tolist() == [0, 0]
         assert store.has_metrics(run, **keys, scoring="rerank")
         assert not store.has_metrics(run, **keys, scoring="other")
+
+
+# -- seed column and migration from schema 1 ---------------------------------------------------
+
+
+def test_seed_is_its_own_key_column(store: ResultStore, run_id: int) -> None:
+    keys = {"victim": "t", "dataset": "d", "split": "test", "source": "s", "target": "t"}
+    store.write_metrics(
+        run_id,
+        [
+            MetricRow(metric="tr_r1", value=0.9, **keys),
+            MetricRow(metric="tr_asr_r1", value=0.5, attack="pgd", seed=0, **keys),
+            MetricRow(metric="tr_asr_r1", value=0.7, attack="pgd", seed=1, **keys),
+        ],
+    )
+    store.write_metrics(
+        run_id, [MetricRow(metric="tr_asr_r1", value=0.6, attack="pgd", seed=1, **keys)]
+    )
+    store.write_metrics(run_id, [MetricRow(metric="tr_r1", value=0.8, **keys)])  # NULL seed upserts
+    assert [(r.attack, r.seed, r.value) for r in store.metrics(run_id)] == [
+        (None, None, 0.8),
+        ("pgd", 0, 0.5),
+        ("pgd", 1, 0.6),
+    ]
+    assert [r.value for r in store.metrics(run_id, seed=1)] == [0.6]
+    assert [r.value for r in store.metrics(run_id, seed=ABSENT)] == [0.8]
+    assert [r.value for r in store.metrics(run_id, seed=[ABSENT, 1])] == [0.8, 0.6]
+    assert [r.value for r in store.metrics(run_id, seed=[0, 1])] == [0.5, 0.6]
+    assert store.has_metrics(run_id, **keys, attack="pgd", seed=0)
+    assert not store.has_metrics(run_id, **keys, attack="pgd", seed=2)
+    assert not store.has_metrics(run_id, **keys, attack="pgd")  # None: the seed is absent
+    store.write_query_ranks(
+        run_id, direction="tr", ranks=np.array([0, 2]), attack="pgd", seed=1, **keys
+    )
+    assert store.query_ranks(run_id, direction="tr", attack="pgd", seed=1, **keys).tolist() == [
+        0,
+        2,
+    ]
+    with pytest.raises(KeyError, match="seed=0"):
+        store.query_ranks(run_id, direction="tr", attack="pgd", seed=0, **keys)
+    for bad in ("1", True, 1.0):
+        with pytest.raises(ValueError, match="seed must be an integer or None"):
+            store.write_metrics(run_id, [MetricRow(metric="m", value=1.0, seed=bad, **keys)])
+
+
+def _clean(victim: str, value: float, target: str = "") -> tuple:
+    return (victim, "world", "test", "tr_r1", value, "", "", target, "", "itc")
+
+
+def _attacked(attack: str, source: str, target: str, value: float, scoring: str = "itc") -> tuple:
+    return (target, "world", "test", "tr_asr_r1", value, attack, source, target, "", scoring)
+
+
+ZS = "zero-shot:shapes"
+
+
+def _schema_1_runs() -> list[dict]:
+    """One run of every kind whose rows schema 1 wrote differently from today."""
+    matrix = {"command": "matrix", "name": "m", "fingerprint": "f" * 16, "spec": {}}
+    return [
+        {
+            "spec": {"command": "eval", "victims": ["a"]},
+            "seeds": {"world": 0},
+            "metrics": [_clean("a", 0.9)],
+            "ranks": [("a", "world", "test", "tr", "", "", "", "", "itc", [0, 1])],
+        },
+        {
+            "spec": matrix,
+            "seeds": {"attack_seeds": [3, 5]},
+            "metrics": [
+                _clean("b", 0.8, target="b"),
+                _attacked("pgd@seed=3", "a", "b", 0.25),
+                _attacked("pgd@seed=5", "a", "b", 0.5),
+            ],
+            "ranks": [("b", "world", "test", "ir", "pgd@seed=5", "a", "b", "", "itc", [4, 0])],
+        },
+        {
+            "spec": matrix,
+            "seeds": {"attack_seeds": [7]},
+            "metrics": [_attacked("sga", "a", "b", 0.75, scoring="rerank")],
+        },
+        {
+            "spec": {"command": "patch-eval"},
+            "seeds": {"patch": 11, "control": 12, "placement": 0},
+            "metrics": [
+                _clean("c", 0.5, target="c"),
+                _attacked("advclip-patch", "a", "c", 0.4),
+                _attacked("random-patch", "a", "c", 0.1),
+            ],
+        },
+        {
+            "spec": {"command": "zeroshot"},
+            "seeds": {"attack": 2, "world": 0},
+            "metrics": [
+                ("d", "world", "test", "acc", 0.6, "", "", "", "", ZS),
+                ("d", "world", "test", "acc", 0.2, "apgd-ce@eps=2/255", "d", "d", "", ZS),
+            ],
+        },
+        {
+            "spec": {"command": "bias cache"},
+            "seeds": {"attack_seed": 4},
+            "metrics": [_attacked("sga", "a", "e", 0.3)],
+        },
+    ]  # fmt: skip
+
+
+def _migrated_rows(store: ResultStore) -> list[tuple]:
+    return [
+        (r.victim, r.attack, r.seed, r.source, r.target, r.value)
+        for run_id in store.run_ids()
+        for r in store.metrics(run_id)
+    ]
+
+
+EXPECTED_MIGRATED = [
+    ("a", None, None, None, "a", 0.9),  # clean rows name their victim as target now
+    ("b", None, None, None, "b", 0.8),
+    ("b", "pgd", 3, "a", "b", 0.25),  # label@seed=N split into label and seed
+    ("b", "pgd", 5, "a", "b", 0.5),
+    ("b", "sga", 7, "a", "b", 0.75),  # a single-seed run's seed comes from its record
+    ("c", None, None, None, "c", 0.5),
+    ("c", "advclip-patch", 11, "a", "c", 0.4),
+    ("c", "random-patch", 12, "a", "c", 0.1),
+    ("d", None, None, None, "d", 0.6),
+    ("d", "apgd-ce@eps=2/255", 2, "d", "d", 0.2),
+    ("e", "sga", 4, "a", "e", 0.3),
+]
+
+
+def test_schema_1_store_is_migrated_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    write_schema_1_store(path, _schema_1_runs())
+    with ResultStore(path) as store:
+        assert _migrated_rows(store) == EXPECTED_MIGRATED
+        ranks = store.query_ranks(
+            2, victim="b", dataset="world", split="test", direction="ir", attack="pgd", seed=5,
+            source="a", target="b",
+        )  # fmt: skip
+        assert ranks.tolist() == [4, 0]
+        clean = store.query_ranks(
+            1, victim="a", dataset="world", split="test", direction="tr", target="a"
+        )
+        assert clean.tolist() == [0, 1]
+        meta = dict(store._connection().execute("SELECT key, value FROM meta").fetchall())
+        assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["migrated_from"] == "1"
+        # the migrated file is a current store: new rows upsert by the new keys
+        store.write_metrics(
+            2,
+            [
+                MetricRow(
+                    "b",
+                    "world",
+                    "test",
+                    "tr_asr_r1",
+                    0.125,
+                    attack="pgd",
+                    seed=3,
+                    source="a",
+                    target="b",
+                )
+            ],
+        )
+        assert [r.value for r in store.metrics(2, attack="pgd")] == [0.125, 0.5]
+    with ResultStore(path) as again:  # opening a migrated file again changes nothing
+        assert len(_migrated_rows(again)) == len(EXPECTED_MIGRATED)
+
+
+def test_read_only_open_of_a_schema_1_store_migrates_in_memory_only(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    write_schema_1_store(path, _schema_1_runs())
+    before = path.read_bytes()
+    with ResultStore(path, read_only=True) as store:
+        assert _migrated_rows(store) == EXPECTED_MIGRATED
+        with pytest.raises(StoreError, match="read-only"):
+            store.start_run({}, {})
+    assert path.read_bytes() == before
+
+
+def test_a_failed_migration_leaves_the_schema_1_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robust.harness.store as store_module
+
+    path = tmp_path / "results.sqlite"
+    write_schema_1_store(path, _schema_1_runs())
+    calls = []
+
+    def fail_late(*args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise RuntimeError("killed mid-migration")
+        return real(*args)
+
+    real = store_module._v1_attack_seed
+    monkeypatch.setattr(store_module, "_v1_attack_seed", fail_late)
+    with pytest.raises(RuntimeError, match="killed mid-migration"):
+        ResultStore(path)
+    monkeypatch.undo()
+    with sqlite3.connect(path) as raw:
+        version = raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        count = raw.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    raw.close()
+    assert version == ("1",) and tables == {"meta", "runs", "metrics", "query_results"}
+    assert count == len(EXPECTED_MIGRATED)
+    with ResultStore(path) as store:  # and the next open migrates it
+        assert _migrated_rows(store) == EXPECTED_MIGRATED

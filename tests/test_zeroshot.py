@@ -108,6 +108,13 @@ def test_run_stores_clean_and_robust_accuracy_and_resumes(tmp_path, monkeypatch)
             (row.scoring, row.attack): row.value
             for row in store.metrics(evaluation.run_id, metric="acc")
         }
+        every_row = store.metrics(evaluation.run_id)
+    assert all(row.target == row.victim for row in every_row)  # clean rows too
+    assert {(row.attack is None, row.seed) for row in every_row} == {
+        (True, None),
+        (False, request.seed),
+    }
+    with ResultStore.in_run_dir(tmp_path) as store:
         ranks = store.query_ranks(
             evaluation.run_id,
             victim="toy-clip-vit",
@@ -115,6 +122,7 @@ def test_run_stores_clean_and_robust_accuracy_and_resumes(tmp_path, monkeypatch)
             split="test-1k[:24]",
             direction="tr",
             attack="apgd-ce@eps=8/255",
+            seed=request.seed,
             source="toy-clip-vit",
             target="toy-clip-vit",
             scoring="zero-shot:color",

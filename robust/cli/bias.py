@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from robust.cli.common import RichProgress, app, console, progress_bar, user_errors
+
+if TYPE_CHECKING:
+    from robust.harness.results import DefenseRow
 
 bias_app = typer.Typer(
     help="Bias effects: relevance bias (clean vs adversarial, real vs generated) and captions.",
@@ -181,13 +184,13 @@ def defenses_list_command() -> None:
 @user_errors
 def defenses_show_command(run_dir: RunDir) -> None:
     """Clean cost beside undefended, non-adaptive and adaptive R@1 ASR of a matrix run."""
-    from robust.harness.defense_cells import stored_defense_summary
+    from robust.harness.results import stored_defense_table
 
-    spec, rows = stored_defense_summary(run_dir)
-    print_defense_tables(spec.dataset, spec.defenses.names, rows)
+    layout, rows = stored_defense_table(run_dir)
+    print_defense_tables(layout.dataset, layout.defenses, rows)
 
 
-def print_defense_tables(dataset: str, defenses: Sequence[str], rows: Sequence[Any]) -> None:
+def print_defense_tables(dataset: str, defenses: Sequence[str], rows: Sequence[DefenseRow]) -> None:
     """One table per defense: clean cost, undefended, non-adaptive and adaptive R@1 ASR."""
     for defense in defenses:
         table = Table(

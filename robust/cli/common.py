@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
 from robust.errors import RobustError
+
+if TYPE_CHECKING:
+    from robust.harness.results import MatrixTables
 
 app = typer.Typer(
     help="vlp-robust: adversarial-robustness evaluation for vision-language models.",
@@ -108,8 +111,9 @@ def print_retrieval_table(title: str, rows: list[dict]) -> None:
     console.print(table)
 
 
-def print_asr_matrix(result: Any, label: str) -> None:
-    """One attack's transfer matrix: sources x targets, "TR / IR" R@1 ASR in %."""
+def print_asr_matrix(result: MatrixTables, label: str) -> None:
+    """One attack's transfer matrix: sources x targets, "TR / IR" R@1 ASR in %, white-box
+    cells and headline scorings as `robust.harness.results` decided them."""
 
     def percent(value: float) -> str:
         return "-" if value != value else f"{100 * value:.1f}"  # nan: no clean-correct query

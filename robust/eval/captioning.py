@@ -39,11 +39,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from robust.errors import RobustError
+
+if TYPE_CHECKING:  # the n-gram metrics (and the report, via eval.bias) need no torch
+    import torch
 
 __all__ = [
     "CaptionInputError",
@@ -398,6 +399,8 @@ def _encode_all(
     encode: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int
 ) -> torch.Tensor:
     """Embeds texts in batches and checks the encoder returned one row per text."""
+    import torch
+
     chunks = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
@@ -427,6 +430,9 @@ def embedding_similarity(
     encoder that forgets still yields cosines. Returns the mean over images of the best
     (`emb_sim_max`) and of the average (`emb_sim_mean`) cosine over each image's references.
     """
+    import torch
+    import torch.nn.functional as F
+
     if batch_size < 1:
         raise CaptionInputError(f"batch_size must be at least 1, got {batch_size}")
     gen, refs = _check_inputs(generated, references)

@@ -1,7 +1,8 @@
 """Evaluate an AnyAttack decoder on a dataset and record it in a run directory.
 
-Rows go into the run's `ResultStore` with `attack="anyattack"`, `source` = the encoder
-victim, `target` = the evaluated victim (and `victim` = the evaluated victim). Metric names:
+Rows go into the run's `ResultStore` with `attack="anyattack"`, `seed` = the seed of the
+drawn (clean, target) pairs, `source` = the encoder victim, `victim` = `target` = the evaluated
+victim. Metric names:
 - retrieval victims: `{gallery}_{m}` for gallery in adv/floor/ceiling (see
   `robust.eval.targeted`) and `m` in tr_r1/5/10, ir_r1/5/10, r_mean;
 - captioners: `{gallery}_vs_{target|clean}_{m}` for `m` in bleu1, bleu4, rouge_l, cider,
@@ -35,16 +36,16 @@ from robust.eval.targeted import (
     targeted_retrieval,
 )
 from robust.harness.evaluate import dataset_key
+from robust.harness.results import ANYATTACK as ATTACK
+from robust.harness.results import ANYATTACK_EXAMPLES_DIR as EXAMPLES_DIR
+from robust.harness.results import ANYATTACK_QUADRUPLE as QUADRUPLE
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.victims.registry import load_victim, resolve_spec
 from robust.zoo import ZOO_DIR
 
-ATTACK = "anyattack"
 WORLD_DECODER = ZOO_DIR / "anyattack-world" / "decoder.pt"  # toy-clip-vit, eps 16/255
-EXAMPLES_DIR = "anyattack_examples"
-QUADRUPLE = ("clean", "noise", "adversarial", "target")
 
 
 @dataclass
@@ -189,13 +190,10 @@ def evaluate_anyattack(
                 )
                 evaluation.captioning[name] = scores
                 metrics.update(scores)
-            keys = {"victim": name, "dataset": dataset_name, "split": split}
+            keys = {"victim": name, "dataset": dataset_name, "split": split, "target": name}
+            keys |= {"attack": ATTACK, "seed": seed, "source": encoder}
             store.write_metrics(
-                run_id,
-                [
-                    MetricRow(metric=m, value=v, attack=ATTACK, source=encoder, target=name, **keys)
-                    for m, v in metrics.items()
-                ],
+                run_id, [MetricRow(metric=m, value=v, **keys) for m, v in metrics.items()]
             )
     write_examples(
         run_dir / EXAMPLES_DIR,

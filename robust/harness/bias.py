@@ -35,7 +35,7 @@ from robust.eval.bias import (
 from robust.eval.retrieval import encode_dataset
 from robust.harness.cache import AdversarialCache, CacheEntry
 from robust.harness.evaluate import dataset_key
-from robust.harness.matrix import CACHE_DIRNAME
+from robust.harness.results import CACHE_DIRNAME
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 
@@ -211,7 +211,7 @@ def cache_relevance_bias(
         shifts = tuple(attribute_shift(scores[:, :count], scores[:, count:], dataset.labels))
     name, split = dataset_key(dataset)
     keys = {"victim": victim_name, "dataset": name, "split": split, "attack": attack}
-    keys |= {"source": source, "target": victim_name, "scoring": "itc"}
+    keys |= {"seed": seed, "source": source, "target": victim_name, "scoring": "itc"}
     rows = [MetricRow(metric=f"bias_{k}", value=v, **keys) for k, v in metrics.items()]
     rows += [MetricRow(metric=_shift_metric(s), value=s.shift, **keys) for s in shifts]
     record = {
@@ -300,7 +300,7 @@ def cache_caption_bias(
     )
     name, split = dataset_key(dataset)
     keys = {"victim": captioner, "dataset": name, "split": split, "attack": attack}
-    keys |= {"source": source, "target": captioner, "scoring": "caption"}
+    keys |= {"seed": seed, "source": source, "target": captioner, "scoring": "caption"}
     rows = [MetricRow(metric=f"caption_{k}", value=v, **keys) for k, v in metrics.items()]
     record = {
         "command": "bias caption",

@@ -10,13 +10,11 @@ from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.eval.rerank import evaluate_reranked
 from robust.eval.retrieval import RetrievalResult, evaluate_retrieval
+from robust.harness.results import ITC, RERANK
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.victims.registry import check_victim, load_victim
-
-ITC = "itc"
-RERANK = "rerank"
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ def evaluate_victims(
                 victim, dataset, batch_size=batch_size, k_test=k_test, progress=progress
             )
             for scoring, result in results.items():
-                keys = {"victim": name, "dataset": dataset_name, "split": split}
+                keys = {"victim": name, "dataset": dataset_name, "split": split, "target": name}
                 for direction, ranks in (("tr", result.tr_ranks), ("ir", result.ir_ranks)):
                     store.write_query_ranks(
                         run_id, direction=direction, ranks=ranks, scoring=scoring, **keys

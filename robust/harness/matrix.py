@@ -11,12 +11,12 @@ Resuming: one run per output directory, identified by the spec's fingerprint. A 
 cell (complete cache entry, or metrics present in the store) is never recomputed, so a
 killed run started again finishes with exactly the results of an uninterrupted one.
 
-Store layout: every row has `victim` = the evaluated target and `target` = the same name,
-`source` = the victim whose resolution (and, for adversarial rows, gradients) was used.
-Clean rows have no attack. Adversarial rows carry `attack` = the attack label (with
-`@seed=N` appended when the spec lists several seeds), R@K on the adversarial data, and
-both ASR conventions (`{tr,ir}_asr_r{K}` SGA, `{tr,ir}_drop_r{K}` Co-Attack). Fusion
-targets get "itc" and "rerank" rows; the headline uses "rerank" for them, "itc" for CLIP.
+Store layout (the row dialect of `robust.harness.store`): every row has `victim` = `target` =
+the evaluated target, `source` = the victim whose resolution (and, for adversarial rows,
+gradients) was used. Clean rows have no attack and no seed. Adversarial rows carry `attack` =
+the attack label, `seed` = the attack seed, R@K on the adversarial data, and both ASR
+conventions (`{tr,ir}_asr_r{K}` SGA, `{tr,ir}_drop_r{K}` Co-Attack). Fusion targets get "itc"
+and "rerank" rows; `robust.harness.results` reads them back into the headline tables.
 
 Universal attacks (AdvCLIP) are fitted once per (attack, source, seed) on their own fitting
 data, their artifact kept in the cache entry, then applied to every dataset image at the
@@ -26,8 +26,8 @@ source's resolution and cached like any other adversarial example.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,7 +38,7 @@ from robust.data.dataset import ArrayImages, CaptionDataset
 from robust.errors import RobustError
 from robust.eval.retrieval import RetrievalResult, attack_success
 from robust.harness.cache import AdversarialCache, CacheEntry, jsonable
-from robust.harness.evaluate import RERANK, dataset_key, retrieval_results
+from robust.harness.evaluate import dataset_key, retrieval_results
 from robust.harness.executors import (
     CleanCell,
     CraftCell,
@@ -48,7 +48,15 @@ from robust.harness.executors import (
     describe_executor,
     make_executor,
 )
-from robust.harness.spec import ExperimentSpec, SpecError, VictimRef
+from robust.harness.results import (
+    CACHE_DIRNAME,
+    DefenseRow,
+    MatrixLayout,
+    MatrixTables,
+    defense_table,
+    matrix_tables,
+)
+from robust.harness.spec import ExperimentSpec, SpecError
 from robust.harness.store import ABSENT, MetricRow, ResultStore
 from robust.precision import precision_scope, prepare_model
 from robust.progress import NullProgress, Progress, ensure_progress
@@ -63,24 +71,17 @@ __all__ = [
     "EvalResult",
     "MatrixResult",
     "adversarial_dataset",
-    "attack_column",
     "batch_seed",
     "run_matrix",
 ]
 
-CACHE_DIRNAME: Final[str] = "cache"
-HEADLINE_METRIC: Final[str] = "r1"
+CLEAN_METRICS: Final[tuple[str, ...]] = ("tr_r1", "ir_r1")
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
     """The generator seed of one attack batch: fixed by (seed, batch), not by run order."""
     digest = hashlib.sha256(f"{int(seed)}:{int(batch_index)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def attack_column(label: str, seed: int, seeds: Sequence[int]) -> str:
-    """The store's `attack` value: the label, plus `@seed=N` when the spec has several seeds."""
-    return label if len(seeds) == 1 else f"{label}@seed={int(seed)}"
 
 
 # -- results of cells ------------------------------------------------------------------------
@@ -364,43 +365,20 @@ class CellRunner:
 
 
 @dataclass(frozen=True)
-class MatrixResult:
-    """The run's headline: per attack label, R@1 ASR matrices `[sources, targets]`.
+class MatrixResult(MatrixTables):
+    """The run's headline tables (`robust.harness.results.MatrixTables`) and what this call did.
 
-    `tr_asr`/`ir_asr` use SGA's convention, `tr_drop`/`ir_drop` Co-Attack's, all as
-    fractions, averaged over seeds, at each target's headline scoring ("rerank" for fusion
-    targets, "itc" for CLIP). `white_box[s, t]` is true where source and target are the
-    same model. `computed` counts the cells this call computed (0 for a finished run);
-    `executor` describes what ran them (the run's record keeps what started the run).
-    `defenses` holds the defense table (`robust.harness.defense_cells.DefenseRow`) when the
-    spec has a defenses axis.
+    `computed` counts the cells this call computed (0 for a finished run); `executor`
+    describes what ran them (the run's record keeps what started the run). `defenses` holds
+    the defense table (`robust.harness.results.DefenseRow`) when the spec has a defenses axis.
     """
 
     run_dir: Path
     run_id: int
     fingerprint: str
-    dataset: str
-    split: str
-    labels: tuple[str, ...]
-    sources: tuple[str, ...]
-    targets: tuple[str, ...]
-    seeds: tuple[int, ...]
-    headline_scoring: dict[str, str]
-    white_box: np.ndarray
-    clean_tr_r1: np.ndarray
-    clean_ir_r1: np.ndarray
-    tr_asr: dict[str, np.ndarray]
-    ir_asr: dict[str, np.ndarray]
-    tr_drop: dict[str, np.ndarray]
-    ir_drop: dict[str, np.ndarray]
     computed: dict[str, int] = field(default_factory=dict)
     executor: dict[str, Any] = field(default_factory=dict)
-    defenses: tuple[Any, ...] = ()  # DefenseRow per (defense, attack, source, target)
-
-    def asr(self, label: str, source: str, target: str) -> tuple[float, float]:
-        """(TR, IR) R@1 ASR (SGA convention) of one cell."""
-        s, t = self.sources.index(source), self.targets.index(target)
-        return float(self.tr_asr[label][s, t]), float(self.ir_asr[label][s, t])
+    defenses: tuple[DefenseRow, ...] = ()
 
 
 def _resume_or_start(
@@ -462,36 +440,61 @@ def craft_request(spec: ExperimentSpec, cell: CraftCell) -> dict[str, Any]:
 
 
 class MatrixWriter:
-    """The driver's side of the store: completeness checks, row writes, clean look-ups."""
+    """The driver's side of the store: completeness checks, row writes, clean look-ups.
+
+    Cells name victims as the runner knows them; `defended` maps the defense axis's derived
+    names (`robust.harness.defense_axis`) to (plain victim name, `defense` column), so a
+    defended cell's rows carry the plain names and the defense in its own column. A defended
+    target's clean rows also carry the defense's clean cost (`<metric>_cost`).
+    """
 
     def __init__(
-        self, store: ResultStore, run_id: int, dataset: str, split: str, spec: ExperimentSpec
+        self,
+        store: ResultStore,
+        run_id: int,
+        dataset: str,
+        split: str,
+        *,
+        defended: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.dataset = dataset
         self.split = split
-        self.spec = spec
+        self.defended = dict(defended or {})
 
-    def _keys(self, target: str, source: str, attack: str | None) -> dict[str, Any]:
+    def _keys(
+        self, target: str, source: str, label: str | None = None, seed: int | None = None
+    ) -> dict[str, Any]:
+        """Row keys of a cell; a source crafted through a defense sets the defense column."""
+        plain_target, defense = self.defended.get(target, (target, None))
+        plain_source, source_defense = self.defended.get(source, (source, defense))
         return {
-            "victim": target,
+            "victim": plain_target,
             "dataset": self.dataset,
             "split": self.split,
-            "attack": attack,
-            "source": source,
-            "target": target,
+            "attack": label,
+            "seed": seed,
+            "source": plain_source,
+            "target": plain_target,
+            "defense": source_defense,
         }
 
-    def attack(self, cell: EvalCell) -> str:
-        return attack_column(cell.attack_label, cell.seed, self.spec.seeds)
+    def _cell_keys(self, cell: EvalCell) -> dict[str, Any]:
+        return self._keys(cell.target, cell.source, cell.attack_label, cell.seed)
+
+    def _clean_metric_names(self, target: str) -> tuple[str, ...]:
+        if target not in self.defended:
+            return CLEAN_METRICS
+        return (*CLEAN_METRICS, *(f"{metric}_cost" for metric in CLEAN_METRICS))
 
     def has_clean(self, target: str, source: str) -> bool:
-        keys = self._keys(target, source, None)
-        return self.store.has_metrics(self.run_id, **keys, metric_names=("tr_r1", "ir_r1"))
+        keys = self._keys(target, source)
+        wanted = self._clean_metric_names(target)
+        return self.store.has_metrics(self.run_id, **keys, metric_names=wanted)
 
     def has_adversarial(self, cell: EvalCell) -> bool:
-        keys = self._keys(cell.target, cell.source, self.attack(cell))
+        keys = self._cell_keys(cell)
         return self.store.has_metrics(self.run_id, **keys, metric_names=("tr_asr_r1", "ir_asr_r1"))
 
     def _ranks(self, keys: dict[str, Any], results: dict[str, RetrievalResult]) -> None:
@@ -502,24 +505,38 @@ class MatrixWriter:
                 )
 
     def write_clean(
-        self, target: str, sources: Sequence[str], results: dict[str, RetrievalResult]
+        self,
+        target: str,
+        sources: Sequence[str],
+        results: dict[str, RetrievalResult],
+        undefended: Mapping[str, dict[str, RetrievalResult]] | None = None,
     ) -> None:
-        """Clean rows for every source sharing this preprocessing, in one transaction."""
+        """Clean rows for every source sharing this preprocessing, in one transaction; with
+        `undefended` (a defended target's undefended baseline per source), each metric's
+        clean cost too (undefended minus defended, so positive = what the defense costs)."""
         rows = []
         for source in sources:
-            keys = self._keys(target, source, None)
+            keys = self._keys(target, source)
             self._ranks(keys, results)
             for scoring, result in results.items():
-                rows.extend(
-                    MetricRow(metric=metric, value=value, scoring=scoring, **keys)
-                    for metric, value in result.metrics().items()
-                )
+                baseline = None if undefended is None else undefended[source][scoring].metrics()
+                for metric, value in result.metrics().items():
+                    rows.append(MetricRow(metric=metric, value=value, scoring=scoring, **keys))
+                    if baseline is not None:
+                        cost = baseline[metric] - value
+                        rows.append(
+                            MetricRow(metric=f"{metric}_cost", value=cost, scoring=scoring, **keys)
+                        )
         self.store.write_metrics(self.run_id, rows)
 
     def read_clean(self, target: str, source: str) -> dict[str, RetrievalResult]:
         """A stored clean baseline, rebuilt from its per-query ranks."""
-        keys = self._keys(target, source, None)
-        found = self.store.metrics(self.run_id, **{**keys, "attack": ABSENT}, metric="tr_r1")
+        keys = self._keys(target, source)
+        found = self.store.metrics(
+            self.run_id,
+            **{**keys, "attack": ABSENT, "seed": ABSENT, "defense": keys["defense"] or ABSENT},
+            metric="tr_r1",
+        )
         results = {}
         for row in found:
             ranks = {
@@ -538,7 +555,7 @@ class MatrixWriter:
         results: dict[str, RetrievalResult],
     ) -> None:
         """R@K on adversarial data and both ASR conventions; the metrics write is the commit."""
-        keys = self._keys(cell.target, cell.source, self.attack(cell))
+        keys = self._cell_keys(cell)
         self._ranks(keys, results)
         rows = []
         for scoring, result in results.items():
@@ -583,7 +600,7 @@ def run_matrix(
 
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = _resume_or_start(store, spec, fingerprint, executor_info)
-        writer = MatrixWriter(store, run_id, dataset_name, split, spec)
+        writer = MatrixWriter(store, run_id, dataset_name, split)
 
         # 1. adversarial examples, once per (attack, source, seed), grouped by source
         geometry: dict[str, tuple[int, str]] = {}
@@ -638,21 +655,16 @@ def run_matrix(
 
         # 3. every target behind every defense: clean cost, non-adaptive and adaptive
         if spec.defenses is not None:
-            from robust.harness.defense_cells import defense_summary, run_defense_cells
+            from robust.harness.defense_cells import run_defense_cells
 
             computed.update(
                 run_defense_cells(
                     spec, store, run_id, runner, executor, geometry, dataset_name, split, progress
                 )
             )
-            result = _summarise(store, run_id, spec, fingerprint, dataset_name, split, computed)
-            return replace(
-                result,
-                executor=executor_info,
-                defenses=defense_summary(store, run_id, spec, dataset_name, split),
-            )
-        summary = _summarise(store, run_id, spec, fingerprint, dataset_name, split, computed)
-        return replace(summary, executor=executor_info)
+        return _summarise(
+            store, run_id, spec, fingerprint, dataset_name, split, computed, executor_info
+        )
 
 
 def _summarise(
@@ -663,64 +675,18 @@ def _summarise(
     dataset: str,
     split: str,
     computed: dict[str, int],
+    executor: dict[str, Any],
 ) -> MatrixResult:
-    """Read the headline matrices back from the store (so a resumed run reports all cells)."""
-    from robust.victims.registry import resolve_spec
-
-    sources = tuple(ref.name for ref in spec.sources)
-    targets = tuple(ref.name for ref in spec.targets)
-    labels = tuple(attack.label for attack in spec.attacks)
-    values: dict[tuple[str | None, str | None, str | None, str, str], float] = {}
-    for row in store.metrics(run_id, dataset=dataset, split=split, defense=ABSENT):
-        values[(row.attack, row.source, row.target, row.scoring, row.metric)] = row.value
-    headline = {
-        target: RERANK if any(k[2] == target and k[3] == RERANK for k in values) else "itc"
-        for target in targets
-    }
-
-    def matrix(metric: str, label: str | None) -> np.ndarray:
-        grid = np.full((len(sources), len(targets)), np.nan)
-        for s, source in enumerate(sources):
-            for t, target in enumerate(targets):
-                columns = (
-                    [None]
-                    if label is None
-                    else [attack_column(label, seed, spec.seeds) for seed in spec.seeds]
-                )
-                found = [
-                    values[key]
-                    for column in columns
-                    if (key := (column, source, target, headline[target], metric)) in values
-                ]
-                finite = [value for value in found if not np.isnan(value)]
-                if finite:
-                    grid[s, t] = float(np.mean(finite))
-        return grid
-
-    def resolved(ref: VictimRef) -> str:
-        return resolve_spec(ref.spec)[0]
-
-    white_box = np.array(
-        [[resolved(s) == resolved(t) for t in spec.targets] for s in spec.sources], dtype=bool
-    )
-    metric = HEADLINE_METRIC
+    """The run's tables read back through `robust.harness.results`, from the spec as the run
+    recorded it (so a resumed run reports all cells, and the report reads the same way)."""
+    layout = MatrixLayout.from_spec(spec.canonical())
+    tables = matrix_tables(store, run_id, layout, dataset, split)
     return MatrixResult(
+        **{item.name: getattr(tables, item.name) for item in fields(MatrixTables)},
         run_dir=spec.run_dir,
         run_id=run_id,
         fingerprint=fingerprint,
-        dataset=dataset,
-        split=split,
-        labels=labels,
-        sources=sources,
-        targets=targets,
-        seeds=tuple(spec.seeds),
-        headline_scoring=headline,
-        white_box=white_box,
-        clean_tr_r1=matrix(f"tr_{metric}", None),
-        clean_ir_r1=matrix(f"ir_{metric}", None),
-        tr_asr={label: matrix(f"tr_asr_{metric}", label) for label in labels},
-        ir_asr={label: matrix(f"ir_asr_{metric}", label) for label in labels},
-        tr_drop={label: matrix(f"tr_drop_{metric}", label) for label in labels},
-        ir_drop={label: matrix(f"ir_drop_{metric}", label) for label in labels},
         computed=dict(computed),
+        executor=executor,
+        defenses=defense_table(store, run_id, layout, dataset, split),
     )

@@ -42,17 +42,19 @@ from robust.eval import downstream
 from robust.eval.captioning import caption_change_rate, caption_metrics
 from robust.eval.retrieval import RetrievalResult, attack_success
 from robust.harness.evaluate import dataset_key, retrieval_results
+from robust.harness.results import (
+    CAPTION,
+    CONTROL_ATTACK,
+    KNN,
+    PATCH_ATTACK,
+    UNOCCLUDED,
+    ZERO_SHOT,
+)
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 from robust.victims.registry import load_victim, resolve_spec
 
-PATCH_ATTACK = "advclip-patch"
-UNOCCLUDED = "_unoccluded"  # suffix of metrics over images whose captioned objects the patch misses
-CONTROL_ATTACK = "random-patch"
-ZERO_SHOT = "zero-shot"
-KNN = "knn"
-CAPTION = "caption"
 CAPTION_METRICS = ("bleu4", "rouge_l", "cider")
 
 
@@ -363,6 +365,8 @@ def run_patch_evaluation(
         "knn_k": knn_k,
     }
     seeds = {"patch": artifact.seed, "control": control_seed, "placement": placement_seed}
+    # each row's `seed`: the seed that made its patch (fitting, or drawing the control)
+    attack_seeds = {PATCH_ATTACK: artifact.seed, CONTROL_ATTACK: control_seed}
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(spec, seeds)
         evaluation = PatchEvaluation(run_dir, run_id, artifact.source)
@@ -393,9 +397,16 @@ def run_patch_evaluation(
             rows = []
             for (attack, scoring), values in target.metrics().items():
                 source = None if attack is None else artifact.source
+                seed = attack_seeds.get(attack)
                 rows.extend(
                     MetricRow(
-                        metric=m, value=v, attack=attack, source=source, scoring=scoring, **keys
+                        metric=m,
+                        value=v,
+                        attack=attack,
+                        seed=seed,
+                        source=source,
+                        scoring=scoring,
+                        **keys,
                     )
                     for m, v in values.items()
                 )
@@ -412,6 +423,7 @@ def run_patch_evaluation(
                             ranks=ranks,
                             scoring=scoring,
                             attack=attack,
+                            seed=attack_seeds.get(attack),
                             source=source,
                             **keys,
                         )

@@ -4,10 +4,29 @@ The store is the single source of truth for the report and for resuming: a cell 
 are present is never recomputed, and per-query ranks are kept so any retrieval metric can be
 recomputed later without re-running models.
 
-Key columns that may be absent (attack, source, target, defense) are stored as '' because
+Every row kind (clean evaluation, matrix, defense, patch, AnyAttack, bias, zero-shot) writes
+the key columns with one meaning:
+
+- `victim`: the model whose outputs the row measures; `target` is always the same name, so
+  transfer cells read as (source, target) and every row can be filtered by either column;
+- `source`: the model that shaped the input: whose resolution it was brought to and, on
+  attacked rows, whose gradients, encoder or fitted patch crafted it; None where the victim
+  sees the dataset's images at its own preprocessing;
+- `attack`: the attack's label alone, None on clean rows; `seed`: the attack seed that
+  crafted the row's input (an integer), None on rows without an attack;
+- `defense`: the input defense in front of the victim (`<defense>/adaptive` when the attack
+  was crafted through it), None when undefended.
+
+Text key columns that may be absent (attack, source, target, defense) are stored as '' because
 SQLite treats NULLs as distinct inside UNIQUE constraints, which would break upserts; callers
-only ever see None. NaN metric values are stored as SQL NULL (SQLite cannot store NaN) and
-come back as NaN.
+only ever see None. `seed` is a real INTEGER column, NULL when absent; the unique indexes key
+it as `COALESCE(seed, '')`. NaN metric values are stored as SQL NULL (SQLite cannot store NaN)
+and come back as NaN.
+
+Schema 1 (before the `seed` column) packed a matrix run's seed into `attack` as
+`label@seed=N` when the spec listed several seeds and left `target` empty on clean rows; such
+a file is migrated to the current schema when opened for writing (one transaction), and
+migrated in memory when opened read-only.
 """
 
 from __future__ import annotations
@@ -28,7 +47,7 @@ import numpy as np
 
 from robust.errors import RobustError
 
-SCHEMA_VERSION: Final[int] = 1
+SCHEMA_VERSION: Final[int] = 2
 STORE_FILENAME: Final[str] = "results.sqlite"
 DEFAULT_TIMEOUT_S: Final[float] = 30.0
 
@@ -71,6 +90,7 @@ class MetricRow:
     metric: str
     value: float
     attack: str | None = None
+    seed: int | None = None
     source: str | None = None
     target: str | None = None
     defense: str | None = None
@@ -79,10 +99,10 @@ class MetricRow:
 
 _METRIC_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in fields(MetricRow))
 _METRIC_ORDER: Final[str] = (
-    "run_id, victim, dataset, split, attack, source, target, defense, scoring, metric"
+    "run_id, victim, dataset, split, attack, seed, source, target, defense, scoring, metric"
 )
 
-_SCHEMA_SQL: Final[str] = """
+_RUN_TABLES_SQL: Final[str] = """
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -97,42 +117,51 @@ CREATE TABLE runs (
     git_dirty INTEGER,
     hardware TEXT NOT NULL
 );
-CREATE TABLE metrics (
-    id INTEGER PRIMARY KEY,
+"""
+# The columns that key a row, shared by both row tables (their meaning: module docstring).
+_KEY_COLUMNS_SQL: Final[str] = """
     run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     victim TEXT NOT NULL,
     dataset TEXT NOT NULL,
     split TEXT NOT NULL,
+    attack TEXT NOT NULL DEFAULT '',
+    seed INTEGER,
+    source TEXT NOT NULL DEFAULT '',
+    target TEXT NOT NULL DEFAULT '',
+    defense TEXT NOT NULL DEFAULT '',
+    scoring TEXT NOT NULL DEFAULT 'itc',"""
+# The row tables, also what a schema-1 file's rows are copied into when it is migrated.
+_ROW_TABLES_SQL: Final[str] = f"""
+CREATE TABLE metrics (
+    id INTEGER PRIMARY KEY,{_KEY_COLUMNS_SQL}
     metric TEXT NOT NULL,
     value REAL,
-    attack TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL DEFAULT '',
-    target TEXT NOT NULL DEFAULT '',
-    defense TEXT NOT NULL DEFAULT '',
-    scoring TEXT NOT NULL DEFAULT 'itc',
-    created_at TEXT NOT NULL,
-    UNIQUE (run_id, victim, dataset, split, metric, attack, source, target, defense, scoring)
+    created_at TEXT NOT NULL
 );
+CREATE UNIQUE INDEX metrics_key ON metrics
+    (run_id, victim, dataset, split, metric, attack, COALESCE(seed, ''), source, target,
+     defense, scoring);
 CREATE INDEX metrics_cell ON metrics
-    (run_id, victim, dataset, split, attack, source, target, defense);
+    (run_id, victim, dataset, split, attack, seed, source, target, defense);
 CREATE TABLE query_results (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    victim TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    split TEXT NOT NULL,
+    id INTEGER PRIMARY KEY,{_KEY_COLUMNS_SQL}
     direction TEXT NOT NULL CHECK (direction IN ('tr', 'ir')),
-    attack TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL DEFAULT '',
-    target TEXT NOT NULL DEFAULT '',
-    defense TEXT NOT NULL DEFAULT '',
-    scoring TEXT NOT NULL DEFAULT 'itc',
     ranks BLOB NOT NULL,
     count INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (run_id, victim, dataset, split, direction, attack, source, target, defense, scoring)
+    created_at TEXT NOT NULL
 );
+CREATE UNIQUE INDEX query_results_key ON query_results
+    (run_id, victim, dataset, split, direction, attack, COALESCE(seed, ''), source, target,
+     defense, scoring);
 """
+_METRIC_KEY_SQL: Final[str] = (
+    "run_id, victim, dataset, split, metric, attack, COALESCE(seed, ''), source, target,"
+    " defense, scoring"
+)
+_RANKS_KEY_SQL: Final[str] = (
+    "run_id, victim, dataset, split, direction, attack, COALESCE(seed, ''), source, target,"
+    " defense, scoring"
+)
 
 
 class ResultStore:
@@ -291,10 +320,9 @@ class ResultStore:
             self._require_run(conn, run_id)
             conn.executemany(
                 "INSERT INTO metrics (run_id, victim, dataset, split, metric, value, attack,"
-                " source, target, defense, scoring, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_id, victim, dataset, split, metric, attack, source, target,"
-                " defense, scoring) DO UPDATE SET value = excluded.value,"
+                " seed, source, target, defense, scoring, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT ({_METRIC_KEY_SQL}) DO UPDATE SET value = excluded.value,"
                 " created_at = excluded.created_at",
                 params,
             )
@@ -326,12 +354,14 @@ class ResultStore:
             encoded = [_filter_value(column, value) for value in values]
             if len(encoded) == 1:
                 clauses.append(f"{column} IS ?")
+            elif None in encoded:  # NULL (an absent seed) never matches IN
+                clauses.append(f"({' OR '.join([f'{column} IS ?'] * len(encoded))})")
             else:
                 clauses.append(f"{column} IN ({', '.join('?' * len(encoded))})")
             params.extend(encoded)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            "SELECT victim, dataset, split, metric, value, attack, source, target, defense,"
+            "SELECT victim, dataset, split, metric, value, attack, seed, source, target, defense,"
             f" scoring FROM metrics{where} ORDER BY {_METRIC_ORDER}"
         )
         return [_metric_row(r) for r in self._connection().execute(sql, params)]
@@ -347,6 +377,7 @@ class ResultStore:
         target: str | None = None,
         defense: str | None = None,
         *,
+        seed: int | None = None,
         scoring: str = "itc",
         metric_names: Iterable[str] | None = None,
     ) -> bool:
@@ -355,11 +386,11 @@ class ResultStore:
         Here None means the column is absent (an exact cell key, not a wildcard). With
         `metric_names`, every named metric must be present.
         """
-        key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        key = _cell_key(victim, dataset, split, attack, seed, source, target, defense)
         sql = (
             "SELECT DISTINCT metric FROM metrics WHERE run_id = ? AND victim = ? AND dataset = ?"
-            " AND split = ? AND attack = ? AND source = ? AND target = ? AND defense = ?"
-            " AND scoring = ?"
+            " AND split = ? AND attack = ? AND seed IS ? AND source = ? AND target = ?"
+            " AND defense = ? AND scoring = ?"
         )
         scoring = _required("scoring", scoring)
         present = {r[0] for r in self._connection().execute(sql, (int(run_id), *key, scoring))}
@@ -379,6 +410,7 @@ class ResultStore:
         direction: str,
         ranks: np.ndarray,
         attack: str | None = None,
+        seed: int | None = None,
         source: str | None = None,
         target: str | None = None,
         defense: str | None = None,
@@ -386,17 +418,16 @@ class ResultStore:
     ) -> None:
         """Store the rank of the correct item for every query (0 = top), replacing any old."""
         _check_direction(direction)
-        key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        key = _cell_key(victim, dataset, split, attack, seed, source, target, defense)
         scoring = _required("scoring", scoring)
         blob, count = _encode_ranks(ranks)
         with self._write() as conn:
             self._require_run(conn, run_id)
             conn.execute(
-                "INSERT INTO query_results (run_id, victim, dataset, split, attack, source,"
-                " target, defense, direction, scoring, ranks, count, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_id, victim, dataset, split, direction, attack, source,"
-                " target, defense, scoring) DO UPDATE SET ranks = excluded.ranks,"
+                "INSERT INTO query_results (run_id, victim, dataset, split, attack, seed,"
+                " source, target, defense, direction, scoring, ranks, count, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT ({_RANKS_KEY_SQL}) DO UPDATE SET ranks = excluded.ranks,"
                 " count = excluded.count, created_at = excluded.created_at",
                 (int(run_id), *key, direction, scoring, blob, count, _now()),
             )
@@ -410,6 +441,7 @@ class ResultStore:
         split: str,
         direction: str,
         attack: str | None = None,
+        seed: int | None = None,
         source: str | None = None,
         target: str | None = None,
         defense: str | None = None,
@@ -417,21 +449,31 @@ class ResultStore:
     ) -> np.ndarray:
         """The stored per-query ranks as an int64 array; KeyError if never written."""
         _check_direction(direction)
-        key = _cell_key(victim, dataset, split, attack, source, target, defense)
+        key = _cell_key(victim, dataset, split, attack, seed, source, target, defense)
         scoring = _required("scoring", scoring)
         row = (
             self._connection()
             .execute(
                 "SELECT ranks, count FROM query_results WHERE run_id = ? AND victim = ?"
-                " AND dataset = ? AND split = ? AND attack = ? AND source = ? AND target = ?"
-                " AND defense = ? AND direction = ? AND scoring = ?",
+                " AND dataset = ? AND split = ? AND attack = ? AND seed IS ? AND source = ?"
+                " AND target = ? AND defense = ? AND direction = ? AND scoring = ?",
                 (int(run_id), *key, direction, scoring),
             )
             .fetchone()
         )
         if row is None:
             described = _describe_key(
-                run_id, victim, dataset, split, attack, source, target, defense, direction, scoring
+                run_id,
+                victim,
+                dataset,
+                split,
+                attack,
+                seed,
+                source,
+                target,
+                defense,
+                direction,
+                scoring,
             )
             raise KeyError(f"no query ranks stored for {described} in {self.path}")
         blob, count = row
@@ -476,16 +518,21 @@ def _table_names(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
+def _execute_script(conn: sqlite3.Connection, sql: str) -> None:
+    """Run `;`-separated statements inside the caller's transaction (executescript commits)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """Create the schema in an empty file, or check an existing one is ours and current."""
+    """Create the schema in an empty file, migrate a schema-1 file, check the result is ours."""
     if not _table_names(conn):
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             # Another process may have created it while we waited for the lock.
             if not _table_names(conn):
-                for statement in _SCHEMA_SQL.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                _execute_script(conn, _RUN_TABLES_SQL + _ROW_TABLES_SQL)
                 conn.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [
@@ -493,25 +540,139 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                         ("created_by", f"vlp-robust {_own_version()}"),
                     ],
                 )
+    if _schema_version(conn, path) == _MIGRATABLE_VERSION:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            # Another process may have migrated it while we waited for the lock.
+            if _schema_version(conn, path) == _MIGRATABLE_VERSION:
+                _migrate_from_1(conn)
     _check_schema(conn, path)
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """The file holds a vlp-robust store of the schema version this code reads."""
+def _schema_version(conn: sqlite3.Connection, path: Path) -> str | None:
+    """The schema version the file records; an error for a database that is not a store."""
     if "meta" not in _table_names(conn):
         raise StoreError(
             f"{path} is an SQLite database but not a vlp-robust results store (no meta table); "
             "point at a run directory's results file or use a fresh run directory"
         )
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    found = meta.get("schema_version")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """The file holds a vlp-robust store of the schema version this code reads."""
+    found = _schema_version(conn, path)
     if found != str(SCHEMA_VERSION):
-        written_by = f" (written by {meta['created_by']})" if "created_by" in meta else ""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'created_by'").fetchone()
+        written_by = f" (written by {row[0]})" if row is not None else ""
         raise StoreSchemaError(
             f"{path}: results store schema version {found if found is not None else 'missing'}"
             f"{written_by}, this vlp-robust expects {SCHEMA_VERSION}; re-run into a fresh run "
             "directory or use a matching vlp-robust version"
         )
+
+
+# -- migration from schema 1 -----------------------------------------------------------------
+
+_MIGRATABLE_VERSION: Final[str] = "1"
+_V1_SEED_SUFFIX: Final[str] = "@seed="
+# Where schema-1 runs recorded the seed of their attacked rows, by the run's command
+# (patch evaluations: by attack label); matrix runs are handled by `_v1_attack_seed`.
+_V1_SEED_KEYS: Final[dict[str, str]] = {
+    "bias cache": "attack_seed",
+    "bias caption": "attack_seed",
+    "zeroshot": "attack",
+    "anyattack eval": "pairs",
+}
+_V1_PATCH_SEED_KEYS: Final[dict[str, str]] = {"advclip-patch": "patch", "random-patch": "control"}
+_V1_METRIC_COLUMNS: Final[str] = (
+    "run_id, victim, dataset, split, metric, value, attack, source, target, defense, scoring,"
+    " created_at"
+)
+_V1_RANKS_COLUMNS: Final[str] = (
+    "run_id, victim, dataset, split, direction, attack, source, target, defense, scoring,"
+    " ranks, count, created_at"
+)
+
+
+def _v1_attack_seed(command: str, seeds: Mapping[str, Any], attack: str) -> tuple[str, int | None]:
+    """(label, seed) of a schema-1 row's attack column, the seed taken from the run's record
+    where the column does not carry it."""
+    if not attack:
+        return attack, None
+    if command == "matrix":
+        label, marker, number = attack.rpartition(_V1_SEED_SUFFIX)
+        if marker:
+            return label, int(number)
+        recorded = seeds.get("attack_seeds", [])  # a single-seed run wrote the label alone
+        return attack, int(recorded[0]) if len(recorded) == 1 else None
+    key = _V1_PATCH_SEED_KEYS.get(attack) if command == "patch-eval" else _V1_SEED_KEYS.get(command)
+    value = seeds.get(key) if key is not None else None
+    return attack, value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Rewrite a schema-1 file's rows into the current tables, inside the caller's transaction:
+    the seed moves out of `attack` into its own column and `target` names the victim on every
+    row (clean rows left it empty)."""
+    runs = {
+        int(run_id): (str(json.loads(spec).get("command", "")), json.loads(seeds))
+        for run_id, spec, seeds in conn.execute("SELECT run_id, spec, seeds FROM runs")
+    }
+    conn.execute("ALTER TABLE metrics RENAME TO metrics_v1")
+    conn.execute("ALTER TABLE query_results RENAME TO query_results_v1")
+    conn.execute("DROP INDEX metrics_cell")
+    _execute_script(conn, _ROW_TABLES_SQL)
+    metrics = []
+    for row in conn.execute(f"SELECT {_V1_METRIC_COLUMNS} FROM metrics_v1 ORDER BY id"):
+        run_id, victim, dataset, split, metric, value, attack, source, target = row[:9]
+        label, seed = _v1_attack_seed(*runs[run_id], attack)
+        metrics.append(
+            (run_id, victim, dataset, split, metric, value, label, seed, source, target or victim)
+            + row[9:]
+        )
+    conn.executemany(
+        "INSERT INTO metrics (run_id, victim, dataset, split, metric, value, attack, seed,"
+        " source, target, defense, scoring, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        metrics,
+    )
+    ranks = []
+    for row in conn.execute(f"SELECT {_V1_RANKS_COLUMNS} FROM query_results_v1 ORDER BY id"):
+        run_id, victim, dataset, split, direction, attack, source, target = row[:8]
+        label, seed = _v1_attack_seed(*runs[run_id], attack)
+        ranks.append(
+            (run_id, victim, dataset, split, direction, label, seed, source, target or victim)
+            + row[8:]
+        )
+    conn.executemany(
+        "INSERT INTO query_results (run_id, victim, dataset, split, direction, attack, seed,"
+        " source, target, defense, scoring, ranks, count, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ranks,
+    )
+    conn.execute("DROP TABLE metrics_v1")
+    conn.execute("DROP TABLE query_results_v1")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('migrated_from', ?)",
+        (_MIGRATABLE_VERSION,),
+    )
+
+
+def _migrated_copy(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """An in-memory copy of a schema-1 file, migrated, for a reader that must not write it."""
+    memory = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.backup(memory)
+        with memory:
+            memory.execute("BEGIN IMMEDIATE")
+            _migrate_from_1(memory)
+    except BaseException:
+        memory.close()
+        raise
+    return memory
 
 
 _SQLITE_HEADER: Final[bytes] = b"SQLite format 3\x00"
@@ -562,6 +723,10 @@ def _open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise _open_error(path, exc) from exc
     try:
+        if _schema_version(conn, path) == _MIGRATABLE_VERSION:
+            migrated = _migrated_copy(conn)
+            conn.close()
+            conn = migrated
         _check_schema(conn, path)
     except StoreError:
         conn.close()
@@ -644,20 +809,31 @@ def _optional(name: str, value: Any) -> str:
     return value
 
 
+def _seed(value: Any) -> int | None:
+    """Encode the seed column: None/ABSENT become NULL, anything else must be an integer."""
+    if value is None or value is ABSENT:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"seed must be an integer or None, got {value!r}")
+    return int(value)
+
+
 def _cell_key(
     victim: str,
     dataset: str,
     split: str,
     attack: str | None,
+    seed: int | None,
     source: str | None,
     target: str | None,
     defense: str | None,
-) -> tuple[str, ...]:
+) -> tuple[str | int | None, ...]:
     return (
         _required("victim", victim),
         _required("dataset", dataset),
         _required("split", split),
         _optional("attack", attack),
+        _seed(seed),
         _optional("source", source),
         _optional("target", target),
         _optional("defense", defense),
@@ -671,8 +847,15 @@ def _metric_params(run_id: int, row: MetricRow, created_at: str) -> tuple[Any, .
         value = float(row.value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metric value must be a number, got {row.value!r} in {row}") from exc
-    victim, dataset, split, attack, source, target, defense = _cell_key(
-        row.victim, row.dataset, row.split, row.attack, row.source, row.target, row.defense
+    victim, dataset, split, attack, seed, source, target, defense = _cell_key(
+        row.victim,
+        row.dataset,
+        row.split,
+        row.attack,
+        row.seed,
+        row.source,
+        row.target,
+        row.defense,
     )
     metric = _required("metric", row.metric)
     scoring = _required("scoring", row.scoring)
@@ -684,6 +867,7 @@ def _metric_params(run_id: int, row: MetricRow, created_at: str) -> tuple[Any, .
         metric,
         None if math.isnan(value) else value,
         attack,
+        seed,
         source,
         target,
         defense,
@@ -693,7 +877,7 @@ def _metric_params(run_id: int, row: MetricRow, created_at: str) -> tuple[Any, .
 
 
 def _metric_row(record: tuple[Any, ...]) -> MetricRow:
-    victim, dataset, split, metric, value, attack, source, target, defense, scoring = record
+    victim, dataset, split, metric, value, attack, seed, source, target, defense, scoring = record
     return MetricRow(
         victim=victim,
         dataset=dataset,
@@ -701,6 +885,7 @@ def _metric_row(record: tuple[Any, ...]) -> MetricRow:
         metric=metric,
         value=math.nan if value is None else float(value),
         attack=attack or None,
+        seed=seed,
         source=source or None,
         target=target or None,
         defense=defense or None,
@@ -711,8 +896,11 @@ def _metric_row(record: tuple[Any, ...]) -> MetricRow:
 def _filter_value(column: str, value: Any) -> Any:
     if column in OPTIONAL_KEYS:
         return _optional(column, value)
+    if column == "seed":
+        return _seed(value)
     if value is ABSENT:
-        raise ValueError(f"{column} is never absent; ABSENT only applies to {OPTIONAL_KEYS}")
+        optional = (*OPTIONAL_KEYS, "seed")
+        raise ValueError(f"{column} is never absent; ABSENT only applies to {optional}")
     if column == "value":
         number = float(value)
         return None if math.isnan(number) else number
@@ -738,12 +926,13 @@ def _encode_ranks(ranks: np.ndarray) -> tuple[bytes, int]:
     return array.astype("<i4").tobytes(), int(array.size)
 
 
-def _describe_key(run_id: int, *parts: str | None) -> str:
+def _describe_key(run_id: int, *parts: str | int | None) -> str:
     names = (
         "victim",
         "dataset",
         "split",
         "attack",
+        "seed",
         "source",
         "target",
         "defense",

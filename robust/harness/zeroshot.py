@@ -3,7 +3,8 @@
 Rows go into the run directory's store as their own kind (the run spec's `command` is
 `zeroshot`): `scoring` is `zero-shot:TASK`, `metric` is `acc` (and `images`, the task's
 image count, on clean rows); clean rows have no attack, attacked rows have
-`attack="ATTACK@eps=EPS"` (e.g. `apgd-ce@eps=2/255`) with the victim as source and target,
+`attack="ATTACK@eps=EPS"` (e.g. `apgd-ce@eps=2/255`) and the attack seed, with the victim as
+source (and, like every row, as target),
 and with several attacks `"apgd-ce+apgd-t@eps=EPS"` is the worst case over them (an image
 counts as robust only if every applicable attack failed on it, AutoAttack's robust
 accuracy). Per-image true-class ranks are stored as `tr` query ranks of the same cell.
@@ -108,7 +109,7 @@ def run_zeroshot(
                 victim = _embedding_victim(name, device)
             for task in inputs.tasks:
                 data = inputs.images[task.name]
-                cell = _Cell(store, run_id, victim, task, dataset_name, split, data)
+                cell = _Cell(store, run_id, victim, task, dataset_name, split, data, request.seed)
                 evaluation.rows.append(cell.evaluate(request, inputs.configs, progress))
             del victim
     return evaluation
@@ -209,6 +210,7 @@ class _Cell:
     dataset: str
     split: str
     data: zeroshot.TaskImages
+    seed: int  # the attacks' seed, the `seed` of attacked rows
 
     def evaluate(
         self,
@@ -285,8 +287,9 @@ class _Cell:
             "dataset": self.dataset,
             "split": self.split,
             "attack": attack,
+            "seed": self.seed if attacked else None,
             "source": self.victim.name if attacked else None,
-            "target": self.victim.name if attacked else None,
+            "target": self.victim.name,
             "scoring": SCORING_PREFIX + self.task.name,
         }
 

@@ -1,8 +1,8 @@
 """Numbers a reader asks for first, derived from `ReportData`: matrices, rankings, sweeps.
 
 Headline metric is R@1 attack success in SGA's convention (`{tr,ir}_asr_r1`), averaged over
-seeds, on each target's headline scoring (re-ranked where stored, else ITC), as in
-`robust matrix`'s own summary.
+seeds, on each target's headline scoring (re-ranked where stored, else ITC), by the rules of
+`robust.harness.results` that `robust matrix`'s own summary uses.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust.report.data import ReportData, TransferScore, finite_mean, headline_scoring
+from robust.harness.results import seed_mean
+from robust.report.data import ReportData, TransferScore, finite_mean, victim_headline_scoring
 
 TR_ASR: str = "tr_asr_r1"
 IR_ASR: str = "ir_asr_r1"
@@ -92,7 +93,8 @@ def victim_order(data: ReportData) -> list[str]:
 
 def _headline_cells(data: ReportData, attack: str) -> list[TransferScore]:
     cells = [score for score in data.transfer if score.attack == attack]
-    scoring = {target: headline_scoring(cells, target) for target in {s.target for s in cells}}
+    targets = {s.target for s in cells}
+    scoring = {target: victim_headline_scoring(cells, target) for target in targets}
     return [score for score in cells if score.scoring == scoring[score.target]]
 
 
@@ -109,8 +111,8 @@ def transfer_matrix(data: ReportData, attack: str) -> TransferMatrix:
             found = [c for c in cells if c.source == source and c.target == target]
             white_box[s, t] = any(c.white_box for c in found)
             for metric, grid in grids.items():
-                grid[s, t] = finite_mean(c.metrics.get(metric, math.nan) for c in found)
-    scoring = {target: headline_scoring(cells, target) for target in targets}
+                grid[s, t] = seed_mean(c.metrics.get(metric, math.nan) for c in found)
+    scoring = {target: victim_headline_scoring(cells, target) for target in targets}
     return TransferMatrix(
         attack, sources, targets, grids[TR_ASR], grids[IR_ASR], white_box, scoring
     )

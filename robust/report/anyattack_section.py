@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from reportlab.platypus import Flowable, Paragraph
 
-from robust.harness.anyattack_eval import EXAMPLES_DIR, QUADRUPLE
+from robust.harness.results import ANYATTACK_EXAMPLES_DIR as EXAMPLES_DIR
+from robust.harness.results import ANYATTACK_QUADRUPLE as QUADRUPLE
 from robust.report import figures
 from robust.report.bitmaps import bitmap, image_grid
 from robust.report.data import AnyAttackRun, AnyAttackScore, ReportData

@@ -1,8 +1,10 @@
 """What a report shows, read from a run directory's stores and caches into plain dataclasses.
 
 Every `results.sqlite` under the run directory is read (a demo keeps its clean evaluation and
-its matrix in separate stores), and every complete adversarial-cache entry's manifest. No
-model is ever loaded: a report can be built anywhere the run directory is readable.
+its matrix in separate stores), and every complete adversarial-cache entry's manifest. Rows
+are read through `robust.harness.results` (white-box cells, headline scoring, the defense
+table). No model is ever loaded, nor torch imported: a report can be built anywhere the run
+directory is readable.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ from typing import Any, Final
 from robust.errors import RobustError
 from robust.harness.cache import AdversarialCache, CacheError
 from robust.harness.calibration import CALIBRATION_FILENAME
-from robust.harness.defense_cells import DefenseRow, defense_summary
-from robust.harness.evaluate import RERANK
-from robust.harness.spec import parse_spec
+from robust.harness.results import (
+    CACHE_DIRNAME,
+    DefenseRow,
+    MatrixLayout,
+    defense_table,
+    headline_scoring,
+)
 from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
 
-CACHE_DIRNAME: Final[str] = "cache"
 PATCH_EVAL: Final[str] = "patch-eval"  # the `command` a patch evaluation's spec records
 ANYATTACK_EVAL: Final[str] = "anyattack eval"
 BIAS_CAPTION: Final[str] = "bias caption"
 ZEROSHOT: Final[str] = "zeroshot"  # robust.harness.zeroshot.COMMAND
 ZEROSHOT_SCORING: Final[str] = "zero-shot:"  # robust.harness.zeroshot.SCORING_PREFIX
 BIAS_KINDS: Final[frozenset[str]] = frozenset({"bias cache", "bias pairs", BIAS_CAPTION})
-_SEED_SUFFIX: Final[str] = "@seed="
 
 
 class ReportDataError(RobustError):
@@ -345,10 +349,10 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
             _read_zeroshot_run(data, store, run)
             continue
         labels = _register_attacks(data, run)
-        white_box = _white_box_pairs(run.spec.get("spec", {}))
+        white_box = _white_box_pairs(run.spec.get("spec") or {})
         grouped = _group_rows(store.metrics(run_id))
         for key, metrics in grouped.items():
-            victim, dataset, split, attack, source, target, defense, scoring = key
+            victim, dataset, split, attack, seed, source, _, defense, scoring = key
             if defense is not None:
                 data.defended.append(
                     DefendedScore(defense, victim, attack, source, scoring, metrics, run.key)
@@ -358,17 +362,16 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
                     CleanScore(victim, dataset, split, scoring, source, metrics, run.key)
                 )
             elif source is not None:
-                label, seed = _split_seed(attack)
                 data.transfer.append(
                     TransferScore(
-                        attack=labels.get(label, label),
+                        attack=labels.get(attack, attack),
                         seed=seed,
                         source=source,
-                        target=target or victim,
+                        target=victim,
                         dataset=dataset,
                         split=split,
                         scoring=scoring,
-                        white_box=(source, target or victim) in white_box,
+                        white_box=(source, victim) in white_box,
                         metrics=metrics,
                         run=run.key,
                     )
@@ -390,8 +393,8 @@ def _read_patch_run(data: ReportData, store: ResultStore, run: RunRecord, folder
         )
     )
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
-        victim, _, _, attack, source, target, _, scoring = key
-        data.patch.append(PatchScore(target or victim, attack, source, scoring, metrics, run.key))
+        victim, _, _, attack, _, source, _, _, scoring = key
+        data.patch.append(PatchScore(victim, attack, source, scoring, metrics, run.key))
 
 
 def _read_anyattack_run(data: ReportData, store: ResultStore, run: RunRecord, folder: Path) -> None:
@@ -412,8 +415,8 @@ def _read_anyattack_run(data: ReportData, store: ResultStore, run: RunRecord, fo
         )
     )
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
-        victim, _, _, _, source, target, _, _ = key
-        data.anyattack.append(AnyAttackScore(target or victim, source, metrics, run.key))
+        victim, _, _, _, _, source, _, _, _ = key
+        data.anyattack.append(AnyAttackScore(victim, source, metrics, run.key))
 
 
 def _read_zeroshot_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:
@@ -427,7 +430,7 @@ def _read_zeroshot_run(data: ReportData, store: ResultStore, run: RunRecord) -> 
         ZeroShotRun(run.key, str(spec.get("dataset", "?")), labels, steps and int(steps))
     )
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
-        victim, _, _, attack, _, _, _, scoring = key
+        victim, _, _, attack, _, _, _, _, scoring = key
         if scoring.startswith(ZEROSHOT_SCORING) and "acc" in metrics:
             task = scoring[len(ZEROSHOT_SCORING) :]
             images = metrics.get("images", math.nan)
@@ -441,7 +444,7 @@ def _read_bias_run(data: ReportData, store: ResultStore, run: RunRecord) -> None
     kind = "caption" if run.kind == BIAS_CAPTION else "relevance"
     sources = spec.get("sources", {"a": "clean", "b": "adversarial"})
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
-        victim, dataset, split, attack, source, _, _, _ = key
+        victim, dataset, split, attack, _, source, _, _, _ = key
         data.bias.append(
             BiasScore(
                 kind=kind,
@@ -462,24 +465,22 @@ def _read_defense_summary(
     data: ReportData, store: ResultStore, run: RunRecord, grouped: dict[_RowKey, dict]
 ) -> None:
     """The defense table of a matrix run with a defenses axis, as `robust defenses show`
-    computes it; a spec this version cannot parse leaves only the raw defended rows."""
+    computes it; a spec record this version cannot read leaves only the raw defended rows."""
     raw = run.spec.get("spec")
     if run.kind != "matrix" or not isinstance(raw, dict) or not raw.get("defenses"):
         return
-    keys = [key for key in grouped if key[6] is not None]
+    keys = [key for key in grouped if key[7] is not None]
     if not keys:
         return
     try:
-        spec = parse_spec(raw, origin=run.key)
+        layout = MatrixLayout.from_spec(raw)
     except RobustError:
         return
-    if spec.defenses is None:
+    if not layout.defenses:
         return
     dataset, split = keys[0][1], keys[0][2]
-    rows = defense_summary(store, run.run_id, spec, dataset, split)
-    data.defense_summaries.append(
-        DefenseSummary(run.key, dataset, split, spec.defenses.adaptive, rows)
-    )
+    rows = defense_table(store, run.run_id, layout, dataset, split)
+    data.defense_summaries.append(DefenseSummary(run.key, dataset, split, layout.adaptive, rows))
 
 
 def _run_record(info: dict[str, Any], store: str) -> RunRecord:
@@ -517,42 +518,34 @@ def _register_attacks(data: ReportData, run: RunRecord) -> dict[str, str]:
 
 
 def _white_box_pairs(spec: dict[str, Any]) -> set[tuple[str, str]]:
-    """(source, target) pairs that are the same model: same name or same loading spec."""
-    pairs = set()
-    for source in spec.get("sources", []):
-        for target in spec.get("targets", []):
-            same_spec = source.get("spec") is not None and source.get("spec") == target.get("spec")
-            if source["name"] == target["name"] or same_spec:
-                pairs.add((source["name"], target["name"]))
-    return pairs
+    """(source, target) names of the white-box cells of a matrix run's recorded spec (none
+    for a record this version cannot read)."""
+    try:
+        layout = MatrixLayout.from_spec(spec)
+    except RobustError:
+        return set()
+    white_box = layout.white_box()
+    return {
+        (source, target)
+        for s, source in enumerate(layout.source_names)
+        for t, target in enumerate(layout.target_names)
+        if white_box[s, t]
+    }
 
 
-_RowKey = tuple[str, str, str, str | None, str | None, str | None, str | None, str]
+_RowKey = tuple[str, str, str, str | None, int | None, str | None, str | None, str | None, str]
+_ROW_KEY: Final[tuple[str, ...]] = (
+    "victim", "dataset", "split", "attack", "seed", "source", "target", "defense", "scoring",
+)  # fmt: skip
 
 
 def _group_rows(rows: Iterable[MetricRow]) -> dict[_RowKey, dict[str, float]]:
+    """Each cell's metrics by name, the cell keyed by `_ROW_KEY` in that order."""
     grouped: dict[_RowKey, dict[str, float]] = {}
     for row in rows:
-        key = (
-            row.victim,
-            row.dataset,
-            row.split,
-            row.attack,
-            row.source,
-            row.target,
-            row.defense,
-            row.scoring,
-        )
+        key = tuple(getattr(row, name) for name in _ROW_KEY)
         grouped.setdefault(key, {})[row.metric] = row.value
     return grouped
-
-
-def _split_seed(attack: str) -> tuple[str, int | None]:
-    """The matrix stores `label@seed=N` when a spec has several seeds."""
-    label, marker, seed = attack.rpartition(_SEED_SUFFIX)
-    if marker and seed.isdigit():
-        return label, int(seed)
-    return attack, None
 
 
 def _read_cache(root: Path, run_dir: Path) -> list[CachedAttack]:
@@ -579,16 +572,17 @@ def _read_cache(root: Path, run_dir: Path) -> list[CachedAttack]:
     return cached
 
 
-def headline_scoring(scores: Iterable[TransferScore | CleanScore], victim: str) -> str:
-    """The scoring a victim's headline numbers use: re-ranked where stored, else ITC."""
-    for score in scores:
-        name = score.target if isinstance(score, TransferScore) else score.victim
-        if name == victim and score.scoring == RERANK:
-            return RERANK
-    return "itc"
+def victim_headline_scoring(scores: Iterable[TransferScore | CleanScore], victim: str) -> str:
+    """The scoring a victim's headline numbers use among `scores` (`results.headline_scoring`)."""
+    cells = (
+        (score.target if isinstance(score, TransferScore) else score.victim, score.scoring)
+        for score in scores
+    )
+    return headline_scoring(cells, victim)
 
 
 def finite_mean(values: Iterable[float]) -> float:
-    """Mean of the finite values; NaN when there are none (e.g. no clean-correct query)."""
+    """Mean of the finite values, NaN when there are none: the report's summaries across
+    cells (seeds are averaged by `robust.harness.results.seed_mean`)."""
     kept = [value for value in values if not math.isnan(value)]
     return sum(kept) / len(kept) if kept else math.nan

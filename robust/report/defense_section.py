@@ -2,7 +2,7 @@
 target beside the defended one under non-adaptive and adaptive attacks.
 
 A matrix run with a `defenses` axis is summarised as `robust defenses show` does
-(`robust.harness.defense_cells.defense_summary`); defended rows of any other run (or of a
+(`robust.harness.results.defense_table`); defended rows of any other run (or of a
 spec this version cannot parse) are listed as stored. The appendix lists every defended row.
 """
 
@@ -14,7 +14,7 @@ from typing import Final
 from reportlab.platypus import Flowable, Paragraph
 
 from robust.harness.defense_axis import ADAPTIVE_SUFFIX
-from robust.harness.defense_cells import DefenseRow
+from robust.harness.results import DefenseRow
 from robust.report import figures
 from robust.report.data import DefendedScore, DefenseSummary, ReportData
 from robust.report.layout import (

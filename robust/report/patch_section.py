@@ -15,14 +15,14 @@ from typing import Final
 from reportlab.platypus import Flowable, Paragraph
 
 from robust.harness.cache import slug
-from robust.harness.evaluate import RERANK
-from robust.harness.patch import (
+from robust.harness.results import (
     CAPTION,
     CONTROL_ATTACK,
     KNN,
     PATCH_ATTACK,
     UNOCCLUDED,
     ZERO_SHOT,
+    headline_scoring,
 )
 from robust.report import figures
 from robust.report.bitmaps import bitmap, image_grid
@@ -76,8 +76,9 @@ def patch_headlines(data: ReportData) -> list[str]:
     lines = []
     for run in data.patch_runs:
         scores = [score for score in data.patch if score.run == run.run]
-        scorings = _retrieval_scorings(scores)
-        scoring = RERANK if RERANK in scorings else "itc"
+        retrieval = _retrieval_scorings(scores)
+        cells = [(s.target, s.scoring) for s in scores if s.scoring in retrieval]
+        scoring = headline_scoring(cells, run.source)
         if _find(scores, run.source, PATCH_ATTACK, scoring) is None:
             continue
         patch, control = (

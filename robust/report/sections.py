@@ -23,7 +23,7 @@ from robust.report.anyattack_section import (
 )
 from robust.report.bias_section import bias_section, has_bias
 from robust.report.calibration_section import calibration_section, has_calibration
-from robust.report.data import CleanScore, ReportData, finite_mean, headline_scoring
+from robust.report.data import CleanScore, ReportData, finite_mean, victim_headline_scoring
 from robust.report.defense_section import (
     adaptive_note,
     defended_rows_table,
@@ -238,7 +238,7 @@ def _best_clean(data: ReportData) -> CleanScore | None:
     headline = [
         score
         for score in data.clean
-        if score.scoring == headline_scoring(data.clean, score.victim)
+        if score.scoring == victim_headline_scoring(data.clean, score.victim)
         and not math.isnan(score.metrics.get("r_mean", math.nan))
     ]
     if not headline:
@@ -464,6 +464,9 @@ def appendix(data: ReportData) -> list[Block]:
 
 def _transfer_table(data: ReportData) -> Flowable:
     metrics = (*_RECALL_COLUMNS, "tr_asr_r1", "ir_asr_r1", "tr_drop_r1", "ir_drop_r1")
+    seeds: dict[str, set[int | None]] = {}
+    for score in data.transfer:
+        seeds.setdefault(score.attack, set()).add(score.seed)
     rows = []
     for score in sorted(
         data.transfer,
@@ -475,7 +478,8 @@ def _transfer_table(data: ReportData) -> Flowable:
             s.scoring,
         ),
     ):
-        attack = score.attack if score.seed is None else f"{score.attack} seed {score.seed}"
+        several = len(seeds[score.attack]) > 1
+        attack = f"{score.attack} seed {score.seed}" if several else score.attack
         rows.append(
             (
                 attack,

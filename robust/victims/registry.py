@@ -14,13 +14,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from robust.errors import RobustError, UnknownVictimError
-from robust.victims.base import Capability, Victim
 from robust.zoo import ZOO_DIR
 
-Loader = Callable[[str, str | None], Victim]
+if TYPE_CHECKING:  # resolving names must not load torch (the report resolves specs)
+    from robust.victims.base import Victim
+
+Loader = Callable[[str, str | None], "Victim"]
 Checker = Callable[[str, str | None], None]
 SizeReader = Callable[[str, str | None], int | None]
 
@@ -48,6 +50,8 @@ class VictimFamily:
     @property
     def capabilities(self) -> tuple[str, ...]:
         """The class's capabilities in the contract's order (itc, itm, caption)."""
+        from robust.victims.base import Capability
+
         return tuple(c for c in get_args(Capability) if c in self.victim_class.capabilities)
 
 
@@ -69,6 +73,8 @@ def register_victim_family(
     `image_size` reads the resolution from the spec alone (None: the listing shows it as
     unknown); `family` defaults to the class's own `family`.
     """
+    from robust.victims.base import Victim
+
     if not prefix or ":" in prefix or prefix != prefix.strip():
         raise RobustError(f"victim family prefix {prefix!r} must be a word without ':'")
     if not (isinstance(victim_class, type) and issubclass(victim_class, Victim)):
