@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import robust.harness.matrix as matrix_module
+import robust.harness.cells as cells_module
 from robust.attacks import TextAttack, register_attack
 from robust.attacks.pgd import PGD
 from robust.cli import app
@@ -20,8 +20,9 @@ from robust.data import load_dataset
 from robust.data.dataset import ArrayImages
 from robust.data.images import load_images, to_uint8_array
 from robust.harness.cache import AdversarialCache
+from robust.harness.cells import batch_seed
 from robust.harness.executors import EvalCell, LocalExecutor
-from robust.harness.matrix import MatrixResult, batch_seed, run_matrix
+from robust.harness.matrix import MatrixResult, run_matrix
 from robust.harness.spec import SpecError, parse_spec
 from robust.harness.store import ABSENT, ResultStore
 from robust.victims.registry import load_victim
@@ -477,7 +478,7 @@ def test_cross_resolution_clean_and_adversarial_take_the_same_path(
     import robust.data.images as images_module
 
     seen: list[tuple[str, str, tuple[int, ...], int, str]] = []
-    original_retrieval = matrix_module.retrieval_results
+    original_retrieval = cells_module.retrieval_results
     original_load = images_module.load_images
     phase = ["?"]
 
@@ -495,7 +496,7 @@ def test_cross_resolution_clean_and_adversarial_take_the_same_path(
 
     dataset = load_dataset("world:val", limit=LIMIT)
     clean_pixels = to_uint8_array(original_load(dataset.images, range(LIMIT), 32, "crop"))
-    monkeypatch.setattr(matrix_module, "retrieval_results", recording_retrieval)
+    monkeypatch.setattr(cells_module, "retrieval_results", recording_retrieval)
     monkeypatch.setattr(images_module, "load_images", recording_load)
 
     spec = make_spec(

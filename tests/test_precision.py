@@ -8,8 +8,8 @@ import torch
 from robust.attacks import build_attack
 from robust.data.images import load_images
 from robust.errors import RobustError
+from robust.harness.cells import craft_request
 from robust.harness.executors import CraftCell
-from robust.harness.matrix import craft_request
 from robust.harness.spec import parse_spec
 from robust.precision import check_precision, precision_scope, prepare_model
 from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim

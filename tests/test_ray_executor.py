@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from robust.cli import app
 from robust.errors import RobustError
 from robust.harness.cache import CacheEntry
+from robust.harness.cells import CellRunner
 from robust.harness.executors import (
     CleanCell,
     CraftCell,
@@ -20,7 +21,7 @@ from robust.harness.executors import (
     LocalExecutor,
     make_executor,
 )
-from robust.harness.matrix import CellRunner, run_matrix
+from robust.harness.matrix import run_matrix
 from robust.harness.ray_executor import RayExecutor
 from robust.harness.spec import parse_spec
 from robust.harness.store import ResultStore

@@ -22,16 +22,11 @@ from typing import Any
 
 from robust.defenses import DefendedVictim
 from robust.eval.retrieval import RetrievalResult
+from robust.harness.cells import CellRunner, CleanResult, craft_request, valid_manifest
 from robust.harness.executors import CleanCell, CraftCell, EvalCell, Executor
-from robust.harness.matrix import (
-    CellRunner,
-    CleanResult,
-    MatrixWriter,
-    craft_request,
-    valid_manifest,
-)
 from robust.harness.spec import ExperimentSpec
 from robust.harness.store import ResultStore
+from robust.harness.writer import MatrixWriter
 from robust.progress import Progress
 
 __all__ = ["run_defense_cells"]
