@@ -109,7 +109,6 @@ class NoParams:
     """A test attack without hyper-parameters."""
 
 
-@register_attack
 class GuideRecorder(TextAttack):
     """Reverses every caption and records the guide embeddings it was given."""
 
@@ -532,6 +531,7 @@ def test_cross_resolution_clean_and_adversarial_take_the_same_path(
 
 
 def test_text_attack_guides_are_the_paired_clean_images(tmp_path, tiny_open_clip_dir):
+    register_attack(GuideRecorder)  # here, not at import: test_ray_executor imports this module
     GuideRecorder.guides.clear()
     spec = make_spec(
         tmp_path,

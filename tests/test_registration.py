@@ -207,6 +207,33 @@ def test_a_taken_name_cannot_be_registered_again():
         register_victim_family("albef", PassThroughVictim, load=load_pass_through, check=print)
 
 
+def test_running_a_definition_again_replaces_its_registration():
+    """A reloaded module or a re-run notebook cell defines the same class anew: it replaces
+    the entry (and is what the name builds from then on) instead of being refused."""
+    namespace: dict = {}
+    source = (
+        "from dataclasses import dataclass\n"
+        "from robust.attacks import ImageAttack, register_attack\n"
+        "@dataclass(frozen=True)\n"
+        "class P:\n"
+        "    pass\n"
+        "@register_attack\n"
+        "class Rerun(ImageAttack):\n"
+        "    name = 'rerun_test_attack'\n"
+        "    Params = P\n"
+        "    def params(self):\n"
+        "        return P()\n"
+        "    def __call__(self, images, texts_per_image, generator=None):\n"
+        "        return images\n"
+    )
+    exec(compile(source, "<cell>", "exec"), namespace)
+    first = namespace["Rerun"]
+    exec(compile(source, "<cell>", "exec"), namespace)
+    second = namespace["Rerun"]
+    assert first is not second
+    assert attack_class("rerun_test_attack") is second
+
+
 def test_unknown_attack_lists_every_known_name():
     with pytest.raises(AttackConfigError) as error:
         attack_class("fgsm")

@@ -62,7 +62,9 @@ def register_attack(cls: AttackClass) -> AttackClass:
     if cls.__module__ not in BUILTIN_ATTACK_MODULES:  # a user's: see every built-in name first
         _import_builtins()
     taken = _REGISTERED.get(name)
-    if taken is not None and taken is not cls:
+    # the same definition run again (a reloaded module, a re-run notebook cell) replaces its
+    # earlier self; another class under a taken name is refused
+    if taken is not None and _qualified(taken) != _qualified(cls):
         raise AttackConfigError(
             f"attack name {name!r} is already registered by {_qualified(taken)}; give "
             f"{_qualified(cls)} another name"

@@ -85,13 +85,19 @@ def register_victim_family(
     if getattr(load, "__module__", None) not in BUILTIN_FAMILY_MODULES:  # a user's family
         _import_builtins()
     taken = _FAMILIES.get(prefix)
-    if taken is not None and taken != entry:
+    # the same definition run again (a reloaded module, a re-run notebook cell) replaces its
+    # earlier self; another class under a taken prefix is refused
+    if taken is not None and _qualified(taken.victim_class) != _qualified(victim_class):
         raise RobustError(
             f"victim family prefix {prefix!r} is already registered for "
             f"{taken.victim_class.__qualname__}; choose another prefix"
         )
     _FAMILIES[prefix] = entry
     return entry
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _import_builtins() -> None:
