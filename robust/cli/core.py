@@ -407,7 +407,7 @@ def demo_command(
     Running it again into the same directory resumes instead of recomputing.
     """
     from robust.cli.bias import print_defense_tables
-    from robust.harness.demo import DEFENSE_SPEC, DEMO_SPLIT, run_demo
+    from robust.demo import DEFENSE_SPEC, DEMO_SPLIT, run_demo
     from robust.harness.spec import load_spec
 
     with progress_bar() as bar:
