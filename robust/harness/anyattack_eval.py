@@ -37,9 +37,9 @@ from robust.eval.targeted import (
 from robust.harness.evaluate import dataset_key
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
+from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
 from robust.victims.zoo import load_victim, resolve_spec
-from robust.zoo import ZOO_DIR
 
 ATTACK = "anyattack"
 WORLD_DECODER = ZOO_DIR / "anyattack-world" / "decoder.pt"  # toy-clip-vit, eps 16/255

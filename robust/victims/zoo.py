@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from robust.errors import RobustError, UnknownVictimError
+from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
-from robust.zoo import ZOO_DIR
 
 Loader = Callable[[str, str | None], Victim]
 Checker = Callable[[str, str | None], None]

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +34,12 @@ from torch import nn
 from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
+from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
-from robust.zoo import ZOO_DIR
 from robust.zoo.recipes import known_world
+from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.warm_start import check_trained_world
-
-if TYPE_CHECKING:
-    from robust.zoo.train import TrainReport
 
 ITM_REFINE_COMMAND = "robust zoo refine-itm"
 IMAGE_CHUNK = 512
@@ -392,7 +389,6 @@ def refine_zoo_member(
     save it in the same format to `output_dir` (default: in place), with a training record
     that keeps the record of the weights it started from."""
     from robust.data.world import generate_world
-    from robust.zoo.train import TrainReport, write_training_record
 
     if name not in REFINABLE:
         raise RobustError(f"no ITM to refine in {name!r}; choose one of {', '.join(REFINABLE)}")
