@@ -299,7 +299,7 @@ def caption_command(
 ) -> None:
     """Generate captions and score them against the references (BLEU-1..4, ROUGE-L, CIDEr)."""
     from robust.data import load_dataset
-    from robust.eval.caption_eval import evaluate_captioning
+    from robust.eval.captioning import evaluate_captioning
     from robust.victims.zoo import load_victim
 
     if batch_size <= 0:
