@@ -249,12 +249,13 @@ def cached_image_tokens(
     """The frozen ViT's output tokens of every training image, computed once."""
     from robust.data.images import load_images
 
+    scorer = victim.itm_scorer()
     batches = []
     with torch.no_grad(), progress.task("ViT tokens of world train", dataset.num_images) as task:
         for start in range(0, dataset.num_images, batch_size):
             indices = list(range(start, min(start + batch_size, dataset.num_images)))
             images = load_images(dataset.images, indices, victim.image_size, victim.resize_mode)
-            batches.append(victim.image_tokens(images.to(victim.device)).float())
+            batches.append(scorer.image_tokens(images.to(victim.device)).float())
             task.advance(len(indices))
     return torch.cat(batches)
 
@@ -343,18 +344,17 @@ def itm_pair_loss(
     ITM text inputs are computed once, without gradient (those layers are frozen)."""
     from robust.victims.albef import trim_padding
 
+    scorer = victim.itm_scorer()
     count = len(batch)
     with torch.no_grad():
-        text_inputs, text_mask = victim.itm_text_inputs(
+        text_inputs, text_mask = scorer.text_inputs(
             [captions[int(i)] for i in torch.cat([batch, negative_captions])]
         )
     text_inputs, text_mask = trim_padding(text_inputs, text_mask)
     pair_texts = torch.cat([torch.arange(count), torch.arange(count), count + torch.arange(count)])
     pair_images = torch.cat([images, negative_images, images])
-    image_inputs = victim.itm_image_inputs(image_tokens[pair_images].to(victim.device))
-    logits = victim.itm_head_from_inputs(
-        image_inputs, text_inputs[pair_texts], text_mask[pair_texts]
-    ).float()
+    image_inputs = scorer.image_inputs(image_tokens[pair_images].to(victim.device))
+    logits = scorer.head(image_inputs, text_inputs[pair_texts], text_mask[pair_texts]).float()
     labels = torch.zeros(3 * count, dtype=torch.long, device=logits.device)
     labels[:count] = 1
     return F.cross_entropy(logits, labels)
