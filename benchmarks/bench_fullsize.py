@@ -34,8 +34,8 @@ from robust.data.images import load_images
 from robust.data.world import generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
+from robust.resources import ZOO_DIR
 from robust.victims.registry import load_victim
-from robust.zoo import ZOO_DIR
 
 BERT_BASE_VOCAB = 30522
 GALLERIES = ("test-1k", "test-5k")

@@ -39,7 +39,7 @@ def bare_itm_seconds(reranker: ItmReranker, pairs: int) -> float:
         for offset in range(0, pairs, PAIR_BATCH):
             i = images[offset : offset + PAIR_BATCH]
             t = texts[offset : offset + PAIR_BATCH]
-            reranker.victim.itm_from_inputs(
+            reranker.scorer.match_logits(
                 reranker.image_inputs[i], reranker.text_inputs[t], reranker.text_mask[t]
             )
     return time.perf_counter() - start

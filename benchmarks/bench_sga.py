@@ -18,8 +18,8 @@ from benchmarks.common import TOY_ALBEF, best_time, toy_albef_or_stand_in, write
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
 from robust.data.world import generate_world
+from robust.resources import ZOO_DIR
 from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim
-from robust.zoo import ZOO_DIR
 
 BATCH = 16
 REPEATS = 3  # best of: the machine may be shared

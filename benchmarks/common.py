@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from robust.harness.provenance import collect_provenance
+from robust.provenance import collect_provenance
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TOY_ALBEF = "toy-albef"

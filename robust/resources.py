@@ -24,6 +24,10 @@ def package_dir(folder: str) -> Path:
     return Path(str(files("robust").joinpath(folder)))
 
 
+# The shipped toy zoo's folder (checkpoints and recipes).
+ZOO_DIR = package_dir(ZOO)
+
+
 def shipped_files(folder: str) -> dict[str, Path]:
     """The YAML files of a shipped folder by name (stem with dashes), sorted by name."""
     found = sorted(package_dir(folder).glob("*.yaml"))
@@ -56,8 +60,3 @@ def prompt_path(path_or_name: str | Path) -> Path:
     if path.is_file() or path.suffix in (".yaml", ".yml", ".json") or len(path.parts) > 1:
         return path
     return shipped_file(PROMPTS, str(path_or_name), "prompt")
-
-
-def zoo_dir() -> Path:
-    """The shipped toy zoo's folder (checkpoints and recipes)."""
-    return package_dir(ZOO)

@@ -265,15 +265,19 @@ def test_gradients_reach_pixels_through_itc_and_itm(source):
         assert pixels.grad is not None and pixels.grad.abs().sum() > 0
 
 
-def test_itm_from_cached_hidden_states_equals_itm_logits(source):
+def test_itm_scorer_from_cached_halves_equals_itm_logits(source):
     texts = [*TEXTS, "a small yellow star", "big shapes"]
     pixels = images(2)
+    scorer = source.itm_scorer()
     with torch.no_grad():
-        tokens = source.image_tokens(pixels)
-        hidden, mask = source.text_hidden(texts)
-        # Re-ranking layout: image 1 against every caption.
-        reranked = source.itm_from_hidden(tokens[1].expand(len(texts), -1, -1), hidden, mask)
+        tokens = scorer.image_tokens(pixels)
+        heads = scorer.image_inputs(tokens)
+        hidden, mask = scorer.text_inputs(texts)
+        # Re-ranking layout: image 1's cached keys/values against every caption.
+        expanded = heads[1:2].expand(len(texts), *heads.shape[1:])
+        reranked = scorer.match_logits(expanded, hidden, mask)
         direct = source.itm_logits(pixels[1:2].expand(len(texts), -1, -1, -1), texts)
+        torch.testing.assert_close(scorer.head(expanded, hidden, mask)[:, 1], reranked)
         torch.testing.assert_close(reranked, direct)
         torch.testing.assert_close(
             source.image_features_from_tokens(tokens), source.encode_image(pixels)

@@ -260,6 +260,13 @@ def test_itm_puts_enc_token_first(retrieval, retrieval_model):
         # Batched re-use: ViT once, rows gathered per candidate pair.
         tokens = retrieval.image_tokens(images)
         pairs = retrieval.itm_from_tokens(tokens[[1, 0, 1]], input_ids[[0, 0, 1]], mask[[0, 0, 1]])
+        scorer = retrieval.itm_scorer()  # the re-ranker's cached halves: ViT tokens and ids
+        cached_ids, cached_mask = scorer.text_inputs(CAPTIONS)
+        cached = scorer.match_logits(
+            scorer.image_inputs(scorer.image_tokens(images))[[1, 0, 1]],
+            cached_ids[[0, 0, 1]],
+            cached_mask[[0, 0, 1]],
+        )
         crossed = torch.stack(
             [retrieval.itm_logits(images[[i]], [CAPTIONS[j]])[0] for i, j in ((1, 0), (0, 0))]
         )
@@ -269,6 +276,7 @@ def test_itm_puts_enc_token_first(retrieval, retrieval_model):
     assert (input_ids[:, 0] == retrieval.token_ids.cls).all()  # callers' ids untouched
     torch.testing.assert_close(pairs[:2], crossed, rtol=0, atol=1e-5)
     torch.testing.assert_close(pairs[2], got[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached, pairs, rtol=0, atol=0)
 
 
 def weighted_sum(output: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robust.errors import RobustError
-from robust.eval.captioning import (
+from robust.eval.caption_metrics import (
     CaptionInputError,
     bleu,
     caption_change_rate,

@@ -209,7 +209,7 @@ def test_robust_clip_checkpoints_are_registered_but_missing(name, monkeypatch, t
 def test_robust_clip_checkpoint_loads_from_the_weights_folder(monkeypatch, tmp_path):
     import shutil
 
-    from robust.zoo import ZOO_DIR
+    from robust.resources import ZOO_DIR
 
     # any open_clip hf-hub folder layout works; the toy ViT stands in for FARE's files
     shutil.copytree(ZOO_DIR / "toy-clip-vit", tmp_path / "fare2-clip-vit-l14")

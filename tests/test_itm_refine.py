@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from robust.data.world import generate_world
 from robust.errors import RobustError
+from robust.resources import ZOO_DIR
 from robust.victims.registry import load_victim
-from robust.zoo import ZOO_DIR
 from robust.zoo.itm_refine import (
     REFINABLE,
     ItmRefineRecipe,

@@ -8,6 +8,7 @@ import torch
 import robust
 from robust.attacks import AttackBatch, AttackConfigError, build_attack
 from robust.data.images import load_images
+from robust.resources import ZOO_DIR
 
 CAPTIONS = (
     ("a red circle on the left", "a small red shape in the corner"),
@@ -109,7 +110,7 @@ def test_white_box_sga_at_8_255_breaks_toy_clip_vit(world_small):
     victim = robust.load_victim("toy-clip-vit")
     dataset = world_small.subset(24)
     images = load_images(dataset.images, range(dataset.num_images), 64, victim.resize_mode)
-    attack = build_attack("sga", victim, {"eps": 8 / 255}, mlm=robust.zoo.ZOO_DIR / "toy-mlm")
+    attack = build_attack("sga", victim, {"eps": 8 / 255}, mlm=ZOO_DIR / "toy-mlm")
     groups = tuple(tuple(g) for g in dataset.captions_of(range(dataset.num_images)))
     adversarial = [
         attack.craft(

@@ -113,6 +113,34 @@ def test_cached_pair_scores_match_pairwise_itm(albef, world_small):
     assert reranker.text_inputs.shape[1] == reranker.text_mask.shape[1] == longest
 
 
+@pytest.mark.parametrize("family", ["albef", "blip"])
+def test_defended_fusion_victim_reranks_its_defended_images(family, albef, blip, world_small):
+    """The re-ranker's cached halves see the defense: its scores equal pairwise ITM of the
+    defended images (ALBEF's cached cross-attention keys/values included)."""
+    from robust.defenses.defended import DefendedVictim
+    from robust.defenses.transforms import GaussianSmoothing
+    from robust.eval.retrieval import encode_dataset
+
+    victim = albef if family == "albef" else blip
+    defense = GaussianSmoothing(5)
+    dataset = world_small.subset(3)
+    queries, candidates = torch.tensor([0, 2]), torch.tensor([[0, 4], [5, 1]])
+    scores = {}
+    for scored in (victim, DefendedVictim(victim, defense)):
+        reranker = ItmReranker.build(scored, dataset, *encode_dataset(scored, dataset))
+        scores[scored.name] = reranker.score_image_queries(queries, candidates)
+    images = load_images(dataset.images, [0, 0, 2, 2], victim.image_size, "squash")
+    texts = [dataset.captions[t] for t in candidates.flatten().tolist()]
+    with torch.no_grad():
+        expected = victim.itm_logits(defense(images), texts)
+        if victim.retrieval_score_fusion == "itm+itc":
+            expected += (victim.encode_image(defense(images)) * victim.encode_text(texts)).sum(-1)
+    defended_scores = scores[f"{victim.name}+{defense.name}"]
+    torch.testing.assert_close(defended_scores, expected.view(2, 2), rtol=1e-5, atol=1e-5)
+    if family == "albef":  # the tiny random BLIP's embeddings ignore the pixels altogether
+        assert not torch.allclose(defended_scores, scores[victim.name], rtol=1e-5, atol=1e-5)
+
+
 def test_reranker_refuses_dual_encoders(tiny_open_clip_dir, world_small):
     import robust
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from cli_helpers import assert_one_line_error, invoke
 
+import robust
 from robust.harness.spec import SpecError, load_spec
-from robust.resources import PROMPTS, SPECS, shipped_files, spec_path, zoo_dir
-from robust.zoo import ZOO_DIR
+from robust.resources import PROMPTS, SPECS, ZOO_DIR, shipped_files, spec_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,5 +53,5 @@ def test_robust_specs_lists_and_prints_shipped_files():
 
 
 def test_zoo_is_package_data():
-    assert ZOO_DIR == zoo_dir()
+    assert ZOO_DIR == Path(robust.__file__).parent / "zoo"
     assert (ZOO_DIR / "toy-clip-vit" / "open_clip_config.json").is_file()

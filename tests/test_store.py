@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
-from robust.harness.provenance import collect_provenance
 from robust.harness.store import (
     ABSENT,
     SCHEMA_VERSION,
@@ -25,6 +24,7 @@ from robust.harness.store import (
     StoreError,
     StoreSchemaError,
 )
+from robust.provenance import collect_provenance
 from tests.schema1_store import write_schema_1_store
 
 PROVENANCE = {

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from robust.data.world import generate_world
 from robust.errors import RobustError
 from robust.eval.retrieval import evaluate_retrieval
+from robust.resources import ZOO_DIR
 from robust.victims.albef import AlbefVictim, load_albef_checkpoint
-from robust.zoo import ZOO_DIR
 from robust.zoo.augment import augment_images
 from robust.zoo.train_albef import (
     ALBEF_RECIPES,

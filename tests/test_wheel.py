@@ -94,8 +94,8 @@ def test_installed_wheel_runs_the_cli_outside_the_repository(installed, tmp_path
     target, env = installed
     python, robust = target / "bin" / "python", target / "bin" / "robust"
     shipped = (
-        "import robust, robust.harness.demo as d, robust.zoo as z; "
-        "print(robust.__file__, d.MATRIX_SPEC, d.DEFENSE_SPEC, z.ZOO_DIR, sep='\\n')"
+        "import robust, robust.demo as d, robust.resources as r; "
+        "print(robust.__file__, d.MATRIX_SPEC, d.DEFENSE_SPEC, r.ZOO_DIR, sep='\\n')"
     )
     for path in run([str(python), "-c", shipped], tmp_path, env).split():
         assert Path(path).is_relative_to(target) and Path(path).exists(), path

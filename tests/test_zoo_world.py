@@ -9,7 +9,7 @@ import pytest
 
 import robust
 from robust.data.world import generate_world
-from robust.zoo import ZOO_DIR
+from robust.resources import ZOO_DIR
 from robust.zoo.itm_refine import ItmRefineRecipe
 from robust.zoo.train import train_zoo_member, zoo_recipes
 from robust.zoo.train_blip import MLM_TEXT_POSITIONS

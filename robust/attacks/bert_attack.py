@@ -56,9 +56,9 @@ from robust.attacks.base import AttackConfigError, TextAttack
 from robust.attacks.registry import register_attack
 from robust.attacks.stopwords import is_filter_word
 from robust.errors import RobustError, WeightsNotFoundError
+from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
 from robust.victims.weights import find_hf_model_dir, missing_weights
-from robust.zoo import ZOO_DIR
 
 Objective = Literal["guide", "kl"]
 OBJECTIVES: tuple[str, ...] = ("guide", "kl")

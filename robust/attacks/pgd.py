@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from robust.attacks.base import AttackConfigError, ImageAttack, check_budget, project_linf
 from robust.attacks.registry import register_attack
+from robust.data.images import gaussian_kernel, input_diversity
 from robust.victims.base import Victim
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "PGDParams",
     "caption_set_similarity",
     "embedding_kl",
-    "gaussian_kernel",
-    "input_diversity",
     "linf_pgd",
     "scale_set_copies",
 ]
@@ -50,9 +49,6 @@ OBJECTIVES: tuple[str, ...] = ("kl", "text_cosine")
 
 # Maps the embeddings of every input copy, `[C, B, D]`, to one scalar to *maximise*.
 EmbeddingObjective = Callable[[torch.Tensor], torch.Tensor]
-
-# TI's Gaussian spans +-3 standard deviations of the kernel, as in the TI-FGSM code.
-_TI_SIGMAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -270,39 +266,6 @@ def scale_set_copies(
         scaled = bicubic_resize(noisy, size).clamp(0.0, 1.0)
         copies.append(bicubic_resize(scaled, (height, width)))
     return copies
-
-
-def input_diversity(
-    images: torch.Tensor, resize_ratio: float, generator: torch.Generator
-) -> torch.Tensor:
-    """DI: one random resize and zero-pad for the whole batch, then back to the input size.
-
-    The resize goes to `H + k` with k uniform in [0, extra), the pad to `H + extra` at a
-    random offset, with `extra = int(ratio*H) - H` (at least 1); bilinear both ways.
-    """
-    height, width = int(images.shape[-2]), int(images.shape[-1])
-    side = min(height, width)
-    extra = max(int(resize_ratio * side) - side, 1)
-    grow = int(torch.randint(0, extra, (1,), generator=generator, device=generator.device))
-    rescaled = F.interpolate(
-        images, size=(height + grow, width + grow), mode="bilinear", align_corners=False
-    )
-    room = extra - grow
-    top, left = (
-        int(value)
-        for value in torch.randint(0, room + 1, (2,), generator=generator, device=generator.device)
-    )
-    padded = F.pad(rescaled, [left, room - left, top, room - top], value=0.0)
-    return F.interpolate(padded, size=(height, width), mode="bilinear", align_corners=False)
-
-
-def gaussian_kernel(size: int, channels: int = 3) -> torch.Tensor:
-    """TI's normalised 2-D Gaussian spanning +-3 sigma, as a depthwise `[C, 1, k, k]` weight."""
-    positions = torch.linspace(-_TI_SIGMAS, _TI_SIGMAS, size, dtype=torch.float32)
-    profile = torch.exp(-0.5 * positions**2)
-    kernel = torch.outer(profile, profile)
-    kernel = kernel / kernel.sum()
-    return kernel.expand(channels, 1, size, size).contiguous()
 
 
 def _input_copies(

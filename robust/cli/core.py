@@ -299,7 +299,7 @@ def caption_command(
 ) -> None:
     """Generate captions and score them against the references (BLEU-1..4, ROUGE-L, CIDEr)."""
     from robust.data import load_dataset
-    from robust.eval.caption_eval import evaluate_captioning
+    from robust.eval.captioning import evaluate_captioning
     from robust.victims.registry import load_victim
 
     if batch_size <= 0:
@@ -407,7 +407,7 @@ def demo_command(
     Running it again into the same directory resumes instead of recomputing.
     """
     from robust.cli.bias import print_defense_tables
-    from robust.harness.demo import DEFENSE_SPEC, DEMO_SPLIT, run_demo
+    from robust.demo import DEFENSE_SPEC, DEMO_SPLIT, run_demo
     from robust.harness.spec import load_spec
 
     with progress_bar() as bar:

@@ -16,6 +16,9 @@ Fair transfer: when adversarial images cross from a source victim to a target at
 resolution, the clean images they are compared against must go through *exactly* the same
 resize and uint8 quantisation (`cross_resolution` does both). Otherwise resampling and
 rounding shift alone would be counted as attack success.
+
+The random resize-and-pad (DI) and the Gaussian smoothing kernel (TI) live here too: attacks
+use them as transfer tricks and defenses as input transforms.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ __all__ = [
     "RESIZE_MODES",
     "cross_resolution",
     "from_uint8_array",
+    "gaussian_kernel",
+    "input_diversity",
     "load_images",
     "quantize_uint8",
     "resize_tensor",
@@ -43,6 +48,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESIZE_MODES: tuple[str, ...] = ("squash", "crop")
+
+# TI's Gaussian spans +-3 standard deviations of the kernel, as in the TI-FGSM code.
+_TI_SIGMAS = 3.0
 
 
 def _check_mode_and_size(size: int, mode: str) -> None:
@@ -193,3 +201,36 @@ def from_uint8_array(array: np.ndarray) -> torch.Tensor:
         )
     pixels = torch.from_numpy(np.ascontiguousarray(array))
     return pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
+
+
+def input_diversity(
+    images: torch.Tensor, resize_ratio: float, generator: torch.Generator
+) -> torch.Tensor:
+    """DI: one random resize and zero-pad for the whole batch, then back to the input size.
+
+    The resize goes to `H + k` with k uniform in [0, extra), the pad to `H + extra` at a
+    random offset, with `extra = int(ratio*H) - H` (at least 1); bilinear both ways.
+    """
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    side = min(height, width)
+    extra = max(int(resize_ratio * side) - side, 1)
+    grow = int(torch.randint(0, extra, (1,), generator=generator, device=generator.device))
+    rescaled = F.interpolate(
+        images, size=(height + grow, width + grow), mode="bilinear", align_corners=False
+    )
+    room = extra - grow
+    top, left = (
+        int(value)
+        for value in torch.randint(0, room + 1, (2,), generator=generator, device=generator.device)
+    )
+    padded = F.pad(rescaled, [left, room - left, top, room - top], value=0.0)
+    return F.interpolate(padded, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def gaussian_kernel(size: int, channels: int = 3) -> torch.Tensor:
+    """TI's normalised 2-D Gaussian spanning +-3 sigma, as a depthwise `[C, 1, k, k]` weight."""
+    positions = torch.linspace(-_TI_SIGMAS, _TI_SIGMAS, size, dtype=torch.float32)
+    profile = torch.exp(-0.5 * positions**2)
+    kernel = torch.outer(profile, profile)
+    kernel = kernel / kernel.sum()
+    return kernel.expand(channels, 1, size, size).contiguous()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from robust.defenses.registry import parse_defense
 from robust.defenses.transforms import Defense, DefenseError
-from robust.victims.base import Victim
+from robust.victims.base import ItmScorer, Victim
 from robust.victims.registry import (
     check_victim,
     load_victim,
@@ -147,16 +147,8 @@ class DefendedVictim(Victim):
         repeats = self.eot_samples if self.adaptive else 1
         return self._expected(images, lambda x: self.victim.itm_logits(x, list(texts) * repeats))
 
-    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self._expected(images, self.victim.image_tokens)
-
-    def itm_text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.victim.itm_text_inputs(texts)
-
-    def itm_from_inputs(
-        self, image_tokens: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return self.victim.itm_from_inputs(image_tokens, text_inputs, text_mask)
+    def itm_scorer(self) -> DefendedItmScorer:
+        return DefendedItmScorer(self, self.victim.itm_scorer())
 
     def generate_captions(self, images: torch.Tensor) -> list[str]:
         return self.victim.generate_captions(self.defended_copies(images)[0])
@@ -175,6 +167,28 @@ class DefendedVictim(Victim):
             "eot_samples": self.eot_samples,
             "defense_seed": self.seed,
         }
+
+
+class DefendedItmScorer(ItmScorer):
+    """The wrapped victim's ITM halves, with the defense applied to every image."""
+
+    def __init__(self, defended: DefendedVictim, scorer: ItmScorer) -> None:
+        self.defended = defended
+        self.scorer = scorer
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.defended._expected(images, self.scorer.image_tokens)
+
+    def image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.scorer.image_inputs(image_tokens)
+
+    def text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scorer.text_inputs(texts)
+
+    def head(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.scorer.head(image_inputs, text_inputs, text_mask)
 
 
 # -- specs -----------------------------------------------------------------------------------

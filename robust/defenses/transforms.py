@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from robust.attacks.pgd import gaussian_kernel, input_diversity
+from robust.data.images import gaussian_kernel, input_diversity
 from robust.errors import RobustError
 
 __all__ = [

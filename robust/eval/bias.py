@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 
 from robust.errors import RobustError
-from robust.eval.captioning import caption_change_rate, caption_metrics, tokenize
+from robust.eval.caption_metrics import caption_change_rate, caption_metrics, tokenize
 
 __all__ = [
     "BIAS_KS",

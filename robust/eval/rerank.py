@@ -1,9 +1,9 @@
 """ITM re-ranking of the ITC top-k candidates, batched over candidate pairs.
 
 Each image's ITM inputs (its vision tokens, or for ALBEF/TCL their cross-attention keys
-and values) and each caption's ITM inputs are computed once; per query only the fusion
-layers run on its k candidates, in pair batches. Scores
-combine per family (`Victim.retrieval_score_fusion`): ALBEF/TCL rank by the ITM logit
+and values) and each caption's ITM inputs are computed once through the victim's
+`ItmScorer`; per query only the fusion layers run on its k candidates, in pair batches.
+Scores combine per family (`Victim.retrieval_score_fusion`): ALBEF/TCL rank by the ITM logit
 alone, BLIP by ITM logit + ITC cosine.
 """
 
@@ -47,6 +47,7 @@ class ItmReranker:
         if pair_batch_size <= 0:
             raise ValueError(f"pair_batch_size must be positive, got {pair_batch_size}")
         self.victim = victim
+        self.scorer = victim.itm_scorer()
         self.image_inputs = image_inputs
         self.text_inputs = text_inputs
         self.text_mask = text_mask
@@ -71,6 +72,7 @@ class ItmReranker:
         from robust.data.images import load_images
 
         progress = ensure_progress(progress)
+        scorer = victim.itm_scorer()
         image_inputs: list[Tensor] = []
         text_inputs: list[Tensor] = []
         text_masks: list[Tensor] = []
@@ -81,12 +83,12 @@ class ItmReranker:
                     images = load_images(
                         dataset.images, indices, victim.image_size, victim.resize_mode
                     ).to(victim.device)
-                    image_inputs.append(victim.itm_image_inputs(victim.image_tokens(images)))
+                    image_inputs.append(scorer.image_inputs(scorer.image_tokens(images)))
                     task.advance(len(indices))
             with progress.task(f"{victim.name}: ITM text cache", dataset.num_captions) as task:
                 for start in range(0, dataset.num_captions, batch_size):
                     texts = dataset.captions[start : start + batch_size]
-                    inputs, mask = victim.itm_text_inputs(texts)
+                    inputs, mask = scorer.text_inputs(texts)
                     text_inputs.append(inputs)
                     text_masks.append(mask)
                     task.advance(len(texts))
@@ -124,7 +126,7 @@ class ItmReranker:
             for start in range(0, image_index.numel(), self.pair_batch_size):
                 images = image_index[start : start + self.pair_batch_size]
                 texts = text_index[start : start + self.pair_batch_size]
-                logits = self.victim.itm_from_inputs(
+                logits = self.scorer.match_logits(
                     self.image_inputs[images], self.text_inputs[texts], self.text_mask[texts]
                 ).float()
                 if self.add_itc:

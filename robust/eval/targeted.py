@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from robust.data.dataset import CaptionDataset
-from robust.eval.captioning import caption_metrics, embedding_similarity
+from robust.eval.caption_metrics import caption_metrics, embedding_similarity
 from robust.eval.retrieval import RetrievalResult, rank_from_features
 from robust.victims.base import Victim
 

@@ -41,9 +41,9 @@ from robust.harness.results import ANYATTACK_EXAMPLES_DIR as EXAMPLES_DIR
 from robust.harness.results import ANYATTACK_QUADRUPLE as QUADRUPLE
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
+from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
 from robust.victims.registry import load_victim, resolve_spec
-from robust.zoo import ZOO_DIR
 
 WORLD_DECODER = ZOO_DIR / "anyattack-world" / "decoder.pt"  # toy-clip-vit, eps 16/255
 

@@ -278,7 +278,7 @@ def cache_caption_bias(
 ) -> BiasReport:
     """What the adversarial images `attack` crafted on `source` do to `captioner`'s captions
     (change rate, world-attribute insertions/deletions, target concept, metric drop)."""
-    from robust.eval.caption_eval import generate_dataset_captions
+    from robust.eval.captioning import generate_dataset_captions
     from robust.victims.registry import load_victim
 
     run_dir = Path(run_dir)

@@ -39,7 +39,7 @@ from robust.data.dataset import ArrayImages, CaptionDataset
 from robust.data.images import from_uint8_array, load_images, to_uint8_array
 from robust.data.world import POSITIONS
 from robust.eval import downstream
-from robust.eval.captioning import caption_change_rate, caption_metrics
+from robust.eval.caption_metrics import caption_change_rate, caption_metrics
 from robust.eval.retrieval import RetrievalResult, attack_success
 from robust.harness.evaluate import dataset_key, retrieval_results
 from robust.harness.results import (
@@ -299,7 +299,7 @@ class _TargetEvaluation:
         return out
 
     def _captions(self) -> dict[tuple[str | None, str], dict[str, float]]:
-        from robust.eval.caption_eval import generate_dataset_captions
+        from robust.eval.captioning import generate_dataset_captions
 
         generated = {
             attack: generate_dataset_captions(

@@ -253,7 +253,7 @@ class ResultStore:
     ) -> int:
         """Record a new run with its spec, seeds and provenance; returns its run id."""
         if provenance is None:
-            from robust.harness.provenance import collect_provenance
+            from robust.provenance import collect_provenance
 
             provenance = collect_provenance()
         git_dirty = provenance.get("git_dirty")

@@ -39,7 +39,7 @@ from robust.checkpoints import (
     trust_pickle_from_env,
 )
 from robust.errors import RobustError, WeightsNotFoundError
-from robust.victims.base import Victim
+from robust.victims.base import ItmScorer, Victim
 from robust.victims.registry import register_victim_family
 from robust.victims.weights import hub_file_in_cache, missing_weights, weights_root
 
@@ -524,8 +524,8 @@ def make_bert_tokenizer(vocab_file: str | Path):
 class AlbefVictim(Victim):
     """An ALBEF or TCL retrieval model: ITC embeddings plus the ITM head for re-ranking.
 
-    For batched re-ranking, `image_tokens` and `text_hidden` are computed once per image
-    and per caption; `itm_from_hidden` then runs only the fusion layers per candidate pair.
+    Batched re-ranking goes through `itm_scorer()`, which caches each image's and each
+    caption's half of ITM and runs only the fusion layers per candidate pair.
     """
 
     family = "albef"
@@ -603,50 +603,8 @@ class AlbefVictim(Victim):
         """ITC embedding `[T, D]` from `text_hidden` output, without re-running BERT."""
         return self.model.text_features(text_hidden)
 
-    def fused_hidden(
-        self,
-        image_tokens: torch.Tensor,
-        text_hidden: torch.Tensor,
-        text_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Multimodal hidden states `[N, L, H]` of aligned pairs (e.g. for Co-Attack)."""
-        _check_pairs(image_tokens, text_hidden, text_mask)
-        return self.model.text_encoder.fusion(text_hidden, text_mask, image_tokens)
-
-    def itm_from_hidden(
-        self,
-        image_tokens: torch.Tensor,
-        text_hidden: torch.Tensor,
-        text_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """ITM match logits `[N]` of aligned pairs from cached image tokens and text states.
-
-        Re-rankers pass `tokens[i].expand(k, -1, -1)` with the k candidate captions' states
-        (or the reverse), so only the fusion layers run per pair.
-        """
-        _check_pairs(image_tokens, text_hidden, text_mask)
-        return self.model.itm_logits(image_tokens, text_hidden, text_mask)
-
-    def itm_text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """ALBEF caches the unimodal text states, so re-ranking runs only the fusion layers."""
-        return self.text_hidden(texts)
-
-    def itm_image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """ALBEF caches each image's cross-attention keys/values, so re-ranking projects an
-        image once rather than once per candidate caption."""
-        return self.model.text_encoder.image_heads(image_tokens)
-
-    def itm_from_inputs(
-        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return self.itm_head_from_inputs(image_inputs, text_inputs, text_mask)[:, 1]
-
-    def itm_head_from_inputs(
-        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        _check_pairs(image_inputs, text_inputs, text_mask)
-        fused = self.model.text_encoder.fusion_from_heads(text_inputs, text_mask, image_inputs)
-        return self.model.itm_head(fused[:, 0])
+    def itm_scorer(self) -> AlbefItmScorer:
+        return AlbefItmScorer(self)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.image_features(self.image_tokens(images))
@@ -691,6 +649,32 @@ class AlbefVictim(Victim):
         return load_albef_checkpoint(
             checkpoint, family=family, trust_pickle=trust_pickle, name=display
         )
+
+
+class AlbefItmScorer(ItmScorer):
+    """ALBEF/TCL cache each caption's unimodal text states and each image's cross-attention
+    keys/values, so re-ranking projects an image once rather than once per candidate
+    caption and runs only the fusion layers per pair."""
+
+    def __init__(self, victim: AlbefVictim) -> None:
+        self.victim = victim
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.victim.image_tokens(images)
+
+    def image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.victim.model.text_encoder.image_heads(image_tokens)
+
+    def text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.victim.text_hidden(texts)
+
+    def head(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        _check_pairs(image_inputs, text_inputs, text_mask)
+        model = self.victim.model
+        fused = model.text_encoder.fusion_from_heads(text_inputs, text_mask, image_inputs)
+        return model.itm_head(fused[:, 0])
 
 
 def trim_padding(

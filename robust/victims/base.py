@@ -20,6 +20,43 @@ Capability = Literal["itc", "itm", "caption"]
 ResizeMode = Literal["squash", "crop"]
 ScoreFusion = Literal["itc", "itm", "itm+itc"]
 
+# The ITM head's classes are (no match, match), in ALBEF, TCL and BLIP alike.
+ITM_MATCH_CLASS = 1
+
+
+class ItmScorer(ABC):
+    """A fusion model's image-text matching in cacheable halves.
+
+    A re-ranker scores thousands of (image, caption) pairs from a few images and captions:
+    each image's inputs and each caption's inputs are computed once, and only the fusion
+    layers run per pair. What the halves hold is the model's business (ALBEF caches
+    cross-attention keys/values, BLIP the ViT tokens and token ids).
+    """
+
+    @abstractmethod
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Vision output tokens `[B, 1+P, W]` of pixel images."""
+
+    def image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Per-image ITM inputs `[B, ...]` from `image_tokens`; by default the tokens."""
+        return image_tokens
+
+    @abstractmethod
+    def text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-caption ITM inputs `[T, L, ...]` and their padding mask `[T, L]`."""
+
+    @abstractmethod
+    def head(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Both ITM head outputs `[N, 2]` (no match, match) of N aligned rows."""
+
+    def match_logits(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Match logits `[N]` of N aligned rows: what re-ranking orders by."""
+        return self.head(image_inputs, text_inputs, text_mask)[:, ITM_MATCH_CLASS]
+
 
 class Victim(nn.Module, ABC):
     """A vision-language model under attack, always in eval mode.
@@ -90,30 +127,8 @@ class Victim(nn.Module, ABC):
         """Pairwise image-text match logits `[B]` (fusion models only)."""
         raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
 
-    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """All vision output tokens `[B, 1+P, W]`, computed once and reused for ITM (fusion)."""
-        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
-
-    def itm_text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-caption ITM inputs `[T, L, ...]` and their mask `[T, L]`, cacheable (fusion)."""
-        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
-
-    def itm_image_inputs(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Per-image ITM inputs `[B, ...]` from `image_tokens` output, cacheable (fusion);
-        by default the tokens themselves."""
-        return image_tokens
-
-    def itm_from_inputs(
-        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Match logits `[N]` for N aligned (image inputs, text inputs) rows (fusion)."""
-        raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
-
-    def itm_head_from_inputs(
-        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Both ITM head outputs `[N, 2]` (no match, match) of aligned rows, as
-        `itm_from_inputs` computes them: what the two-class ITM training loss reads."""
+    def itm_scorer(self) -> ItmScorer:
+        """This model's ITM split into cacheable halves, for batched re-ranking (fusion only)."""
         raise CapabilityError(f"{self.name} ({self.family}) has no image-text matching head")
 
     def generate_captions(self, images: torch.Tensor) -> list[str]:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from robust.errors import CapabilityError, RobustError
-from robust.victims.base import Victim
+from robust.victims.base import ITM_MATCH_CLASS, ItmScorer, Victim
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from robust.victims.registry import register_victim_family
 from robust.victims.weights import hf_vision_image_size, locate_hf_model_dir
@@ -45,8 +45,6 @@ CAPTION_PROMPT = "a picture of "
 CAPTION_NUM_BEAMS = 3
 CAPTION_MAX_LENGTH = 20
 CAPTION_MIN_LENGTH = 5
-# BLIP's ITM labels are 1 for matched pairs, 0 for negatives (blip_retrieval.py).
-ITM_MATCH_CLASS = 1
 
 RETRIEVAL_PREFIX = "hf-blip"
 CAPTION_PREFIX = "hf-blip-cap"
@@ -207,19 +205,8 @@ class BlipRetrievalVictim(_BlipVictim):
         text = self.model.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
         return F.normalize(self.model.text_proj(text.last_hidden_state[:, 0, :]), dim=-1)
 
-    def itm_text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """BLIP re-encodes the whole text with cross-attention, so its ITM input is the ids."""
-        return self.text_tokens(texts)
-
-    def itm_from_inputs(
-        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return self.itm_from_tokens(image_inputs, text_inputs, text_mask)
-
-    def itm_head_from_inputs(
-        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return self.itm_head_from_tokens(image_inputs, text_inputs, text_mask)
+    def itm_scorer(self) -> BlipItmScorer:
+        return BlipItmScorer(self)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_embedding_from_tokens(self.image_tokens(images))
@@ -283,6 +270,25 @@ class BlipRetrievalVictim(_BlipVictim):
         display = name or f"{RETRIEVAL_PREFIX}:{spec}"
         model, tokenizer, folder = _load_hf_blip(BlipForImageTextRetrieval, spec, display)
         return cls(display, model, tokenizer, read_blip_preprocess(folder, model.config))
+
+
+class BlipItmScorer(ItmScorer):
+    """BLIP re-encodes the whole caption with cross-attention to the image, so what it can
+    cache is each image's ViT tokens and each caption's token ids."""
+
+    def __init__(self, victim: BlipRetrievalVictim) -> None:
+        self.victim = victim
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.victim.image_tokens(images)
+
+    def text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.victim.text_tokens(texts)
+
+    def head(
+        self, image_inputs: torch.Tensor, text_inputs: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.victim.itm_head_from_tokens(image_inputs, text_inputs, text_mask)
 
 
 class BlipCaptionVictim(_BlipVictim):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, get_args
 
 from robust.errors import RobustError, UnknownVictimError
-from robust.zoo import ZOO_DIR
+from robust.resources import ZOO_DIR
 
 if TYPE_CHECKING:  # resolving names must not load torch (the report resolves specs)
     from robust.victims.base import Victim

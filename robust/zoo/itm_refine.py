@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +34,12 @@ from torch import nn
 from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
+from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
-from robust.zoo import ZOO_DIR
 from robust.zoo.recipes import known_world
+from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.warm_start import check_trained_world
-
-if TYPE_CHECKING:
-    from robust.zoo.train import TrainReport
 
 ITM_REFINE_COMMAND = "robust zoo refine-itm"
 IMAGE_CHUNK = 512
@@ -252,12 +249,13 @@ def cached_image_tokens(
     """The frozen ViT's output tokens of every training image, computed once."""
     from robust.data.images import load_images
 
+    scorer = victim.itm_scorer()
     batches = []
     with torch.no_grad(), progress.task("ViT tokens of world train", dataset.num_images) as task:
         for start in range(0, dataset.num_images, batch_size):
             indices = list(range(start, min(start + batch_size, dataset.num_images)))
             images = load_images(dataset.images, indices, victim.image_size, victim.resize_mode)
-            batches.append(victim.image_tokens(images.to(victim.device)).float())
+            batches.append(scorer.image_tokens(images.to(victim.device)).float())
             task.advance(len(indices))
     return torch.cat(batches)
 
@@ -346,18 +344,17 @@ def itm_pair_loss(
     ITM text inputs are computed once, without gradient (those layers are frozen)."""
     from robust.victims.albef import trim_padding
 
+    scorer = victim.itm_scorer()
     count = len(batch)
     with torch.no_grad():
-        text_inputs, text_mask = victim.itm_text_inputs(
+        text_inputs, text_mask = scorer.text_inputs(
             [captions[int(i)] for i in torch.cat([batch, negative_captions])]
         )
     text_inputs, text_mask = trim_padding(text_inputs, text_mask)
     pair_texts = torch.cat([torch.arange(count), torch.arange(count), count + torch.arange(count)])
     pair_images = torch.cat([images, negative_images, images])
-    image_inputs = victim.itm_image_inputs(image_tokens[pair_images].to(victim.device))
-    logits = victim.itm_head_from_inputs(
-        image_inputs, text_inputs[pair_texts], text_mask[pair_texts]
-    ).float()
+    image_inputs = scorer.image_inputs(image_tokens[pair_images].to(victim.device))
+    logits = scorer.head(image_inputs, text_inputs[pair_texts], text_mask[pair_texts]).float()
     labels = torch.zeros(3 * count, dtype=torch.long, device=logits.device)
     labels[:count] = 1
     return F.cross_entropy(logits, labels)
@@ -392,7 +389,6 @@ def refine_zoo_member(
     save it in the same format to `output_dir` (default: in place), with a training record
     that keeps the record of the weights it started from."""
     from robust.data.world import generate_world
-    from robust.zoo.train import TrainReport, write_training_record
 
     if name not in REFINABLE:
         raise RobustError(f"no ITM to refine in {name!r}; choose one of {', '.join(REFINABLE)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +16,25 @@ import torch.nn.functional as F
 from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
-from robust.zoo import ZOO_DIR
+from robust.resources import ZOO_DIR
 from robust.zoo.augment import noisy_caption, random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
+from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.schedule import cosine_learning_rate
+from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
+from robust.zoo.train_blip import (
+    BLIP_RECIPES,
+    BlipCaptionRecipe,
+    BlipRetrievalRecipe,
+    train_blip_captioner,
+    train_blip_retrieval,
+    train_mlm,
+)
 from robust.zoo.warm_start import check_trained_world, clip_state, training_record
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    """What a training run did: where it saved, how long it took, its final loss."""
-
-    name: str
-    output_dir: Path
-    seconds: float
-    steps: int
-    final_loss: float
-    recipe: dict
 
 
 def zoo_recipes() -> dict[str, tuple[Any, Callable[..., TrainReport]]]:
     """Every zoo member's recipe and the trainer that runs it, by name."""
-    from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
-    from robust.zoo.train_blip import (
-        BLIP_RECIPES,
-        BlipCaptionRecipe,
-        BlipRetrievalRecipe,
-        train_blip_captioner,
-        train_blip_retrieval,
-        train_mlm,
-    )
 
     def blip_trainer(recipe: Any) -> Callable[..., TrainReport]:
         if isinstance(recipe, BlipRetrievalRecipe):
@@ -268,25 +257,3 @@ def train_clip(
         record["init_record"] = init_record
         record_path.write_text(json.dumps(record, indent=2) + "\n")
     return report
-
-
-def write_training_record(report: TrainReport, dataset: CaptionDataset) -> Path:
-    """Record how a checkpoint was made (recipe, seed, time, loss, versions) beside it."""
-    from robust.harness.provenance import collect_provenance
-
-    provenance = collect_provenance()
-    record = {
-        "name": report.name,
-        "command": f"robust zoo train {report.name}",
-        "recipe": report.recipe,
-        "train_dataset": dataset.name,
-        "train_images": dataset.num_images,
-        "steps": report.steps,
-        "seconds": round(report.seconds, 1),
-        "final_loss": report.final_loss,
-        "versions": provenance["versions"],
-        "hardware": provenance["hardware"],
-    }
-    path = report.output_dir / "training.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path

@@ -51,8 +51,8 @@ from robust.zoo.augment import augment_images, random_erasing
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE, patch_for_size, world_image_size
+from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.schedule import cosine_learning_rate
-from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.vocab import VOCAB_SIZE, build_world_vocab
 from robust.zoo.warm_start import (
     TEXT_SOURCE,

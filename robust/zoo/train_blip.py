@@ -31,8 +31,8 @@ from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE, known_world, patch_for_size, world_image_size
+from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.schedule import cosine_learning_rate
-from robust.zoo.train import TrainReport, write_training_record
 from robust.zoo.warm_start import (
     clip_visual_state,
     copy_into,
@@ -455,7 +455,7 @@ def load_text_init(name_or_path: str) -> tuple[nn.Module, list[str]]:
     """
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    from robust.zoo import ZOO_DIR
+    from robust.resources import ZOO_DIR
 
     folder = Path(name_or_path)
     if not folder.is_dir():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from robust.errors import RobustError
-from robust.zoo import ZOO_DIR
+from robust.resources import ZOO_DIR
 
 VISION_SOURCE = "toy-clip-vit"
 TEXT_SOURCE = "toy-mlm"
