@@ -549,17 +549,14 @@ def _make_tokenizer_config_portable(folder: Path) -> None:
         path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n")
 
 
-register_victim_family(
-    RETRIEVAL_PREFIX,
-    BlipRetrievalVictim,
-    load=load_blip_retrieval,
-    check=_check_blip_spec(RETRIEVAL_PREFIX),
-    image_size=_blip_image_size(RETRIEVAL_PREFIX),
-)
-register_victim_family(
-    CAPTION_PREFIX,
-    BlipCaptionVictim,
-    load=load_blip_captioner,
-    check=_check_blip_spec(CAPTION_PREFIX),
-    image_size=_blip_image_size(CAPTION_PREFIX),
-)
+for _prefix, _victim_class, _load in (
+    (RETRIEVAL_PREFIX, BlipRetrievalVictim, load_blip_retrieval),
+    (CAPTION_PREFIX, BlipCaptionVictim, load_blip_captioner),
+):
+    register_victim_family(
+        _prefix,
+        _victim_class,
+        load=_load,
+        check=_check_blip_spec(_prefix),
+        image_size=_blip_image_size(_prefix),
+    )

@@ -207,33 +207,16 @@ KNOWN_VICTIMS: dict[str, VictimEntry] = {
             "hf-blip-cap:Salesforce/blip-image-captioning-large",
             "BLIP large captioner",
         ),
-        VictimEntry(
-            "toy-clip-vit",
-            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-vit'}",
-            _ZOO.format(what="open_clip ViT"),
-        ),
-        VictimEntry(
-            "toy-clip-rn",
-            f"open_clip:local-dir:{ZOO_DIR / 'toy-clip-rn'}",
-            _ZOO.format(what="open_clip ModifiedResNet"),
-        ),
-        VictimEntry(
-            "toy-albef",
-            f"albef:{ZOO_DIR / 'toy-albef' / 'checkpoint.pth'}",
-            _ZOO.format(what="ALBEF"),
-        ),
-        VictimEntry(
-            "toy-tcl", f"tcl:{ZOO_DIR / 'toy-tcl' / 'checkpoint.pth'}", _ZOO.format(what="TCL")
-        ),
-        VictimEntry(
-            "toy-blip",
-            f"hf-blip:{ZOO_DIR / 'toy-blip'}",
-            _ZOO.format(what="BLIP retrieval model"),
-        ),
-        VictimEntry(
-            "toy-blip-cap",
-            f"hf-blip-cap:{ZOO_DIR / 'toy-blip-cap'}",
-            _ZOO.format(what="BLIP captioner"),
+        *(
+            VictimEntry(name, f"{prefix}:{ZOO_DIR / name / weights}", _ZOO.format(what=what))
+            for name, prefix, weights, what in (
+                ("toy-clip-vit", "open_clip:local-dir", "", "open_clip ViT"),
+                ("toy-clip-rn", "open_clip:local-dir", "", "open_clip ModifiedResNet"),
+                ("toy-albef", "albef", "checkpoint.pth", "ALBEF"),
+                ("toy-tcl", "tcl", "checkpoint.pth", "TCL"),
+                ("toy-blip", "hf-blip", "", "BLIP retrieval model"),
+                ("toy-blip-cap", "hf-blip-cap", "", "BLIP captioner"),
+            )
         ),
     )
 }
