@@ -411,7 +411,8 @@ class CellRunner:
         if manifest is not None:
             return CraftResult(cell, cell.image_size, cell.resize_mode, dataset.num_images, 0)
         artifact = load_patch(cell.patch_file)
-        plan = {"request": request, "num_images": dataset.num_images, "dataset": dataset.name}
+        plan = {"request": request, "config": artifact.config}
+        plan |= {"num_images": dataset.num_images, "dataset": dataset.name}
         entry.begin(plan)
         pixels = patched_pixels(
             artifact, self.clean_pixels(cell.image_size, cell.resize_mode), cell.placement_seed
