@@ -14,6 +14,7 @@ from robust.attacks.patch_artifact import (
     PatchArtifact,
     PatchFileError,
     load_patch,
+    patched_pixels,
     random_patch_like,
     sidecar_path,
 )
@@ -316,6 +317,45 @@ def test_patch_evaluation_stores_every_task_with_a_control_row(tmp_path, world_s
         expected
     )
     assert 0 <= values[("toy-clip-vit", PATCH_ATTACK, "itc", "tr_asr_r1_unoccluded")] <= 1
+
+
+def test_patch_evaluation_pastes_into_the_cache_once_per_patch_and_geometry(tmp_path, monkeypatch):
+    """The pasted images are cache entries at the target's geometry, reused by a second run
+    into the same directory (same rows), and pasted again for other pixels under the same
+    name and seed."""
+    import robust.attacks.patch_artifact as artifact_module
+    from robust.data.world import generate_world
+    from robust.harness.cache import AdversarialCache
+    from robust.harness.patch import dataset_pixels
+
+    data = generate_world("test-1k", count=12)
+    artifact = make_artifact(placement="random")
+    first = run_patch_evaluation(artifact, ["toy-clip-vit"], data, tmp_path, examples=0)
+    cache = AdversarialCache(tmp_path / "cache")
+    clean = dataset_pixels(data, 64, "crop")
+    for label, made, seed in (
+        (PATCH_ATTACK, artifact, 3),
+        (CONTROL_ATTACK, random_patch_like(artifact, 0), 0),
+    ):
+        entry = cache.entry(label, "toy-clip-vit", seed, (64, "crop"))
+        stored = entry.load()
+        assert np.array_equal(stored.images, patched_pixels(made, clean, 0))
+        assert stored.texts == [list(group) for group in data.captions_of(range(12))]
+    assert not cache.entry(PATCH_ATTACK, "toy-clip-vit", 3).path.exists()
+
+    def no_pasting(*args, **kwargs):
+        raise AssertionError("a cached patch entry was pasted again")
+
+    monkeypatch.setattr(artifact_module, "patched_pixels", no_pasting)
+    second = run_patch_evaluation(artifact, ["toy-clip-vit"], data, tmp_path, examples=0)
+    assert second.run_id == first.run_id + 1
+    assert second.rows == first.rows
+    monkeypatch.undo()
+
+    other = PatchArtifact(1.0 - artifact.patch, "toy-clip-vit", 64, 0.03, "random", seed=3)
+    run_patch_evaluation(other, ["toy-clip-vit"], data, tmp_path, examples=0)
+    repasted = cache.entry(PATCH_ATTACK, "toy-clip-vit", 3, (64, "crop")).load()
+    assert np.array_equal(repasted.images, patched_pixels(other, clean, 0))
 
 
 def test_occlusion_follows_the_patch_box_over_the_world_grid():

@@ -25,7 +25,7 @@ from robust.attacks.patch_geometry import (
     patch_side,
     sample_boxes,
 )
-from robust.data.images import quantize_uint8
+from robust.data.images import from_uint8_array, quantize_uint8, to_uint8_array
 from robust.errors import RobustError
 
 ARTIFACT_FORMAT = 1
@@ -203,3 +203,29 @@ def random_patch_like(artifact: PatchArtifact, seed: int) -> PatchArtifact:
     fields["config"] = {"attack": "random-patch", "seed": int(seed), "distribution": "U[0,1]"}
     fields["curve"] = []
     return PatchArtifact(**fields)
+
+
+def patch_boxes(
+    artifact: PatchArtifact, count: int, image_size: int, seed: int, batch_size: int = 256
+) -> PatchBoxes:
+    """Where `patched_pixels` pastes the patch on `count` images (seeded, drawn per batch)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    parts = [
+        artifact.boxes(min(batch_size, count - start), image_size, generator)
+        for start in range(0, count, batch_size)
+    ]
+    return PatchBoxes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("top", "left", "side")))
+
+
+def patched_pixels(
+    artifact: PatchArtifact, pixels: np.ndarray, seed: int, batch_size: int = 256
+) -> np.ndarray:
+    """uint8 images `[N,H,W,3]` with the patch pasted at the artifact's placement (seeded)."""
+    boxes = patch_boxes(artifact, len(pixels), int(pixels.shape[2]), seed, batch_size)
+    chunks = []
+    for start in range(0, len(pixels), batch_size):
+        images = from_uint8_array(pixels[start : start + batch_size])
+        chunk = slice(start, start + batch_size)
+        chunk_boxes = PatchBoxes(boxes.top[chunk], boxes.left[chunk], boxes.side[chunk])
+        chunks.append(to_uint8_array(apply_patch(images, artifact.patch, chunk_boxes)))
+    return np.concatenate(chunks)

@@ -7,6 +7,7 @@ victim. Metric names:
   `robust.eval.targeted`) and `m` in tr_r1/5/10, ir_r1/5/10, r_mean;
 - captioners: `{gallery}_vs_{target|clean}_{m}` for `m` in bleu1, bleu4, rouge_l, cider,
   emb_sim_mean (text embeddings from the encoder's text tower).
+Rows are written by the matrix's `MatrixWriter` (scoring "itc", no per-query ranks).
 A few example quadruples are written to `anyattack_examples/` in the run directory:
 clean, noise (mapped from [-eps, eps] to [0, 1]), adversarial and target PNGs per pair, and
 `examples.json` with the pairs' reference captions and any generated captions.
@@ -39,7 +40,9 @@ from robust.harness.evaluate import dataset_key
 from robust.harness.results import ANYATTACK as ATTACK
 from robust.harness.results import ANYATTACK_EXAMPLES_DIR as EXAMPLES_DIR
 from robust.harness.results import ANYATTACK_QUADRUPLE as QUADRUPLE
-from robust.harness.store import MetricRow, ResultStore
+from robust.harness.results import ITC
+from robust.harness.store import ResultStore
+from robust.harness.writer import MatrixWriter
 from robust.progress import Progress, ensure_progress
 from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
@@ -78,7 +81,7 @@ class PairImages:
     adversarial: torch.Tensor
 
 
-def craft(
+def craft_pair_images(
     attack: AnyAttack,
     dataset: CaptionDataset,
     pairs: TargetPairs,
@@ -86,7 +89,8 @@ def craft(
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> PairImages:
-    """Adversarial images of every pair, batch by batch."""
+    """Every pair's clean, target, noise and adversarial images, batch by batch (in memory:
+    each victim crosses the float adversarials to its own resolution, `victim_galleries`)."""
     encoder, size = attack.encoder, attack.decoder.config.image_size
     parts: dict[str, list[torch.Tensor]] = {
         name: [] for name in ("clean", "target", "noise", "adv")
@@ -155,7 +159,7 @@ def evaluate_anyattack(
         chosen = pair_images(dataset, pairs, seed)
     except ValueError as exc:
         raise RobustError(f"--pairs: {exc}") from None
-    images = craft(attack, dataset, chosen, progress=progress)
+    images = craft_pair_images(attack, dataset, chosen, progress=progress)
     texts, caption_pair = target_captions(dataset, chosen)
     target_refs = dataset.captions_of(chosen.target.tolist())
     clean_refs = dataset.captions_of(chosen.clean.tolist())
@@ -174,6 +178,7 @@ def evaluate_anyattack(
     generated: dict[str, dict[str, list[str]]] = {}
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(spec, seeds={"pairs": seed, "world": 0})
+        writer = MatrixWriter(store, run_id, dataset_name, split)
         evaluation = AnyAttackEvaluation(run_dir, run_id, chosen)
         for name in victims:
             victim = source if name == encoder else load_victim(name, device=device)
@@ -190,11 +195,7 @@ def evaluate_anyattack(
                 )
                 evaluation.captioning[name] = scores
                 metrics.update(scores)
-            keys = {"victim": name, "dataset": dataset_name, "split": split, "target": name}
-            keys |= {"attack": ATTACK, "seed": seed, "source": encoder}
-            store.write_metrics(
-                run_id, [MetricRow(metric=m, value=v, **keys) for m, v in metrics.items()]
-            )
+            writer.write_scores(name, encoder, ATTACK, seed, {ITC: metrics}, {})
     write_examples(
         run_dir / EXAMPLES_DIR,
         images,
@@ -207,7 +208,7 @@ def evaluate_anyattack(
     return evaluation
 
 
-def adversarial_dataset(
+def targeted_caption_dataset(
     images: PairImages, pairs: TargetPairs, dataset: CaptionDataset
 ) -> CaptionDataset:
     """The adversarial images captioned with their *targets'* captions (and target labels).
@@ -253,9 +254,9 @@ def export_adversarial(
         chosen = pair_images(dataset, pairs, seed)
     except ValueError as exc:
         raise RobustError(f"--pairs: {exc}") from None
-    images = craft(attack, dataset, chosen, progress=progress)
+    images = craft_pair_images(attack, dataset, chosen, progress=progress)
     folder = Path(folder)
-    annotation = export_dataset(adversarial_dataset(images, chosen, dataset), folder)
+    annotation = export_dataset(targeted_caption_dataset(images, chosen, dataset), folder)
     record = {
         "attack": attack.config(),
         "dataset": dataset.name,
@@ -319,9 +320,9 @@ __all__ = [
     "WORLD_DECODER",
     "AnyAttackEvaluation",
     "PairImages",
-    "adversarial_dataset",
-    "craft",
+    "craft_pair_images",
     "evaluate_anyattack",
     "export_adversarial",
+    "targeted_caption_dataset",
     "write_examples",
 ]

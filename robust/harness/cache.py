@@ -4,6 +4,7 @@ every target and by the report.
 One folder per entry::
 
     <root>/<attack-label>/<source>/seed-<seed>/
+        (seed-<seed>-at-<size>-<mode>/ for examples made at one target's geometry)
         plan.json           what is being crafted (attack config, batch size, dataset, count)
         images/000000.png   one lossless uint8 PNG per dataset image, at the source resolution
         batches/00000.json  the captions of one finished batch: that batch's done marker
@@ -301,9 +302,18 @@ class AdversarialCache:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
-    def entry(self, attack_label: str, source: str, seed: int) -> CacheEntry:
-        """The entry folder of (attack label, source, seed), whether or not it exists yet."""
-        path = self.root / slug(attack_label) / slug(source) / f"seed-{int(seed)}"
+    def entry(
+        self, attack_label: str, source: str, seed: int, at: tuple[int, str] | None = None
+    ) -> CacheEntry:
+        """The entry folder of (attack label, source, seed), whether or not it exists yet.
+
+        `at` = (image_size, resize_mode) keeps apart entries made at a target's geometry
+        rather than the source's (a patch pasted on each target's images): `seed-N-at-S-mode`.
+        """
+        folder = f"seed-{int(seed)}"
+        if at is not None:
+            folder += f"-at-{int(at[0])}-{at[1]}"
+        path = self.root / slug(attack_label) / slug(source) / folder
         return CacheEntry(path, attack_label, source, seed)
 
     def complete_entries(self) -> list[CacheEntry]:

@@ -8,17 +8,23 @@ resized for the target), so preprocessing shift is never counted as attack succe
 
 Universal attacks (AdvCLIP) are fitted once per (attack, source, seed) on their own fitting
 data, their artifact kept in the cache entry, then applied to every dataset image at the
-source's resolution and cached like any other adversarial example. The worker never touches
-the results store: `robust.harness.writer` does, in the driver's process.
+source's resolution and cached like any other adversarial example. A saved patch evaluated
+as an experiment (`robust.harness.patch`) is pasted by a `PatchCell` at each target's own
+geometry instead, into an entry of its own. The worker never touches the results store:
+`robust.harness.writer` does, in the driver's process.
+
+Evaluation cells compute retrieval, and where their `Tasks` ask, the per-image outputs of
+the world-label tasks and captioning (`TaskOutputs`); the experiment scores those against
+the clean cell's outputs, as the writer scores adversarial retrieval against clean ranks.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -33,8 +39,10 @@ from robust.harness.executors import (
     CraftCell,
     CraftShard,
     EvalCell,
+    PatchCell,
+    Tasks,
 )
-from robust.harness.spec import ExperimentSpec
+from robust.harness.spec import AttackSpec, VictimRef
 from robust.precision import precision_scope, prepare_model
 from robust.progress import NullProgress, Progress, ensure_progress
 
@@ -46,6 +54,9 @@ __all__ = [
     "CleanResult",
     "CraftResult",
     "EvalResult",
+    "ExperimentSettings",
+    "RunnerSpec",
+    "TaskOutputs",
     "adversarial_dataset",
     "batch_seed",
     "craft_request",
@@ -59,14 +70,68 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+# -- what the worker is told ------------------------------------------------------------------
+
+
+class RunnerSpec(Protocol):
+    """What the worker reads of a run's spec: `ExperimentSpec` for the matrix,
+    `ExperimentSettings` for experiments that bring their own dataset and cells."""
+
+    dataset: str
+    limit: int | None
+    batch_size: int
+    eval_batch_size: int
+    k_test: int | None
+    device: str
+    precision: str
+
+    def victim(self, name: str) -> VictimRef: ...
+
+    def attack(self, label: str) -> AttackSpec: ...
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """The worker's settings for an experiment run on a dataset it is handed (patch, ...):
+    victims load by their registered name or spec string, and no attack is crafted from a
+    spec (its cells name the artifact they apply)."""
+
+    dataset: str
+    eval_batch_size: int = 64
+    k_test: int | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    limit: int | None = None
+    batch_size: int = 8
+
+    def victim(self, name: str) -> VictimRef:
+        return VictimRef(name=name, spec=name)
+
+    def attack(self, label: str) -> AttackSpec:
+        raise KeyError(label)
+
+
 # -- results of cells ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskOutputs:
+    """Per-image outputs of the tasks beyond retrieval, for scoring against the clean ones.
+
+    `predictions[(scoring, task)]` are a world-label task's predictions ("zero-shot" from
+    class prompts, "knn" from a vote over the clean images' features); `captions` one
+    generated caption per image.
+    """
+
+    predictions: dict[tuple[str, str], Any] = field(default_factory=dict)
+    captions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class CraftResult:
     """A cached entry: the geometry its images were crafted at, and batches computed now."""
 
-    cell: CraftCell
+    cell: CraftCell | PatchCell
     image_size: int
     resize_mode: str
     num_images: int
@@ -79,6 +144,7 @@ class CleanResult:
 
     cell: CleanCell
     results: dict[str, RetrievalResult]
+    outputs: TaskOutputs = field(default_factory=TaskOutputs)
 
 
 @dataclass(frozen=True)
@@ -87,6 +153,7 @@ class EvalResult:
 
     cell: EvalCell
     results: dict[str, RetrievalResult]
+    outputs: TaskOutputs = field(default_factory=TaskOutputs)
 
 
 # -- the worker side -------------------------------------------------------------------------
@@ -129,7 +196,7 @@ class CellRunner:
 
     def __init__(
         self,
-        spec: ExperimentSpec,
+        spec: RunnerSpec,
         cache_root: Path,
         *,
         dataset: CaptionDataset | None = None,
@@ -141,6 +208,7 @@ class CellRunner:
         self._dataset = dataset
         self._victim: tuple[str, Any] | None = None
         self._clean_pixels: dict[tuple[int, str], np.ndarray] = {}
+        self._clean_features: dict[tuple[str, int, str], torch.Tensor] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Ship only the spec and paths to another process; models and data reload there."""
@@ -153,13 +221,16 @@ class CellRunner:
         self._dataset = None
         self._victim = None
         self._clean_pixels = {}
+        self._clean_features = {}
 
-    def __call__(self, cell: CraftCell | CraftShard | CleanCell | EvalCell) -> Any:
+    def __call__(self, cell: CraftCell | CraftShard | PatchCell | CleanCell | EvalCell) -> Any:
         with precision_scope(self.spec.precision, self.spec.device):
             if isinstance(cell, CraftCell):
                 return self.craft(cell)
             if isinstance(cell, CraftShard):
                 return self.craft(cell.cell, batches=frozenset(cell.batches))
+            if isinstance(cell, PatchCell):
+                return self.paste(cell)
             if isinstance(cell, CleanCell):
                 return self.clean(cell)
             if isinstance(cell, EvalCell):
@@ -221,8 +292,15 @@ class CellRunner:
             self._clean_pixels[key] = np.concatenate(chunks)
         return self._clean_pixels[key]
 
-    def entry(self, attack_label: str, source: str, seed: int) -> CacheEntry:
-        return self.cache.entry(attack_label, source, seed)
+    def geometry(self, name: str) -> tuple[int, str]:
+        """The (image_size, resize_mode) the named victim sees images at (loads it)."""
+        victim = self.victim(name)
+        return (int(victim.image_size), str(victim.resize_mode))
+
+    def entry(
+        self, attack_label: str, source: str, seed: int, at: tuple[int, str] | None = None
+    ) -> CacheEntry:
+        return self.cache.entry(attack_label, source, seed, at)
 
     # -- cells -----------------------------------------------------------------------------
 
@@ -312,21 +390,62 @@ class CellRunner:
             attack.fit(attack.fit_data(), progress=self.progress)
             attack.save_artifact(folder)
 
+    def paste(self, cell: PatchCell) -> CraftResult:
+        """Paste a saved patch on every clean image at the cell's geometry; cache the result.
+
+        The entry's request names the patch file's bytes, so a different patch saved under
+        the same name is pasted again rather than read back.
+        """
+        from robust.attacks.patch_artifact import load_patch, patched_pixels, sidecar_path
+
+        entry = self.entry(cell.attack_label, cell.source, cell.seed, cell.at)
+        dataset = self.dataset
+        digest = hashlib.sha256()
+        for path in (Path(cell.patch_file), sidecar_path(cell.patch_file)):
+            digest.update(path.read_bytes())
+        request = jsonable(
+            {**asdict(cell), "patch_sha256": digest.hexdigest(), "dataset": dataset.name}
+            | {"num_images": dataset.num_images}
+        )
+        manifest = valid_manifest(entry, request)
+        if manifest is not None:
+            return CraftResult(cell, cell.image_size, cell.resize_mode, dataset.num_images, 0)
+        artifact = load_patch(cell.patch_file)
+        plan = {"request": request, "config": artifact.config}
+        plan |= {"num_images": dataset.num_images, "dataset": dataset.name}
+        entry.begin(plan)
+        pixels = patched_pixels(
+            artifact, self.clean_pixels(cell.image_size, cell.resize_mode), cell.placement_seed
+        )
+        indices = list(range(dataset.num_images))
+        entry.write_batch(0, indices, pixels, dataset.captions_of(indices))
+        info = {"attack": artifact.attack, "dataset": dataset.name}
+        entry.finish(artifact.sidecar(), info | {"image_size": cell.image_size})
+        return CraftResult(cell, cell.image_size, cell.resize_mode, dataset.num_images, 1)
+
     def clean(self, cell: CleanCell) -> CleanResult:
         """The target on clean images crossed from (size, mode): the pair's fair baseline."""
         target = self.victim(cell.target)
         pixels = self.clean_pixels(cell.image_size, cell.resize_mode)
         data = replace(self.dataset, images=ArrayImages(pixels))
-        return CleanResult(cell, self._retrieve(target, data))
+        at = (cell.image_size, cell.resize_mode)
+        outputs = self._outputs(target, data, cell.tasks, at)
+        return CleanResult(cell, self._retrieve(target, data, cell.tasks), outputs)
 
     def evaluate(self, cell: EvalCell) -> EvalResult:
         """The target on one cache entry's adversarial images and captions."""
         target = self.victim(cell.target)
-        examples = self.entry(cell.attack_label, cell.source, cell.seed).load()
+        examples = self.entry(cell.attack_label, cell.source, cell.seed, cell.at).load()
         data = adversarial_dataset(self.dataset, examples.images, examples.texts)
-        return EvalResult(cell, self._retrieve(target, data))
+        at = cell.at or (examples.manifest["image_size"], examples.manifest["resize_mode"])
+        outputs = self._outputs(target, data, cell.tasks, at)
+        return EvalResult(cell, self._retrieve(target, data, cell.tasks), outputs)
 
-    def _retrieve(self, target: Any, data: CaptionDataset) -> dict[str, RetrievalResult]:
+    def _retrieve(
+        self, target: Any, data: CaptionDataset, tasks: Tasks
+    ) -> dict[str, RetrievalResult]:
+        if not tasks.retrieval or (tasks.where_supported and "itc" not in target.capabilities):
+            return {}
         return retrieval_results(
             target,
             data,
@@ -334,6 +453,62 @@ class CellRunner:
             k_test=self.spec.k_test,
             progress=self.progress,
         )
+
+    def _outputs(
+        self, target: Any, data: CaptionDataset, tasks: Tasks, at: tuple[int, str]
+    ) -> TaskOutputs:
+        """The label predictions and captions `tasks` ask for, where the target can do them."""
+        from robust.eval.captioning import generate_dataset_captions
+
+        predictions: dict[tuple[str, str], Any] = {}
+        labels = data.labels
+        if tasks.labels and labels and "objects" in labels[0]:
+            from robust.eval import downstream
+            from robust.harness.results import KNN, ZERO_SHOT
+
+            features = self._image_features(target, data)
+            bank = self._clean_image_features(target, at)
+            zero_shot = "itc" in target.capabilities
+            for task in downstream.WORLD_TASKS:
+                if zero_shot:
+                    classes = downstream.class_embeddings(target.encode_text, task).cpu()
+                    predictions[(ZERO_SHOT, task.name)] = downstream.zero_shot_predictions(
+                        features, classes
+                    )
+                predictions[(KNN, task.name)] = downstream.knn_predictions(
+                    features, bank, task.label_sets(labels), task.classes, tasks.knn_k,
+                    leave_one_out=True,
+                )  # fmt: skip
+        captions = None
+        if tasks.captions and "caption" in target.capabilities:
+            captions = tuple(
+                generate_dataset_captions(
+                    target, data, batch_size=self.spec.eval_batch_size, progress=self.progress
+                )
+            )
+        return TaskOutputs(predictions, captions)
+
+    def _image_features(self, target: Any, data: CaptionDataset) -> torch.Tensor:
+        """Image embeddings of `data` at the target's geometry, batched like retrieval."""
+        from robust.data.images import load_images
+
+        rows = []
+        step = self.spec.eval_batch_size
+        with torch.no_grad():
+            for start in range(0, data.num_images, step):
+                indices = range(start, min(start + step, data.num_images))
+                images = load_images(data.images, indices, target.image_size, target.resize_mode)
+                rows.append(target.encode_image(images.to(target.device)).float().cpu())
+        return torch.cat(rows)
+
+    def _clean_image_features(self, target: Any, at: tuple[int, str]) -> torch.Tensor:
+        """The target's features of the clean images at `at`: the k-NN vote's neighbours."""
+        key = (target.name, int(at[0]), str(at[1]))
+        if key not in self._clean_features:
+            pixels = self.clean_pixels(at[0], at[1])
+            data = replace(self.dataset, images=ArrayImages(pixels))
+            self._clean_features = {key: self._image_features(target, data)}
+        return self._clean_features[key]
 
 
 def valid_manifest(entry: CacheEntry, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -344,7 +519,7 @@ def valid_manifest(entry: CacheEntry, request: dict[str, Any]) -> dict[str, Any]
     return manifest if manifest.get("plan", {}).get("request") == request else None
 
 
-def craft_request(spec: ExperimentSpec, cell: CraftCell) -> dict[str, Any]:
+def craft_request(spec: RunnerSpec, cell: CraftCell) -> dict[str, Any]:
     """What a cache entry was asked to contain, so a stale entry is never reused."""
     attack = spec.attack(cell.attack_label)
     request = {

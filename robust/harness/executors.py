@@ -23,6 +23,8 @@ __all__ = [
     "EvalCell",
     "Executor",
     "LocalExecutor",
+    "PatchCell",
+    "Tasks",
     "best_available_executor",
     "describe_executor",
     "make_executor",
@@ -30,6 +32,25 @@ __all__ = [
 
 CellT = TypeVar("CellT")
 ResultT = TypeVar("ResultT")
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """What an evaluation cell computes on its target, as data.
+
+    The matrix asks for retrieval only (the default). Experiments add the world-label tasks
+    (zero-shot and k-NN votes over clean features, `knn_k` neighbours) and captioning; with
+    `where_supported`, a task the target cannot do is skipped instead of being an error.
+    """
+
+    retrieval: bool = True
+    labels: bool = False
+    captions: bool = False
+    knn_k: int = 10
+    where_supported: bool = False
+
+
+RETRIEVAL_ONLY = Tasks()
 
 
 @dataclass(frozen=True)
@@ -52,16 +73,46 @@ class CleanCell:
     target: str
     image_size: int
     resize_mode: str
+    tasks: Tasks = RETRIEVAL_ONLY
 
 
 @dataclass(frozen=True)
 class EvalCell:
-    """Evaluate `target` on the cached adversarial examples of (attack, source, seed)."""
+    """Evaluate `target` on the cached adversarial examples of (attack, source, seed).
+
+    `at` names the (image_size, resize_mode) of an entry made for this target's geometry (a
+    `PatchCell`'s); None is the matrix's entry, crafted at the source's own resolution.
+    """
 
     attack_label: str
     source: str
     target: str
     seed: int
+    tasks: Tasks = RETRIEVAL_ONLY
+    at: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True)
+class PatchCell:
+    """Paste a saved patch (`patch_file`, PNG plus sidecar) on every dataset image at one
+    (image_size, resize_mode) and cache the result like crafted examples.
+
+    `source` is the victim the patch was fitted on and `seed` the seed that made the patch
+    (its rows' seed); placements are drawn from `placement_seed`, so every geometry and
+    every patch of one run sees the same boxes.
+    """
+
+    attack_label: str
+    source: str
+    seed: int
+    patch_file: str
+    placement_seed: int
+    image_size: int
+    resize_mode: str
+
+    @property
+    def at(self) -> tuple[int, str]:
+        return (self.image_size, self.resize_mode)
 
 
 @dataclass(frozen=True)
@@ -76,7 +127,7 @@ class CraftShard:
     batches: tuple[int, ...]
 
 
-Cell = CraftCell | CraftShard | CleanCell | EvalCell
+Cell = CraftCell | CraftShard | PatchCell | CleanCell | EvalCell
 
 
 class Executor(Protocol):

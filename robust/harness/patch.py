@@ -18,41 +18,52 @@ the same size and placement) or absent (clean). `scoring` names the task:
 
 Each target sees its clean images loaded at its own resolution (uint8) and the patch
 pasted at the same area fraction and placement on those images, then quantised to uint8
-again, so only the patch differs. The run directory also keeps `patch/advclip-patch.png`
-and `patch/random-patch.png` (with sidecars) and a few examples under `examples/`.
+again, so only the patch differs. The run goes through the matrix's machinery: pasting is a
+`PatchCell` whose images land in the adversarial cache (`cache/`, one entry per patch and
+target geometry), the clean and patched evaluations are `CleanCell`/`EvalCell`s computed by
+the same `CellRunner`, and `MatrixWriter` writes the rows; this module only says which
+cells to run and scores the label and caption tasks against the clean cell's outputs. The
+run directory also keeps `patch/advclip-patch.png` and `patch/random-patch.png` (with
+sidecars) and a few examples under `examples/`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from robust.attacks.patch_artifact import PatchArtifact, load_patch, random_patch_like
-from robust.attacks.patch_geometry import PatchBoxes, apply_patch
-from robust.data.dataset import ArrayImages, CaptionDataset
-from robust.data.images import from_uint8_array, load_images, to_uint8_array
+from robust.attacks.patch_artifact import (
+    PatchArtifact,
+    load_patch,
+    patch_boxes,
+    patched_pixels,
+    random_patch_like,
+)
+from robust.attacks.patch_geometry import PatchBoxes
+from robust.data.dataset import CaptionDataset
+from robust.data.images import load_images, to_uint8_array
 from robust.data.world import POSITIONS
 from robust.eval import downstream
 from robust.eval.caption_metrics import caption_change_rate, caption_metrics
 from robust.eval.retrieval import RetrievalResult, attack_success
-from robust.harness.evaluate import dataset_key, retrieval_results
+from robust.harness.cells import CellRunner, CleanResult, EvalResult, ExperimentSettings
+from robust.harness.evaluate import dataset_key
+from robust.harness.executors import CleanCell, EvalCell, LocalExecutor, PatchCell, Tasks
 from robust.harness.results import (
+    CACHE_DIRNAME,
     CAPTION,
     CONTROL_ATTACK,
-    KNN,
     PATCH_ATTACK,
     UNOCCLUDED,
-    ZERO_SHOT,
 )
-from robust.harness.store import MetricRow, ResultStore
+from robust.harness.store import ResultStore
+from robust.harness.writer import MatrixWriter
 from robust.progress import Progress, ensure_progress
-from robust.victims.base import Victim
 from robust.victims.registry import load_victim, resolve_spec
 
 CAPTION_METRICS = ("bleu4", "rouge_l", "cider")
@@ -76,32 +87,6 @@ def train_patch(
     artifact = attack.fit(dataset, progress=progress)
     artifact.save(out_png)
     return artifact
-
-
-def patch_boxes(
-    artifact: PatchArtifact, count: int, image_size: int, seed: int, batch_size: int = 256
-) -> PatchBoxes:
-    """Where `patched_pixels` pastes the patch on `count` images (seeded, drawn per batch)."""
-    generator = torch.Generator().manual_seed(int(seed))
-    parts = [
-        artifact.boxes(min(batch_size, count - start), image_size, generator)
-        for start in range(0, count, batch_size)
-    ]
-    return PatchBoxes(*(torch.cat([getattr(p, f) for p in parts]) for f in ("top", "left", "side")))
-
-
-def patched_pixels(
-    artifact: PatchArtifact, pixels: np.ndarray, seed: int, batch_size: int = 256
-) -> np.ndarray:
-    """uint8 images `[N,H,W,3]` with the patch pasted at the artifact's placement (seeded)."""
-    boxes = patch_boxes(artifact, len(pixels), int(pixels.shape[2]), seed, batch_size)
-    chunks = []
-    for start in range(0, len(pixels), batch_size):
-        images = from_uint8_array(pixels[start : start + batch_size])
-        chunk = slice(start, start + batch_size)
-        chunk_boxes = PatchBoxes(boxes.top[chunk], boxes.left[chunk], boxes.side[chunk])
-        chunks.append(to_uint8_array(apply_patch(images, artifact.patch, chunk_boxes)))
-    return np.concatenate(chunks)
 
 
 def occluded_by_patch(labels: Sequence[dict], boxes: PatchBoxes, image_size: int) -> np.ndarray:
@@ -183,138 +168,71 @@ class PatchEvaluation:
         return [row for row in self.rows if row["scoring"] == scoring]
 
 
-def _features(victim: Victim, pixels: np.ndarray, batch_size: int) -> torch.Tensor:
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(pixels), batch_size):
-            images = from_uint8_array(pixels[start : start + batch_size]).to(victim.device)
-            rows.append(victim.encode_image(images).float().cpu())
-    return torch.cat(rows)
+def patch_scores(
+    dataset: CaptionDataset,
+    clean: CleanResult,
+    patched: EvalResult | None = None,
+    unoccluded: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
+    """scoring -> metrics of one cell: the clean cell's own (`patched` None), or a patched
+    cell's scored against the clean one (ASR, accuracy drop and fooling rate, caption drop).
 
-
-class _TargetEvaluation:
-    """All tasks of one target on clean and patched copies of a dataset."""
-
-    def __init__(
-        self,
-        victim: Victim,
-        dataset: CaptionDataset,
-        variants: dict[str | None, np.ndarray],
-        *,
-        batch_size: int,
-        k_test: int | None,
-        knn_k: int,
-        progress: Progress,
-        occluded: np.ndarray | None = None,
-    ) -> None:
-        self.victim = victim
-        self.data = {
-            attack: replace(dataset, images=ArrayImages(pixels))
-            for attack, pixels in variants.items()
-        }
-        self.batch_size = batch_size
-        self.k_test = k_test
-        self.knn_k = knn_k
-        self.progress = progress
-        self.labels = dataset.labels
-        self.caption_image = dataset.caption_image
-        self.references = dataset.captions_of(range(dataset.num_images))
-        self.ranks: dict[str | None, dict] = {}
-        self.unoccluded = None if occluded is None else np.flatnonzero(~occluded)
-
-    def metrics(self) -> dict[tuple[str | None, str], dict[str, float]]:
-        """(attack, scoring) -> metrics for every task this victim supports."""
-        out: dict[tuple[str | None, str], dict[str, float]] = {}
-        capabilities = self.victim.capabilities
-        if "itc" in capabilities:
-            out |= self._retrieval()
-        if self.labels and "objects" in self.labels[0]:
-            out |= self._classification("itc" in capabilities)
-        if "caption" in capabilities:
-            out |= self._captions()
-        return out
-
-    def _retrieval(self) -> dict[tuple[str | None, str], dict[str, float]]:
-        results = {
-            attack: retrieval_results(
-                self.victim,
-                data,
-                batch_size=self.batch_size,
-                k_test=self.k_test,
-                progress=self.progress,
-            )
-            for attack, data in self.data.items()
-        }
-        self.ranks = results
-        out = {}
-        for attack, by_scoring in results.items():
-            for scoring, result in by_scoring.items():
-                values = result.metrics()
-                if attack is not None:
-                    values |= attack_success(results[None][scoring], result)
-                if self.unoccluded is not None:
-                    values |= self._unoccluded_metrics(results[None][scoring], result, attack)
-                out[(attack, scoring)] = values
-        return out
-
-    def _unoccluded_metrics(
-        self, clean: RetrievalResult, result: RetrievalResult, attack: str | None
-    ) -> dict[str, float]:
-        """Retrieval metrics (and ASR) over the queries of images the patch leaves whole."""
-        subset = _query_subset(result, self.unoccluded, self.caption_image)
-        values = subset.metrics()
-        if attack is None:
-            values["images"] = float(len(self.unoccluded))
-        else:
-            clean_subset = _query_subset(clean, self.unoccluded, self.caption_image)
-            values |= attack_success(clean_subset, subset)
-        return {f"{name}{UNOCCLUDED}": value for name, value in values.items()}
-
-    def _classification(self, zero_shot: bool) -> dict[tuple[str | None, str], dict[str, float]]:
-        features = {
-            attack: _features(self.victim, np.asarray(data.images.pixels), self.batch_size)
-            for attack, data in self.data.items()
-        }
-        out: dict[tuple[str | None, str], dict[str, float]] = {}
-        for task in downstream.WORLD_TASKS:
-            sets = task.label_sets(self.labels)
-            predictors = {}
-            if zero_shot:
-                classes = downstream.class_embeddings(self.victim.encode_text, task).cpu()
-                predictors[ZERO_SHOT] = lambda f, c=classes: downstream.zero_shot_predictions(f, c)
-            predictors[KNN] = lambda f, s=sets, t=task: downstream.knn_predictions(
-                f, features[None], s, t.classes, self.knn_k, leave_one_out=True
-            )
-            for scoring, predict in predictors.items():
-                clean = predict(features[None])
-                out.setdefault((None, scoring), {})[f"{task.name}_acc"] = downstream.accuracy(
-                    clean, task.classes, sets
+    `unoccluded` (world data) lists the images the patch box leaves whole; retrieval is
+    scored again over their queries under the `_unoccluded` suffix.
+    """
+    scores: dict[str, dict[str, float]] = {}
+    for scoring, result in (clean if patched is None else patched).results.items():
+        values = result.metrics()
+        if patched is not None:
+            values |= attack_success(clean.results[scoring], result)
+        if unoccluded is not None:
+            before = clean.results[scoring]
+            values |= _unoccluded_metrics(dataset, before, result, patched, unoccluded)
+        scores[scoring] = values
+    clean_predictions = clean.outputs.predictions
+    for task in downstream.WORLD_TASKS:
+        sets = task.label_sets(dataset.labels) if clean_predictions else ()
+        for scoring in (scoring for scoring, name in clean_predictions if name == task.name):
+            before = clean_predictions[(scoring, task.name)]
+            if patched is None:
+                value = downstream.accuracy(before, task.classes, sets)
+                scores.setdefault(scoring, {})[f"{task.name}_acc"] = value
+            else:
+                after = patched.outputs.predictions[(scoring, task.name)]
+                scores.setdefault(scoring, {}).update(
+                    downstream.attacked_metrics(task.name, before, after, task.classes, sets)
                 )
-                for attack in (a for a in features if a is not None):
-                    out.setdefault((attack, scoring), {}).update(
-                        downstream.attacked_metrics(
-                            task.name, clean, predict(features[attack]), task.classes, sets
-                        )
-                    )
-        return out
-
-    def _captions(self) -> dict[tuple[str | None, str], dict[str, float]]:
-        from robust.eval.captioning import generate_dataset_captions
-
-        generated = {
-            attack: generate_dataset_captions(
-                self.victim, data, batch_size=self.batch_size, progress=self.progress
+    if clean.outputs.captions is not None:
+        references = dataset.captions_of(range(dataset.num_images))
+        before = caption_metrics(list(clean.outputs.captions), references)
+        if patched is None:
+            scores[CAPTION] = before
+        else:
+            generated = list(patched.outputs.captions or ())
+            values = caption_metrics(generated, references)
+            values |= {f"{m}_drop": before[m] - values[m] for m in before}
+            values["caption_change_rate"] = caption_change_rate(
+                list(clean.outputs.captions), generated
             )
-            for attack, data in self.data.items()
-        }
-        scores = {attack: caption_metrics(c, self.references) for attack, c in generated.items()}
-        out = {(None, CAPTION): scores[None]}
-        for attack in (a for a in generated if a is not None):
-            values = dict(scores[attack])
-            values |= {f"{m}_drop": scores[None][m] - scores[attack][m] for m in scores[None]}
-            values["caption_change_rate"] = caption_change_rate(generated[None], generated[attack])
-            out[(attack, CAPTION)] = values
-        return out
+            scores[CAPTION] = values
+    return scores
+
+
+def _unoccluded_metrics(
+    dataset: CaptionDataset,
+    clean: RetrievalResult,
+    result: RetrievalResult,
+    patched: EvalResult | None,
+    unoccluded: np.ndarray,
+) -> dict[str, float]:
+    """Retrieval metrics (and ASR) over the queries of images the patch leaves whole."""
+    subset = _query_subset(result, unoccluded, dataset.caption_image)
+    values = subset.metrics()
+    if patched is None:
+        values["images"] = float(len(unoccluded))
+    else:
+        values |= attack_success(_query_subset(clean, unoccluded, dataset.caption_image), subset)
+    return {f"{name}{UNOCCLUDED}": value for name, value in values.items()}
 
 
 def _save_examples(
@@ -345,15 +263,22 @@ def run_patch_evaluation(
     device: str = "cpu",
     progress: Progress | None = None,
 ) -> PatchEvaluation:
-    """Evaluate a patch and its random-patch control on every target; store every metric."""
+    """Evaluate a patch and its random-patch control on every target; store every metric.
+
+    Per target: two `PatchCell`s paste the patch and the control at the target's geometry,
+    a `CleanCell` and two `EvalCell`s evaluate it, and each is scored by `patch_scores`.
+    """
     artifact = patch if isinstance(patch, PatchArtifact) else load_patch(patch)
     for name in targets:  # unknown names fail before any work
         resolve_spec(name)
     progress = ensure_progress(progress)
     control = random_patch_like(artifact, control_seed)
     run_dir = Path(run_dir)
-    artifact.save(run_dir / "patch" / f"{PATCH_ATTACK}.png")
-    control.save(run_dir / "patch" / f"{CONTROL_ATTACK}.png")
+    # each row's `seed`: the seed that made its patch (fitting, or drawing the control)
+    patches = {
+        PATCH_ATTACK: (artifact, artifact.save(run_dir / "patch" / f"{PATCH_ATTACK}.png")),
+        CONTROL_ATTACK: (control, control.save(run_dir / "patch" / f"{CONTROL_ATTACK}.png")),
+    }
     dataset_name, split = dataset_key(dataset)
     spec = {
         "command": "patch-eval",
@@ -365,70 +290,50 @@ def run_patch_evaluation(
         "knn_k": knn_k,
     }
     seeds = {"patch": artifact.seed, "control": control_seed, "placement": placement_seed}
-    # each row's `seed`: the seed that made its patch (fitting, or drawing the control)
-    attack_seeds = {PATCH_ATTACK: artifact.seed, CONTROL_ATTACK: control_seed}
+    settings = ExperimentSettings(
+        dataset=dataset.name, eval_batch_size=batch_size, k_test=k_test, device=device
+    )
+    runner = CellRunner(settings, run_dir / CACHE_DIRNAME, dataset=dataset, progress=progress)
+    executor = LocalExecutor()
+    tasks = Tasks(labels=True, captions=True, knn_k=knn_k, where_supported=True)
+    world_labels = bool(dataset.labels) and "objects" in dataset.labels[0]
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(spec, seeds)
+        writer = MatrixWriter(store, run_id, dataset_name, split)
         evaluation = PatchEvaluation(run_dir, run_id, artifact.source)
         for name in targets:
-            victim = load_victim(name, device=device)
-            clean = dataset_pixels(dataset, victim.image_size, victim.resize_mode)
-            variants: dict[str | None, np.ndarray] = {
-                None: clean,
-                PATCH_ATTACK: patched_pixels(artifact, clean, placement_seed),
-                CONTROL_ATTACK: patched_pixels(control, clean, placement_seed),
-            }
+            at = runner.geometry(name)
+            pastes = [
+                PatchCell(label, artifact.source, made.seed, str(path), placement_seed, *at)
+                for label, (made, path) in patches.items()
+            ]
+            for _ in executor.map(runner, pastes):
+                pass
+            evaluations = [
+                EvalCell(cell.attack_label, cell.source, name, cell.seed, tasks, at)
+                for cell in pastes
+            ]
+            clean, *attacked = executor.map(runner, [CleanCell(name, *at, tasks), *evaluations])
+            variants = {None: runner.clean_pixels(*at)}
+            for cell in pastes:
+                entry = runner.entry(cell.attack_label, cell.source, cell.seed, cell.at)
+                variants[cell.attack_label] = entry.load().images
             _save_examples(run_dir, name, variants, examples)
-            occluded = None
-            if dataset.labels and "objects" in dataset.labels[0]:
-                boxes = patch_boxes(artifact, len(clean), victim.image_size, placement_seed)
-                occluded = occluded_by_patch(dataset.labels, boxes, victim.image_size)
-            target = _TargetEvaluation(
-                victim,
-                dataset,
-                variants,
-                batch_size=batch_size,
-                k_test=k_test,
-                knn_k=knn_k,
-                progress=progress,
-                occluded=occluded,
-            )
-            keys = {"victim": name, "dataset": dataset_name, "split": split, "target": name}
-            rows = []
-            for (attack, scoring), values in target.metrics().items():
-                source = None if attack is None else artifact.source
-                seed = attack_seeds.get(attack)
-                rows.extend(
-                    MetricRow(
-                        metric=m,
-                        value=v,
-                        attack=attack,
-                        seed=seed,
-                        source=source,
-                        scoring=scoring,
-                        **keys,
-                    )
-                    for m, v in values.items()
+            unoccluded = None
+            if world_labels:
+                boxes = patch_boxes(artifact, dataset.num_images, at[0], placement_seed)
+                unoccluded = np.flatnonzero(~occluded_by_patch(dataset.labels, boxes, at[0]))
+            for result in (clean, *attacked):
+                patched = None if isinstance(result, CleanResult) else result
+                label = None if patched is None else patched.cell.attack_label
+                source = None if patched is None else patched.cell.source
+                seed = None if patched is None else patched.cell.seed
+                scores = patch_scores(dataset, clean, patched, unoccluded)
+                writer.write_scores(name, source, label, seed, scores, result.results)
+                evaluation.rows.extend(
+                    {"target": name, "attack": label, "scoring": scoring, **values}
+                    for scoring, values in scores.items()
                 )
-                evaluation.rows.append(
-                    {"target": name, "attack": attack, "scoring": scoring, **values}
-                )
-            for attack, by_scoring in target.ranks.items():
-                source = None if attack is None else artifact.source
-                for scoring, result in by_scoring.items():
-                    for direction, ranks in (("tr", result.tr_ranks), ("ir", result.ir_ranks)):
-                        store.write_query_ranks(
-                            run_id,
-                            direction=direction,
-                            ranks=ranks,
-                            scoring=scoring,
-                            attack=attack,
-                            seed=attack_seeds.get(attack),
-                            source=source,
-                            **keys,
-                        )
-            store.write_metrics(run_id, rows)
-            del victim
     return evaluation
 
 

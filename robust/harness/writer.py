@@ -48,7 +48,7 @@ class MatrixWriter:
         self.defended = dict(defended or {})
 
     def _keys(
-        self, target: str, source: str, label: str | None = None, seed: int | None = None
+        self, target: str, source: str | None, label: str | None = None, seed: int | None = None
     ) -> dict[str, Any]:
         """Row keys of a cell; a source crafted through a defense sets the defense column."""
         plain_target, defense = self.defended.get(target, (target, None))
@@ -81,7 +81,7 @@ class MatrixWriter:
         keys = self._cell_keys(cell)
         return self.store.has_metrics(self.run_id, **keys, metric_names=("tr_asr_r1", "ir_asr_r1"))
 
-    def _ranks(self, keys: dict[str, Any], results: dict[str, RetrievalResult]) -> None:
+    def _ranks(self, keys: dict[str, Any], results: Mapping[str, RetrievalResult]) -> None:
         for scoring, result in results.items():
             for direction, ranks in (("tr", result.tr_ranks), ("ir", result.ir_ranks)):
                 self.store.write_query_ranks(
@@ -139,18 +139,37 @@ class MatrixWriter:
         results: dict[str, RetrievalResult],
     ) -> None:
         """R@K on adversarial data and both ASR conventions; the metrics write is the commit."""
-        keys = self._cell_keys(cell)
-        self._ranks(keys, results)
-        rows = []
+        scores = {}
         for scoring, result in results.items():
             if scoring not in clean:
                 raise RobustError(
                     f"no clean {scoring} baseline for {cell.target} at {cell.source}'s "
                     "resolution; delete the run directory and start again"
                 )
-            values = {**result.metrics(), **attack_success(clean[scoring], result)}
-            rows.extend(
-                MetricRow(metric=metric, value=value, scoring=scoring, **keys)
-                for metric, value in values.items()
-            )
+            scores[scoring] = {**result.metrics(), **attack_success(clean[scoring], result)}
+        self.write_scores(cell.target, cell.source, cell.attack_label, cell.seed, scores, results)
+
+    def write_scores(
+        self,
+        target: str,
+        source: str | None,
+        label: str | None,
+        seed: int | None,
+        scores: Mapping[str, Mapping[str, float]],
+        ranks: Mapping[str, RetrievalResult],
+    ) -> None:
+        """One cell's rows already scored (scoring -> metric -> value) and its retrieval's
+        per-query ranks; the metrics write is the commit.
+
+        Experiments score their own tasks (`robust.harness.patch`: labels, captions, the
+        unoccluded subset) and write them here in the matrix's dialect; a clean cell
+        evaluated at the target's own geometry has no source.
+        """
+        keys = self._keys(target, source, label, seed)
+        self._ranks(keys, ranks)
+        rows = [
+            MetricRow(metric=metric, value=value, scoring=scoring, **keys)
+            for scoring, values in scores.items()
+            for metric, value in values.items()
+        ]
         self.store.write_metrics(self.run_id, rows)
