@@ -230,13 +230,10 @@ class AdvCLIP(UniversalAttack):
     Params: ClassVar[type] = AdvCLIPParams
 
     def __init__(self, victim: Victim, *, seed: int = 0, **params: Any) -> None:
-        super().__init__(victim, seed=seed)
-        self._params: AdvCLIPParams = self.validate_params(params)
+        super().__init__(victim, seed=seed, **params)
+        self._params: AdvCLIPParams
         self.side = patch_side(victim.image_size, self._params.area_fraction)
         self.artifact: PatchArtifact | None = None
-
-    def params(self) -> AdvCLIPParams:
-        return self._params
 
     # -- data ------------------------------------------------------------------------------
 

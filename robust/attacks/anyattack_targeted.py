@@ -53,17 +53,13 @@ class AnyAttackTargeted(Attack):
     def __init__(
         self, victim: Victim, *, decoder: str = "", eps: float = DEFAULT_EPS, seed: int = 0
     ) -> None:
-        super().__init__(victim, seed=seed)
-        self._params = AnyAttackTargetedParams(decoder=str(decoder), eps=float(eps))
+        super().__init__(victim, seed=seed, decoder=str(decoder), eps=float(eps))
         self.attack = AnyAttack(victim, load_decoder(decoder).to(victim.device), eps=eps)
 
     @classmethod
     def check_files(cls, params: Mapping[str, Any], mlm: str | None) -> None:
         """The decoder checkpoint it loads."""
         read_checkpoint(params["decoder"])
-
-    def params(self) -> AnyAttackTargetedParams:
-        return self._params
 
     def craft(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:
         count = batch.images.shape[0]

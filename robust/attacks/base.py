@@ -121,9 +121,10 @@ class Attack(ABC):
     Params: ClassVar[type]
     needs_mlm: ClassVar[bool] = False
 
-    def __init__(self, victim: Victim, *, seed: int = 0) -> None:
+    def __init__(self, victim: Victim, *, seed: int = 0, **params: Any) -> None:
         self.victim = victim
         self.seed = int(seed)
+        self._params = self.validate_params(params)
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> Any:
@@ -142,9 +143,9 @@ class Attack(ABC):
             return generator
         return torch.Generator(device="cpu").manual_seed(self.seed)
 
-    @abstractmethod
     def params(self) -> Any:
-        """The attack's hyper-parameter dataclass."""
+        """The attack's hyper-parameters, as its `Params` dataclass validated them."""
+        return self._params
 
     @abstractmethod
     def craft(self, batch: AttackBatch, generator: torch.Generator | None = None) -> AdvBatch:

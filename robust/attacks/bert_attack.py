@@ -294,8 +294,8 @@ class BertAttack(TextAttack):
         seed: int = 0,
         **params: Any,
     ) -> None:
-        super().__init__(victim, seed=seed)
-        self._params: BertAttackParams = self.validate_params(params)
+        super().__init__(victim, seed=seed, **params)
+        self._params: BertAttackParams
         if isinstance(mlm, tuple):
             if len(mlm) != 2:
                 raise AttackConfigError("mlm must be a folder, a name or a (model, tokenizer) pair")
@@ -319,9 +319,6 @@ class BertAttack(TextAttack):
     def check_files(cls, params: Mapping[str, Any], mlm: str | None) -> None:
         """The masked LM it loads (the default one unless `mlm` is given)."""
         resolve_mlm_folder(mlm or DEFAULT_MLM)
-
-    def params(self) -> BertAttackParams:
-        return self._params
 
     def config(self) -> dict[str, Any]:
         """Every hyper-parameter plus which masked LM proposed the substitutes."""

@@ -138,8 +138,8 @@ class TorchattacksAttack(ImageAttack):
     Params: ClassVar[type] = TorchattacksParams
 
     def __init__(self, victim: Victim, *, seed: int = 0, attack: str = "PGD", **arguments):
-        super().__init__(victim, seed=seed)
-        self._params = self.validate_params({"attack": attack, **arguments})
+        super().__init__(victim, seed=seed, attack=attack, **arguments)
+        self._params: TorchattacksParams
         self._attack_class = torchattacks_class(attack)
 
     @classmethod
@@ -153,9 +153,6 @@ class TorchattacksAttack(ImageAttack):
                 f"'MIFGSM', got {attack!r}"
             )
         return TorchattacksParams(attack, arguments)
-
-    def params(self) -> TorchattacksParams:
-        return self._params
 
     def __call__(
         self,

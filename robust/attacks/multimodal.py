@@ -51,8 +51,7 @@ class TwoHalfAttack(MultimodalAttack):
     def __init__(
         self, victim: Victim, *, mlm: MaskedLM = DEFAULT_MLM, seed: int = 0, **params: Any
     ) -> None:
-        super().__init__(victim, seed=seed)
-        self.validate_params(params)
+        super().__init__(victim, seed=seed, **params)
         image, text, extra = self.split_params(params)
         self.image_attack = PGD(victim, seed=seed, objective=self.image_objective, **image)
         self.text_attack = BertAttack(

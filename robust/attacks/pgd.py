@@ -352,11 +352,8 @@ class PGD(ImageAttack):
     Params: ClassVar[type] = PGDParams
 
     def __init__(self, victim: Victim, *, seed: int = 0, **params: Any) -> None:
-        super().__init__(victim, seed=seed)
-        self._params: PGDParams = self.validate_params(params)
-
-    def params(self) -> PGDParams:
-        return self._params
+        super().__init__(victim, seed=seed, **params)
+        self._params: PGDParams
 
     def __call__(
         self,
