@@ -6,26 +6,19 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from robust.defenses.transforms import (
-    BitDepthReduction,
-    Defense,
-    DefenseError,
-    GaussianSmoothing,
-    JpegCompression,
-    MedianSmoothing,
-    RandomResizePad,
-)
+from robust.defenses import transforms
+from robust.defenses.transforms import Defense, DefenseError
 
 # pattern -> how the captured parameter builds the defense
 _FORMS: Final[tuple[tuple[str, re.Pattern[str], Callable[[str], Defense]], ...]] = (
-    ("jpeg-qQUALITY", re.compile(r"^jpeg-q(\d+)$"), lambda v: JpegCompression(int(v))),
-    ("bits-BITS", re.compile(r"^bits-(\d+)$"), lambda v: BitDepthReduction(int(v))),
-    ("gauss-KERNEL", re.compile(r"^gauss-(\d+)$"), lambda v: GaussianSmoothing(int(v))),
-    ("median-KERNEL", re.compile(r"^median-(\d+)$"), lambda v: MedianSmoothing(int(v))),
+    ("jpeg-qQUALITY", re.compile(r"^jpeg-q(\d+)$"), lambda v: transforms.JpegCompression(int(v))),
+    ("bits-BITS", re.compile(r"^bits-(\d+)$"), lambda v: transforms.BitDepthReduction(int(v))),
+    ("gauss-KERNEL", re.compile(r"^gauss-(\d+)$"), lambda v: transforms.GaussianSmoothing(int(v))),
+    ("median-KERNEL", re.compile(r"^median-(\d+)$"), lambda v: transforms.MedianSmoothing(int(v))),
     (
         "resize-pad-RATIO",
         re.compile(r"^resize-pad-(\d+(?:\.\d+)?)$"),
-        lambda v: RandomResizePad(float(v)),
+        lambda v: transforms.RandomResizePad(float(v)),
     ),
 )
 DEFENSE_FORMS: Final[str] = ", ".join(form for form, _, _ in _FORMS)
