@@ -134,8 +134,8 @@ class KillingRunner(CellRunner):
         super().__setstate__(state)
         self.marker = state["marker"]
 
-    def entry(self, attack_label, source, seed):
-        entry = super().entry(attack_label, source, seed)
+    def entry(self, attack_label, source, seed, at=None):
+        entry = super().entry(attack_label, source, seed, at)
         killing = DiesAfterFirstBatch(entry.path, attack_label, source, seed)
         killing.marker = self.marker
         return killing
