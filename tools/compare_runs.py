@@ -8,9 +8,11 @@ Used to prove that a change which must not alter results did not: run the same j
 Every `results.sqlite` below OLD is paired with the one at the same relative path below NEW.
 Rows are keyed by what they measure, in one dialect whatever schema wrote them: schema 1 packed
 a multi-seed run's seed into the attack column (`label@seed=N`) and left clean rows' target
-empty; schema 2 has a seed column and sets target on every row. Metric values must be equal
-(NaN equals NaN) and per-query ranks byte-identical. With --pdf, the text of the two reports is
-compared line by line as well. Exit status 0 when nothing differs, 1 otherwise.
+empty; schema 2 has a seed column and sets target on every row. Where a schema-1 run recorded
+its seeds in a shape this script does not read (runs other than the matrix kept them under
+their own keys), its rows are compared without the seed, on both sides. Metric values must be
+equal (NaN equals NaN) and per-query ranks byte-identical. With --pdf, the text of the two
+reports is compared line by line as well. Exit status 0 when nothing differs, 1 otherwise.
 
 It reads the files with sqlite3 only (no vlp-robust import), so it never migrates or otherwise
 writes either store.
@@ -47,8 +49,22 @@ def _run_seeds(connection: sqlite3.Connection) -> dict[int, list[int]]:
     return seeds
 
 
-def _normalised_rows(path: Path, table: str, extra: tuple[str, ...]) -> dict[Key, tuple]:
-    """Rows of `table` keyed by (run, what they measure), with `extra` columns as the value."""
+def _unseeded_runs(path: Path) -> set[int]:
+    """Runs of a schema-1 store whose rows' seeds cannot be told (empty for schema 2)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if "seed" in _columns(connection, "metrics"):
+            return set()
+        return {run_id for run_id, seeds in _run_seeds(connection).items() if not seeds}
+    finally:
+        connection.close()
+
+
+def _normalised_rows(
+    path: Path, table: str, extra: tuple[str, ...], unseeded: set[int] = frozenset()
+) -> dict[Key, tuple]:
+    """Rows of `table` keyed by (run, what they measure), with `extra` columns as the value;
+    rows of `unseeded` runs are keyed without their seed."""
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         columns = _columns(connection, table)
@@ -68,6 +84,8 @@ def _normalised_rows(path: Path, table: str, extra: tuple[str, ...]) -> dict[Key
                 else:
                     listed = run_seeds.get(named["run_id"], [])
                     seed = listed[0] if attack and len(listed) == 1 else None
+            if named["run_id"] in unseeded:
+                seed = None
             key = (
                 named["run_id"],
                 named["victim"],
@@ -98,12 +116,13 @@ def _same_value(old: object, new: object) -> bool:
 def compare_stores(old: Path, new: Path) -> list[str]:
     """Every difference between two stores' metrics and per-query ranks, as lines."""
     differences = []
+    unseeded = _unseeded_runs(old) | _unseeded_runs(new)
     for table, extra in (
         ("metrics", ("metric", "value")),
         ("query_results", ("direction", "ranks")),
     ):
-        old_rows = _normalised_rows(old, table, extra)
-        new_rows = _normalised_rows(new, table, extra)
+        old_rows = _normalised_rows(old, table, extra, unseeded)
+        new_rows = _normalised_rows(new, table, extra, unseeded)
         for key in sorted(old_rows.keys() - new_rows.keys(), key=repr):
             differences.append(f"{table}: only in old: {key}")
         for key in sorted(new_rows.keys() - old_rows.keys(), key=repr):
