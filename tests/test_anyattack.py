@@ -350,3 +350,64 @@ def test_shipped_world_decoder_loads_and_beats_the_clean_floor(tmp_path):
     )
     results = evaluation.retrieval["toy-clip-vit"]
     assert results["adv"].recall(10)[0] > results["floor"].recall(10)[0] + 0.02
+
+
+def test_a_second_evaluation_reads_every_gallery_from_the_cache(tmp_path, monkeypatch):
+    """Galleries are cache entries per victim geometry; a second run into the same
+    directory crafts nothing and stores the same rows, captions and examples."""
+    from robust.data.world import generate_world
+    from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
+    from robust.harness.cache import CacheEntry
+    from robust.harness.store import ResultStore
+
+    world = generate_world("test-1k", count=24)
+    victims = ["toy-clip-vit", "toy-blip-cap"]  # crop and squash: one entry per geometry
+
+    def evaluate():
+        return evaluate_anyattack(
+            load_decoder(WORLD_DECODER), "toy-clip-vit", victims, world, tmp_path, pairs=8,
+            examples=1,
+        )  # fmt: skip
+
+    first = evaluate()
+    cache = tmp_path / "cache"
+    entries = sorted(path.parent.relative_to(cache) for path in cache.rglob("manifest.json"))
+    assert len(entries) == 7  # adv/floor/ceiling at both geometries, the examples' noise
+    assert {path.name for path in entries} == {"seed-0-at-64-crop", "seed-0-at-64-squash"}
+    examples = (tmp_path / "anyattack_examples" / "examples.json").read_text()
+
+    def crafting(*args, **kwargs):
+        raise AssertionError("a second run crafted a cached gallery again")
+
+    monkeypatch.setattr(CacheEntry, "write_batch", crafting)
+    second = evaluate()
+    assert second.run_id == first.run_id + 1
+    with ResultStore.in_run_dir(tmp_path) as store:
+        rows = [
+            {(r.target, r.metric): r.value for r in store.metrics(run_id, attack="anyattack")}
+            for run_id in (first.run_id, second.run_id)
+        ]
+    assert rows[0] == rows[1] and len(rows[0]) == 3 * 7 + 3 * 2 * 5  # recalls, captions
+    assert second.generated == first.generated and set(first.generated) == {"toy-blip-cap"}
+    assert (tmp_path / "anyattack_examples" / "examples.json").read_text() == examples
+
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="crafted"):  # another budget is another entry
+        monkeypatch.setattr(CacheEntry, "write_batch", crafting)
+        evaluate_anyattack(
+            load_decoder(WORLD_DECODER), "toy-clip-vit", victims[:1], world, tmp_path, pairs=8,
+            eps=8 / 255, examples=0,
+        )  # fmt: skip
+
+
+def test_a_targeted_cell_names_the_galleries_it_can_cache(tmp_path):
+    from robust.data.world import generate_world
+    from robust.errors import RobustError
+    from robust.harness.cells import CellRunner, ExperimentSettings
+    from robust.harness.executors import TargetedCell
+
+    world = generate_world("val", count=8)
+    runner = CellRunner(ExperimentSettings(dataset=world.name), tmp_path, dataset=world)
+    cell = TargetedCell("anyattack-x", "toy-clip-vit", 0, "d.pt", EPS, 2, "clear", 64, "crop")
+    with pytest.raises(RobustError, match="unknown AnyAttack gallery 'clear'; choose one of adv"):
+        runner(cell)

@@ -13,7 +13,7 @@ clean image's reference captions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,36 +130,27 @@ def targeted_retrieval(
     return results
 
 
-def targeted_captioning(
-    captioner: Victim,
-    galleries: dict[str, torch.Tensor],
+def targeted_caption_scores(
+    generated: Mapping[str, Sequence[str]],
     target_references: Sequence[Sequence[str]],
     clean_references: Sequence[Sequence[str]],
     encode_text: Callable[[list[str]], torch.Tensor],
-    *,
-    batch_size: int = 64,
-) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Caption each gallery; score against target and clean references.
+) -> dict[str, float]:
+    """Score each gallery's generated captions against target and clean references.
 
     Metric names are `{gallery}_vs_target_{m}` and `{gallery}_vs_clean_{m}` for `m` in
     `CAPTION_METRICS` (BLEU, ROUGE-L, CIDEr, and the text-embedding cosine under
-    `encode_text`). Returns the metrics and the generated captions per gallery.
+    `encode_text`, e.g. the encoder's text tower).
     """
     metrics: dict[str, float] = {}
-    generated: dict[str, list[str]] = {}
     with torch.no_grad():
-        for name, images in galleries.items():
-            captions: list[str] = []
-            for start in range(0, images.shape[0], batch_size):
-                batch = images[start : start + batch_size].to(captioner.device)
-                captions.extend(captioner.generate_captions(batch))
-            generated[name] = captions
+        for name, captions in generated.items():
             for against, references in (("target", target_references), ("clean", clean_references)):
-                scores = caption_metrics(captions, references)
-                scores.update(embedding_similarity(captions, references, encode_text))
+                scores = caption_metrics(list(captions), references)
+                scores.update(embedding_similarity(list(captions), references, encode_text))
                 for metric in CAPTION_METRICS:
                     metrics[f"{name}_vs_{against}_{metric}"] = float(scores[metric])
-    return metrics, generated
+    return metrics
 
 
 __all__ = [
@@ -169,6 +160,6 @@ __all__ = [
     "class_key",
     "pair_images",
     "target_captions",
-    "targeted_captioning",
+    "targeted_caption_scores",
     "targeted_retrieval",
 ]

@@ -8,6 +8,9 @@ victim. Metric names:
 - captioners: `{gallery}_vs_{target|clean}_{m}` for `m` in bleu1, bleu4, rouge_l, cider,
   emb_sim_mean (text embeddings from the encoder's text tower).
 Rows are written by the matrix's `MatrixWriter` (scoring "itc", no per-query ranks).
+The galleries are adversarial-cache entries (`cache/`, one per gallery and victim geometry,
+crafted with the decoder saved under `decoder/`), so a second run into the same directory
+crafts nothing.
 A few example quadruples are written to `anyattack_examples/` in the run directory:
 clean, noise (mapped from [-eps, eps] to [0, 1]), adversarial and target PNGs per pair, and
 `examples.json` with the pairs' reference captions and any generated captions.
@@ -15,32 +18,36 @@ clean, noise (mapped from [-eps, eps] to [0, 1]), adversarial and target PNGs pe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
-from robust.attacks.anyattack import AnyAttack, NoiseDecoder
+from robust.attacks.anyattack import AnyAttack, NoiseDecoder, save_decoder
 from robust.data.dataset import ArrayImages, CaptionDataset
 from robust.data.images import cross_resolution, load_images, to_uint8_array
 from robust.errors import RobustError
 from robust.eval.retrieval import RetrievalResult
 from robust.eval.targeted import (
+    GALLERIES,
     TargetPairs,
     pair_images,
     target_captions,
-    targeted_captioning,
-    targeted_retrieval,
+    targeted_caption_scores,
 )
+from robust.harness.cells import CellRunner, ExperimentSettings
 from robust.harness.evaluate import dataset_key
+from robust.harness.executors import EvalCell, LocalExecutor, TargetedCell, Tasks
 from robust.harness.results import ANYATTACK as ATTACK
 from robust.harness.results import ANYATTACK_EXAMPLES_DIR as EXAMPLES_DIR
 from robust.harness.results import ANYATTACK_QUADRUPLE as QUADRUPLE
-from robust.harness.results import ITC
+from robust.harness.results import CACHE_DIRNAME, ITC
 from robust.harness.store import ResultStore
 from robust.harness.writer import MatrixWriter
 from robust.progress import Progress, ensure_progress
@@ -60,6 +67,7 @@ class AnyAttackEvaluation:
     pairs: TargetPairs
     retrieval: dict[str, dict[str, RetrievalResult]] = field(default_factory=dict)
     captioning: dict[str, dict[str, float]] = field(default_factory=dict)
+    generated: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
         """One table row per (victim, gallery): the retrieval recalls as fractions."""
@@ -144,6 +152,12 @@ def evaluate_anyattack(
     Retrieval victims get the targeted R@K of the adversarial images beside their clean
     floor and target ceiling; captioners get BLEU/ROUGE-L/CIDEr/embedding similarity of
     their captions against the target's and the clean image's references.
+
+    The run goes through the matrix's machinery: the decoder is saved in the run directory
+    (`decoder/`), each gallery is a `TargetedCell` per victim geometry whose images land in
+    the adversarial cache (`cache/`), each victim's galleries are `EvalCell`s computed by
+    the same `CellRunner`, and `MatrixWriter` writes the rows; a second run into the same
+    directory reads every entry back instead of crafting it again.
     """
     from robust.attacks.anyattack import DEFAULT_EPS
 
@@ -153,19 +167,35 @@ def evaluate_anyattack(
         raise RobustError("name at least one victim to evaluate (e.g. --victim toy-clip-vit)")
     if examples < 0:
         raise RobustError(f"examples must be 0 or more, got {examples}")
-    source = load_victim(encoder, device=device)
-    attack = AnyAttack(source, decoder.to(device).eval(), eps=DEFAULT_EPS if eps is None else eps)
     try:
         chosen = pair_images(dataset, pairs, seed)
     except ValueError as exc:
         raise RobustError(f"--pairs: {exc}") from None
-    images = craft_pair_images(attack, dataset, chosen, progress=progress)
-    texts, caption_pair = target_captions(dataset, chosen)
-    target_refs = dataset.captions_of(chosen.target.tolist())
-    clean_refs = dataset.captions_of(chosen.clean.tolist())
+    run_dir = Path(run_dir)
+    decoder_file = save_run_decoder(decoder, run_dir)
+    settings = ExperimentSettings(dataset=dataset.name, eval_batch_size=64, device=device)
+    runner = CellRunner(settings, run_dir / CACHE_DIRNAME, dataset=dataset, progress=progress)
+    executor = LocalExecutor()
+    attack = AnyAttack(runner.victim(encoder), decoder, eps=DEFAULT_EPS if eps is None else eps)
+
+    def cell(gallery: str, at: tuple[int, str]) -> TargetedCell:
+        label = f"{ATTACK}-{gallery}"
+        return TargetedCell(
+            label, encoder, seed, str(decoder_file), attack.eps, pairs, gallery, *at
+        )
+
+    encoder_at = runner.geometry(encoder)
+    decoder_at = (decoder.config.image_size, encoder_at[1])
+    count = min(examples, len(chosen))
+    shown = {"clean": ("floor", decoder_at), "noise": ("noise", decoder_at)}
+    shown |= {"adversarial": ("adv", decoder_at), "target": ("ceiling", encoder_at)}
+    example_cells = {kind: cell(*shown[kind]) for kind in QUADRUPLE} if count else {}
+    geometries = {name: runner.geometry(name) for name in victims}
+    crafts = [cell(gallery, at) for at in geometries.values() for gallery in GALLERIES]
+    for _ in executor.map(runner, dict.fromkeys([*example_cells.values(), *crafts])):
+        pass
 
     dataset_name, split = dataset_key(dataset)
-    run_dir = Path(run_dir)
     spec = {
         "command": "anyattack eval",
         "attack": attack.config(),
@@ -175,37 +205,48 @@ def evaluate_anyattack(
         "pairs": pairs,
         "examples": examples,
     }
-    generated: dict[str, dict[str, list[str]]] = {}
+    tasks = Tasks(captions=True, where_supported=True, targeted=True)
+    references = [dataset.captions_of(ids.tolist()) for ids in (chosen.target, chosen.clean)]
+    encode_text = None  # the encoder's text tower, loaded for the first captioner
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(spec, seeds={"pairs": seed, "world": 0})
         writer = MatrixWriter(store, run_id, dataset_name, split)
         evaluation = AnyAttackEvaluation(run_dir, run_id, chosen)
-        for name in victims:
-            victim = source if name == encoder else load_victim(name, device=device)
-            galleries = victim_galleries(images, victim)
+        for name, at in geometries.items():
+            cells = [EvalCell(f"{ATTACK}-{g}", encoder, name, seed, tasks, at) for g in GALLERIES]
+            results = dict(zip(GALLERIES, executor.map(runner, cells), strict=True))
             metrics: dict[str, float] = {}
-            if "itc" in victim.capabilities:
-                results = targeted_retrieval(victim, galleries, texts, caption_pair)
-                evaluation.retrieval[name] = results
-                for gallery, result in results.items():
+            if all(ITC in result.results for result in results.values()):
+                retrieval = {gallery: result.results[ITC] for gallery, result in results.items()}
+                evaluation.retrieval[name] = retrieval
+                for gallery, result in retrieval.items():
                     metrics.update({f"{gallery}_{m}": v for m, v in result.metrics().items()})
-            if "caption" in victim.capabilities:
-                scores, generated[name] = targeted_captioning(
-                    victim, galleries, target_refs, clean_refs, source.encode_text
-                )
+            if all(result.outputs.captions is not None for result in results.values()):
+                generated = {g: list(r.outputs.captions or ()) for g, r in results.items()}
+                if encode_text is None:
+                    encode_text = load_victim(encoder, device=device).encode_text
+                scores = targeted_caption_scores(generated, *references, encode_text)
                 evaluation.captioning[name] = scores
+                evaluation.generated[name] = generated
                 metrics.update(scores)
             writer.write_scores(name, encoder, ATTACK, seed, {ITC: metrics}, {})
+    pictures = {kind: runner.entry(c.attack_label, encoder, seed, c.at).load().images[:count]
+                for kind, c in example_cells.items()}  # fmt: skip
     write_examples(
-        run_dir / EXAMPLES_DIR,
-        images,
-        attack.eps,
-        chosen,
-        dataset,
-        generated,
-        count=min(examples, len(chosen)),
+        run_dir / EXAMPLES_DIR, pictures, attack.eps, chosen, dataset, evaluation.generated
     )
     return evaluation
+
+
+def save_run_decoder(decoder: NoiseDecoder, run_dir: Path) -> Path:
+    """The decoder saved under `run_dir/decoder/`, named by a hash of its weights and sizes,
+    so cache entries crafted with other weights are never reused."""
+    digest = hashlib.sha256(json.dumps(decoder.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in decoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = run_dir / "decoder" / f"decoder-{digest.hexdigest()[:16]}.pt"
+    return path if path.is_file() else save_decoder(decoder, path)
 
 
 def targeted_caption_dataset(
@@ -270,25 +311,18 @@ def export_adversarial(
 
 def write_examples(
     folder: Path,
-    images: PairImages,
+    pictures: dict[str, np.ndarray],
     eps: float,
     pairs: TargetPairs,
     dataset: CaptionDataset,
     generated: dict[str, dict[str, list[str]]],
-    *,
-    count: int,
 ) -> list[dict[str, Any]]:
-    """The first `count` pairs as PNG quadruples plus `examples.json` (paths and captions)."""
+    """The pairs of `pictures` (uint8 `[N,H,W,3]` per kind of `QUADRUPLE`, the noise mapped
+    to [0, 1]) as PNG quadruples plus `examples.json` (paths and captions)."""
+    count = len(pictures["clean"]) if pictures else 0
     if count == 0:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    visible_noise = (images.noise[:count] / (2 * eps) + 0.5).clamp(0.0, 1.0)
-    pictures = {
-        "clean": images.clean[:count],
-        "noise": visible_noise,
-        "adversarial": images.adversarial[:count],
-        "target": images.target[:count],
-    }
     records = []
     for index in range(count):
         record: dict[str, Any] = {
@@ -305,9 +339,7 @@ def write_examples(
         }
         for kind in QUADRUPLE:
             file_name = f"{index:02d}_{kind}.png"
-            Image.fromarray(to_uint8_array(pictures[kind][index : index + 1])[0]).save(
-                folder / file_name
-            )
+            Image.fromarray(pictures[kind][index]).save(folder / file_name)
             record["files"][kind] = file_name
         records.append(record)
     (folder / "examples.json").write_text(json.dumps({"eps": eps, "examples": records}, indent=2))
@@ -323,6 +355,7 @@ __all__ = [
     "craft_pair_images",
     "evaluate_anyattack",
     "export_adversarial",
+    "save_run_decoder",
     "targeted_caption_dataset",
     "write_examples",
 ]

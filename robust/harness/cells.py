@@ -10,7 +10,8 @@ Universal attacks (AdvCLIP) are fitted once per (attack, source, seed) on their 
 data, their artifact kept in the cache entry, then applied to every dataset image at the
 source's resolution and cached like any other adversarial example. A saved patch evaluated
 as an experiment (`robust.harness.patch`) is pasted by a `PatchCell` at each target's own
-geometry instead, into an entry of its own. The worker never touches the results store:
+geometry instead, into an entry of its own, and AnyAttack's targeted pairs are cached by a
+`TargetedCell` per gallery and victim geometry. The worker never touches the results store:
 `robust.harness.writer` does, in the driver's process.
 
 Evaluation cells compute retrieval, and where their `Tasks` ask, the per-image outputs of
@@ -32,7 +33,7 @@ import torch
 from robust.data.dataset import ArrayImages, CaptionDataset
 from robust.errors import RobustError
 from robust.eval.retrieval import RetrievalResult
-from robust.harness.cache import AdversarialCache, CacheEntry, jsonable
+from robust.harness.cache import AdversarialCache, AdversarialExamples, CacheEntry, jsonable
 from robust.harness.evaluate import retrieval_results
 from robust.harness.executors import (
     CleanCell,
@@ -40,6 +41,7 @@ from robust.harness.executors import (
     CraftShard,
     EvalCell,
     PatchCell,
+    TargetedCell,
     Tasks,
 )
 from robust.harness.spec import AttackSpec, VictimRef
@@ -62,6 +64,10 @@ __all__ = [
     "craft_request",
     "valid_manifest",
 ]
+
+
+TARGETED_BATCH = 64  # pairs per decoder batch: `craft_pair_images`'s, so the noise is the same
+TARGETED_GALLERIES = ("adv", "floor", "ceiling", "noise")  # what a `TargetedCell` can cache
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -131,7 +137,7 @@ class TaskOutputs:
 class CraftResult:
     """A cached entry: the geometry its images were crafted at, and batches computed now."""
 
-    cell: CraftCell | PatchCell
+    cell: CraftCell | PatchCell | TargetedCell
     image_size: int
     resize_mode: str
     num_images: int
@@ -223,7 +229,9 @@ class CellRunner:
         self._clean_pixels = {}
         self._clean_features = {}
 
-    def __call__(self, cell: CraftCell | CraftShard | PatchCell | CleanCell | EvalCell) -> Any:
+    def __call__(
+        self, cell: CraftCell | CraftShard | PatchCell | TargetedCell | CleanCell | EvalCell
+    ) -> Any:
         with precision_scope(self.spec.precision, self.spec.device):
             if isinstance(cell, CraftCell):
                 return self.craft(cell)
@@ -231,6 +239,8 @@ class CellRunner:
                 return self.craft(cell.cell, batches=frozenset(cell.batches))
             if isinstance(cell, PatchCell):
                 return self.paste(cell)
+            if isinstance(cell, TargetedCell):
+                return self.targeted(cell)
             if isinstance(cell, CleanCell):
                 return self.clean(cell)
             if isinstance(cell, EvalCell):
@@ -423,6 +433,73 @@ class CellRunner:
         entry.finish(artifact.sidecar(), info | {"image_size": cell.image_size})
         return CraftResult(cell, cell.image_size, cell.resize_mode, dataset.num_images, 1)
 
+    def targeted(self, cell: TargetedCell) -> CraftResult:
+        """Cache one gallery of AnyAttack pairs at the cell's geometry, batch by batch.
+
+        The noise is decoded in batches of `TARGETED_BATCH` pairs, as `craft_pair_images`
+        does, and each float image is resized before rounding. Image `i` carries its target's
+        captions, so an evaluation scores it against them; the plan records the pairs. The
+        request names the decoder by its file name, which holds a hash of its weights.
+        """
+        from robust.attacks.anyattack import AnyAttack, load_decoder
+        from robust.data.images import cross_resolution, load_images, to_uint8_array
+        from robust.eval.targeted import pair_images
+
+        if cell.gallery not in TARGETED_GALLERIES:
+            raise RobustError(
+                f"unknown AnyAttack gallery {cell.gallery!r}; choose one of "
+                f"{', '.join(TARGETED_GALLERIES)}"
+            )
+        entry = self.entry(cell.attack_label, cell.source, cell.seed, cell.at)
+        dataset = self.dataset
+        request = {**asdict(cell), "decoder_file": Path(cell.decoder_file).name}
+        request = jsonable(request | {"dataset": dataset.name})
+        request |= {"num_images": dataset.num_images}
+        manifest = valid_manifest(entry, request)
+        if manifest is not None:
+            return CraftResult(cell, cell.image_size, cell.resize_mode, cell.pairs, 0)
+        pairs = pair_images(dataset, cell.pairs, cell.seed)
+        encoder = self.victim(cell.source)
+        decoder = load_decoder(cell.decoder_file).to(self.spec.device).eval()
+        attack = AnyAttack(encoder, decoder, eps=cell.eps)
+        plan = {"request": request, "config": attack.config(), "num_images": cell.pairs}
+        plan |= {"pairs": {"clean": pairs.clean, "target": pairs.target}}
+        done = entry.begin(plan)
+        size = decoder.config.image_size
+        crafted = 0
+        description = f"anyattack: {cell.gallery} at {cell.image_size} px"
+        with self.progress.task(description, cell.pairs) as task:
+            for batch_index, start in enumerate(range(0, cell.pairs, TARGETED_BATCH)):
+                indices = list(range(start, min(start + TARGETED_BATCH, cell.pairs)))
+                if batch_index in done:
+                    task.advance(len(indices))
+                    continue
+                clean_ids, target_ids = pairs.clean[indices], pairs.target[indices]
+                if cell.gallery == "ceiling":
+                    images = load_images(
+                        dataset.images, target_ids, encoder.image_size, encoder.resize_mode
+                    )
+                else:
+                    images = load_images(dataset.images, clean_ids, size, encoder.resize_mode)
+                if cell.gallery in ("adv", "noise"):
+                    target = load_images(
+                        dataset.images, target_ids, encoder.image_size, encoder.resize_mode
+                    )
+                    with torch.no_grad():
+                        noise = attack.noise(target.to(encoder.device)).cpu()
+                    if cell.gallery == "adv":
+                        images = (images + noise).clamp(0.0, 1.0)
+                    else:
+                        images = (noise / (2 * attack.eps) + 0.5).clamp(0.0, 1.0)
+                pixels = to_uint8_array(cross_resolution(images, *cell.at))
+                texts = dataset.captions_of(target_ids.tolist())
+                entry.write_batch(batch_index, indices, pixels, texts)
+                crafted += 1
+                task.advance(len(indices))
+        info = {"attack": "anyattack", "dataset": dataset.name, "image_size": cell.image_size}
+        entry.finish(jsonable(attack.config()), info | {"resize_mode": cell.resize_mode})
+        return CraftResult(cell, cell.image_size, cell.resize_mode, cell.pairs, crafted)
+
     def clean(self, cell: CleanCell) -> CleanResult:
         """The target on clean images crossed from (size, mode): the pair's fair baseline."""
         target = self.victim(cell.target)
@@ -436,10 +513,38 @@ class CellRunner:
         """The target on one cache entry's adversarial images and captions."""
         target = self.victim(cell.target)
         examples = self.entry(cell.attack_label, cell.source, cell.seed, cell.at).load()
+        if cell.tasks.targeted:
+            return self._evaluate_targeted(cell, target, examples)
         data = adversarial_dataset(self.dataset, examples.images, examples.texts)
         at = cell.at or (examples.manifest["image_size"], examples.manifest["resize_mode"])
         outputs = self._outputs(target, data, cell.tasks, at)
         return EvalResult(cell, self._retrieve(target, data, cell.tasks), outputs)
+
+    def _evaluate_targeted(
+        self, cell: EvalCell, target: Any, examples: AdversarialExamples
+    ) -> EvalResult:
+        """A `TargetedCell`'s entry: image `i` against the target captions it carries."""
+        from robust.data.images import from_uint8_array
+        from robust.eval.targeted import targeted_retrieval
+        from robust.harness.results import ITC
+
+        texts = [text for group in examples.texts for text in group]
+        caption_pair = np.repeat(
+            np.arange(len(examples.texts)), [len(group) for group in examples.texts]
+        )
+        results = {}
+        if cell.tasks.retrieval and "itc" in target.capabilities:
+            gallery = {ITC: from_uint8_array(examples.images)}
+            results = targeted_retrieval(target, gallery, texts, caption_pair)
+        data = CaptionDataset(
+            name=f"anyattack:{self.dataset.name}",
+            images=ArrayImages(examples.images),
+            image_ids=tuple(f"pair{i:05d}" for i in range(len(examples.texts))),
+            captions=tuple(texts),
+            caption_image=caption_pair,
+        )
+        at = cell.at or (examples.manifest["image_size"], examples.manifest["resize_mode"])
+        return EvalResult(cell, results, self._outputs(target, data, cell.tasks, at))
 
     def _retrieve(
         self, target: Any, data: CaptionDataset, tasks: Tasks

@@ -24,6 +24,7 @@ __all__ = [
     "Executor",
     "LocalExecutor",
     "PatchCell",
+    "TargetedCell",
     "Tasks",
     "best_available_executor",
     "describe_executor",
@@ -41,6 +42,9 @@ class Tasks:
     The matrix asks for retrieval only (the default). Experiments add the world-label tasks
     (zero-shot and k-NN votes over clean features, `knn_k` neighbours) and captioning; with
     `where_supported`, a task the target cannot do is skipped instead of being an error.
+    `targeted` reads the entry as a `TargetedCell`'s (image `i` paired with the target
+    captions it carries) and scores retrieval as `robust.eval.targeted.targeted_retrieval`
+    does: ITC only, batches of 128, no re-ranking.
     """
 
     retrieval: bool = True
@@ -48,6 +52,7 @@ class Tasks:
     captions: bool = False
     knn_k: int = 10
     where_supported: bool = False
+    targeted: bool = False
 
 
 RETRIEVAL_ONLY = Tasks()
@@ -116,6 +121,34 @@ class PatchCell:
 
 
 @dataclass(frozen=True)
+class TargetedCell:
+    """Cache one gallery of AnyAttack's (clean, target) pairs at one (image_size,
+    resize_mode): "adv" (clean plus the decoder's noise), "floor" (clean), "ceiling"
+    (target) or "noise" (the noise mapped from [-eps, eps] to [0, 1]).
+
+    The pairs are `pair_images(dataset, pairs, seed)`; cleans are at the decoder's size and
+    targets at the encoder's (`source`). The float images are resized to the cell's geometry
+    before the uint8 rounding, exactly as each victim received them in memory, so an entry
+    per victim geometry holds the pixels that victim sees. `decoder_file` is the decoder as
+    saved in the run directory.
+    """
+
+    attack_label: str
+    source: str
+    seed: int
+    decoder_file: str
+    eps: float
+    pairs: int
+    gallery: str
+    image_size: int
+    resize_mode: str
+
+    @property
+    def at(self) -> tuple[int, str]:
+        return (self.image_size, self.resize_mode)
+
+
+@dataclass(frozen=True)
 class CraftShard:
     """Some batches of a craft cell, crafted (not finished) by one worker.
 
@@ -127,7 +160,7 @@ class CraftShard:
     batches: tuple[int, ...]
 
 
-Cell = CraftCell | CraftShard | PatchCell | CleanCell | EvalCell
+Cell = CraftCell | CraftShard | PatchCell | TargetedCell | CleanCell | EvalCell
 
 
 class Executor(Protocol):
