@@ -97,8 +97,19 @@ class EvalCell:
     at: tuple[int, str] | None = None
 
 
+class _MadeAtTargetGeometry:
+    """A cell whose cache entry is made at one target's geometry names it as `at`."""
+
+    image_size: int
+    resize_mode: str
+
+    @property
+    def at(self) -> tuple[int, str]:
+        return (self.image_size, self.resize_mode)
+
+
 @dataclass(frozen=True)
-class PatchCell:
+class PatchCell(_MadeAtTargetGeometry):
     """Paste a saved patch (`patch_file`, PNG plus sidecar) on every dataset image at one
     (image_size, resize_mode) and cache the result like crafted examples.
 
@@ -115,13 +126,9 @@ class PatchCell:
     image_size: int
     resize_mode: str
 
-    @property
-    def at(self) -> tuple[int, str]:
-        return (self.image_size, self.resize_mode)
-
 
 @dataclass(frozen=True)
-class TargetedCell:
+class TargetedCell(_MadeAtTargetGeometry):
     """Cache one gallery of AnyAttack's (clean, target) pairs at one (image_size,
     resize_mode): "adv" (clean plus the decoder's noise), "floor" (clean), "ceiling"
     (target) or "noise" (the noise mapped from [-eps, eps] to [0, 1]).
@@ -142,10 +149,6 @@ class TargetedCell:
     gallery: str
     image_size: int
     resize_mode: str
-
-    @property
-    def at(self) -> tuple[int, str]:
-        return (self.image_size, self.resize_mode)
 
 
 @dataclass(frozen=True)
