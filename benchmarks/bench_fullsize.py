@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_rerank import TOY_ALBEF, toy_albef
 from benchmarks.bench_sga import Timed, bare_passes
-from benchmarks.common import write_result
+from benchmarks.common import TOY_ALBEF, toy_albef_or_stand_in, write_result
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
 from robust.data.world import generate_world
@@ -118,7 +117,7 @@ def full_masked_lm(folder: Path, vocab: Path) -> Path:
 def victims_and_mlm(config: SizeConfig, workdir: Path, device: str):
     """{label: victim} and the masked-LM folder for `config`, on `device`."""
     if config is TOY:
-        victims = {"albef": toy_albef(), "clip": load_victim("toy-clip-vit")}
+        victims = {"albef": toy_albef_or_stand_in(), "clip": load_victim("toy-clip-vit")}
         mlm = ZOO_DIR / "toy-mlm"
     else:
         vocab = bert_base_vocab(workdir)
