@@ -55,14 +55,7 @@ class UniformNoise(ImageAttack):
     """Adds seeded noise within eps: the smallest attack there is."""
 
     name: ClassVar[str] = NOISE
-    Params: ClassVar[type] = UniformNoiseParams
-
-    def __init__(self, victim: Victim, *, seed: int = 0, **params) -> None:
-        super().__init__(victim, seed=seed)
-        self._params: UniformNoiseParams = self.validate_params(params)
-
-    def params(self) -> UniformNoiseParams:
-        return self._params
+    Params: ClassVar[type] = UniformNoiseParams  # the base class validates params into it
 
     def __call__(
         self,
@@ -70,10 +63,11 @@ class UniformNoise(ImageAttack):
         texts_per_image: Sequence[Sequence[str]],
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        params: UniformNoiseParams = self.params()
         draw = torch.rand(images.shape, generator=self.generator(generator)) * 2 - 1
-        if self._params.spread == "sign":
+        if params.spread == "sign":
             draw = draw.sign()
-        return (images + self._params.eps * draw.to(images.device)).clamp(0, 1)
+        return (images + params.eps * draw.to(images.device)).clamp(0, 1)
 
 
 class PassThroughVictim(Victim):
