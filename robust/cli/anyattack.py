@@ -286,11 +286,39 @@ def eval_command(
             keys += ("vs_clean_bleu4", "vs_clean_cider")
             table.add_row(gallery, *(f"{scores[f'{gallery}_{k}']:.3f}" for k in keys))
         console.print(table)
+        if "adv_caption_readable" in scores:
+            console.print(_claim_table(name, scores))
+        else:
+            console.print(
+                f"{name}: no caption target rate ({data.name} has no world scene labels to "
+                "check captions against)",
+                highlight=False,
+            )
     console.print(
         f"results: {out / 'results.sqlite'} (run {evaluation.run_id}); "
         f"examples: {out / 'anyattack_examples'}",
         highlight=False,
     )
+
+
+def _claim_table(captioner: str, scores: dict[str, float]) -> Table:
+    """The caption target rate: what the captions claim, checked against each scene (%)."""
+    from robust.eval.targeted import CLAIM_METRICS, GALLERIES
+
+    table = Table(
+        title=f"AnyAttack caption target rate on {captioner} (%)",
+        caption="share of the captions' object claims (colour + shape), colours and shapes "
+        "true of the target's scene; all: captions entirely true of it; objects cln: object "
+        "claims true of the clean image's scene",
+    )
+    columns = ("images", "readable", "objects", "colours", "shapes")
+    for column in (*columns, "all", "objects cln"):
+        table.add_column(column, justify="left" if column == "images" else "right")
+    keys = ("caption_readable", *(f"vs_target_{m}" for m in CLAIM_METRICS))
+    for gallery in GALLERIES:
+        values = (scores[f"{gallery}_{k}"] for k in (*keys, "vs_clean_objects_true"))
+        table.add_row(gallery, *(f"{100 * value:.1f}" for value in values))
+    return table
 
 
 @anyattack_app.command("bound")
