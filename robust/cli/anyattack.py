@@ -327,6 +327,9 @@ def bound_command(
     encoder: EncoderOption = "toy-clip-vit",
     eps: EpsOption = "16/255",
     dataset: DatasetOption = "world",
+    limit: Annotated[
+        int | None, typer.Option(help="Draw pairs from the first N images (as eval's --limit).")
+    ] = None,
     pool: Annotated[
         str, typer.Option(help="Images the oracle noise is optimised over (not the pairs').")
     ] = "world:val",
@@ -348,7 +351,7 @@ def bound_command(
     from robust.harness.noise_oracle import evaluate_noise_oracle
 
     budget = parse_eps(eps)
-    data = load_dataset(dataset)
+    data = load_dataset(dataset, limit=limit)
     clean_pool = load_dataset(pool, limit=pool_limit)
     with progress_bar() as bar:
         result = evaluate_noise_oracle(
@@ -373,6 +376,12 @@ def bound_command(
     for gallery in ("floor", "oracle", "ceiling"):
         table.add_row(gallery, f"{100 * result.tr_r1[gallery]:.1f}")
     console.print(table)
+    growth = Table(title="Oracle by steps")
+    for column in ("steps", "TR R@1"):
+        growth.add_column(column, justify="right")
+    for count, value in result.by_step.items():
+        growth.add_row(str(count), f"{100 * value:.1f}")
+    console.print(growth)
     console.print(f"results: {out / 'results.sqlite'} (run {result.run_id})", highlight=False)
 
 
