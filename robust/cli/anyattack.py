@@ -259,7 +259,8 @@ def attack_command(
         f"--dataset karpathy:{out}:{annotation} --victim NAME; beside the clean floor and "
         f"the target ceiling: robust anyattack eval --decoder {decoder} --encoder "
         f"{attack.encoder.name} --victim NAME --dataset {dataset} --pairs {pairs} --seed {seed}"
-        + (f" --limit {limit}" if limit is not None else ""),
+        + (f" --limit {limit}" if limit is not None else "")
+        + (f" --eps {eps}" if eps is not None else ""),
         highlight=False,
         soft_wrap=True,
     )
