@@ -387,7 +387,12 @@ def test_a_second_evaluation_reads_every_gallery_from_the_cache(tmp_path, monkey
             {(r.target, r.metric): r.value for r in store.metrics(run_id, attack="anyattack")}
             for run_id in (first.run_id, second.run_id)
         ]
-    assert rows[0] == rows[1] and len(rows[0]) == 3 * 7 + 3 * 2 * 5  # recalls, captions
+    captions = 3 * 2 * 5 + 3 * (2 * 4 + 1)  # BLEU & co., caption target rates, per gallery
+    assert rows[0] == rows[1] and len(rows[0]) == 3 * 7 + captions  # recalls, captions
+    rates = {m: v for (t, m), v in rows[0].items() if t == "toy-blip-cap" and "_true" in m}
+    assert rates == {m: v for m, v in first.captioning["toy-blip-cap"].items() if "_true" in m}
+    assert rates["ceiling_vs_target_color_true"] > rates["floor_vs_target_color_true"] + 0.3
+    assert rates["floor_vs_clean_color_true"] > rates["floor_vs_target_color_true"] + 0.3
     assert second.generated == first.generated and set(first.generated) == {"toy-blip-cap"}
     assert (tmp_path / "anyattack_examples" / "examples.json").read_text() == examples
 

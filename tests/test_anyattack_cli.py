@@ -45,15 +45,19 @@ def test_pretrain_resume_load_attack_and_eval(tmp_path):
 
     run_dir = tmp_path / "run"
     evaluated = invoke(
-        "anyattack", "eval", str(checkpoint), "--victim", "toy-clip-vit", "--victim",
-        "toy-clip-rn", "--limit", "40", "--pairs", "10", "--examples", "1",
-        "--out", str(run_dir),
+        "anyattack", "eval", "--decoder", str(checkpoint), "--victim", "toy-clip-vit",
+        "--victim", "toy-clip-rn", "--victim", "toy-blip-cap", "--limit", "40", "--pairs", "10",
+        "--examples", "1", "--out", str(run_dir),
     )  # fmt: skip
     assert evaluated.exit_code == 0, evaluated.output
+    assert "caption target rate on toy-blip-cap" in evaluated.output
     with ResultStore.in_run_dir(run_dir) as store:
         rows = store.metrics(attack="anyattack")
     targets = {row.target for row in rows}
-    assert targets == {"toy-clip-vit", "toy-clip-rn"}
+    assert targets == {"toy-clip-vit", "toy-clip-rn", "toy-blip-cap"}
+    captions = {row.metric: row.value for row in rows if row.target == "toy-blip-cap"}
+    assert 0 <= captions["adv_vs_target_objects_true"] <= 1
+    assert captions["ceiling_vs_target_color_true"] > captions["floor_vs_target_color_true"]
     assert {row.source for row in rows} == {"toy-clip-vit"}
     ceiling = {row.target: row.value for row in rows if row.metric == "ceiling_tr_r1"}
     assert all(value > 0.3 for value in ceiling.values())  # the targets retrieve themselves

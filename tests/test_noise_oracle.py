@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from robust.attacks.anyattack_oracle import target_noise_oracle
+from robust.attacks.anyattack_oracle import step_checkpoints, target_noise_oracle
 from robust.attacks.base import AttackConfigError
 from robust.cli import app
 from robust.data.images import load_images
 from robust.data.world import generate_world
-from robust.harness.noise_oracle import ORACLE_ATTACK, evaluate_noise_oracle, top1_owned
+from robust.eval.targeted import pair_images
+from robust.harness.noise_oracle import (
+    ORACLE_ATTACK,
+    STEP_METRIC,
+    evaluate_noise_oracle,
+    top1_owned,
+)
 from robust.harness.store import ResultStore
 from robust.victims.registry import load_victim
 from tests.cli_helpers import assert_one_line_error, runner
@@ -33,7 +39,7 @@ def test_oracle_noise_is_bounded_seeded_and_moves_unseen_cleans_towards_the_targ
         return target_noise_oracle(
             toy_vit, targets, pool, eps=EPS, steps=8, cleans_per_step=4, batch_size=3,
             generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
+        )[8]  # fmt: skip
 
     noise = oracle(0)
     assert noise.shape == targets.shape
@@ -46,6 +52,32 @@ def test_oracle_noise_is_bounded_seeded_and_moves_unseen_cleans_towards_the_targ
         noised = torch.stack([toy_vit.encode_image((unseen + n).clamp(0, 1)) for n in noise])
         cosine_noised = torch.einsum("tcd,td->tc", noised, goal).mean(1)
     assert (cosine_noised > cosine_clean + 0.05).all()  # on cleans it never saw
+
+
+def test_the_step_record_is_the_same_run_cut_short(toy_vit):
+    world = generate_world("val", count=12)
+    images = load_images(world.images, range(12), 64, toy_vit.resize_mode)
+    targets, pool = images[:3], images[3:]
+    kwargs = dict(eps=EPS, cleans_per_step=2, batch_size=3)
+
+    def seeded():
+        return torch.Generator().manual_seed(5)
+
+    record = target_noise_oracle(
+        toy_vit, targets, pool, steps=6, checkpoints=(2, 4), generator=seeded(), **kwargs
+    )
+    assert sorted(record) == [2, 4, 6]
+    plain = target_noise_oracle(toy_vit, targets, pool, steps=6, generator=seeded(), **kwargs)
+    assert list(plain) == [6] and torch.equal(record[6], plain[6])  # checkpoints draw nothing
+    shorter = target_noise_oracle(toy_vit, targets, pool, steps=2, generator=seeded(), **kwargs)
+    assert torch.equal(record[2], shorter[2])  # one batch of targets: same draws, fewer steps
+    assert not torch.equal(record[2], record[6])
+    with pytest.raises(AttackConfigError, match="checkpoints must lie between 1 and steps"):
+        target_noise_oracle(
+            toy_vit, targets, pool, steps=6, checkpoints=(8,), generator=seeded(), **kwargs
+        )
+    assert step_checkpoints(200) == (25, 50, 100, 200)
+    assert step_checkpoints(3) == (1, 3)
 
 
 def test_oracle_refuses_bad_budgets_and_mismatched_pools(toy_vit):
@@ -71,10 +103,57 @@ def test_evaluation_records_oracle_floor_and_ceiling(tmp_path):
     )
     assert (result.optimised, result.pairs) == (6, 20)
     assert result.tr_r1["ceiling"] > result.tr_r1["floor"]
+    assert list(result.by_step) == [1, 3] and result.by_step[3] == result.tr_r1["oracle"]
     with ResultStore.in_run_dir(tmp_path) as store:
         rows = store.metrics(result.run_id)
+        spec = store.run_info(result.run_id)["spec"]
     stored = {row.metric: row.value for row in rows if row.attack == ORACLE_ATTACK}
-    assert stored == {f"{g}_tr_r1": v for g, v in result.tr_r1.items()}
+    expected = {f"{g}_tr_r1": v for g, v in result.tr_r1.items()}
+    expected |= {STEP_METRIC.format(count): v for count, v in result.by_step.items()}
+    assert stored == expected
+    assert {row.seed for row in rows} == {0} and spec["step_checkpoints"] == [1, 3]
+
+
+def test_oracle_and_decoder_evaluation_score_the_same_seeded_pairs(tmp_path):
+    """Floor and ceiling depend on the pairs alone: on the pairs the oracle optimises, its
+    floor and ceiling are the decoder evaluation's, query by query."""
+    from robust.attacks.anyattack import load_decoder
+    from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
+
+    data, pool = generate_world("test-1k", count=40), generate_world("val", count=8)
+    oracle = evaluate_noise_oracle(
+        "toy-clip-vit", data, pool, tmp_path, pairs=16, optimised=16, steps=1, cleans_per_step=1,
+        seed=3,
+    )  # fmt: skip
+    decoder = load_decoder(WORLD_DECODER)
+    evaluation = evaluate_anyattack(
+        decoder, "toy-clip-vit", ["toy-clip-vit"], data, tmp_path, pairs=16, seed=3, examples=0
+    )
+    for field in ("clean", "target"):
+        assert np.array_equal(getattr(oracle.target_pairs, field), getattr(evaluation.pairs, field))
+    results = evaluation.retrieval["toy-clip-vit"]
+    for gallery in ("floor", "ceiling"):
+        assert results[gallery].tr_correct(1).mean() == oracle.tr_r1[gallery]
+    other_seed = pair_images(data, 16, 4)  # the check can tell pairings apart
+    assert not np.array_equal(other_seed.target, oracle.target_pairs.target)
+
+
+def test_cli_bound_prints_the_step_record(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["anyattack", "bound", "--limit", "40", "--pairs", "10", "--optimise", "4", "--steps",
+         "4", "--cleans", "2", "--pool-limit", "8", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    printed = result.output.split("Oracle by steps")[1]
+    rows = [line.split("│")[1:3] for line in printed.splitlines() if line.count("│") == 3]
+    assert [steps.strip() for steps, _ in rows] == ["1", "2", "4"]
+    with ResultStore.in_run_dir(out) as store:
+        stored = {row.metric for row in store.metrics(attack=ORACLE_ATTACK)}
+        spec = store.run_info(store.latest_run_id())["spec"]
+    assert {STEP_METRIC.format(count) for count in (1, 2, 4)} <= stored
+    assert spec["dataset"] == "world:test-1k[:40]"
 
 
 def test_cli_bound_errors_are_one_line(tmp_path):

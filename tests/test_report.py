@@ -755,6 +755,12 @@ TARGETED = {
         "floor_vs_clean_cider": 1.02,
         "ceiling_vs_target_cider": 1.05,
         "adv_vs_target_emb_sim_mean": 0.8125,
+        **{f"{g}_caption_readable": 0.875 for g in ("adv", "floor", "ceiling")},
+        "adv_vs_target_objects_true": 0.25,
+        "adv_vs_target_color_true": 0.625,
+        "floor_vs_target_color_true": 0.125,
+        "ceiling_vs_target_all_true": 0.5,
+        "adv_vs_clean_objects_true": 0.375,
     },
 }
 
@@ -819,6 +825,10 @@ def test_anyattack_section_shows_quadruples_captions_and_targeted_success(tmp_pa
     assert "toy-blip-cap adversarial 52.3 21.4" not in text  # BLEU-4 (absent) comes first
     assert "toy-blip-cap adversarial – 52.3 81.2 – 21.4 –" in text
     assert "toy-blip-cap target (ceiling) – 105.0 – – – –" in text
+    assert "Caption target rate" in text
+    assert "toy-blip-cap adversarial 87.5 25.0 62.5 – – 37.5" in text
+    assert "toy-blip-cap clean (floor) 87.5 – 12.5 – – –" in text
+    assert "toy-blip-cap target (ceiling) 87.5 – – – 50.0 –" in text
     assert "clean: a blue square number 1" in text and "target: a red cross number 0" in text
     assert "toy-blip-cap on adversarial: a red cross" in text
     images = [image for page in PdfReader(report.path).pages for image in page.images]

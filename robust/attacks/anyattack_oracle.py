@@ -12,11 +12,19 @@ means the victim and budget allow no better, whatever the decoder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from robust.attacks.base import AttackConfigError
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
+
+
+def step_checkpoints(steps: int) -> tuple[int, ...]:
+    """The step counts an oracle run is scored at: an eighth, a quarter, half and all of
+    `steps` (those of at least one step), so its growth shows per doubling."""
+    return tuple(sorted({count for count in (steps // 8, steps // 4, steps // 2, steps) if count}))
 
 
 def target_noise_oracle(
@@ -28,16 +36,19 @@ def target_noise_oracle(
     steps: int,
     cleans_per_step: int,
     generator: torch.Generator,
+    checkpoints: Sequence[int] = (),
     step_size: float | None = None,
     batch_size: int = 25,
     progress: Progress | None = None,
-) -> torch.Tensor:
-    """One noise `[T,3,H,W]` in [-eps, eps] per target image, independent of any clean image.
+) -> dict[int, torch.Tensor]:
+    """One noise `[T,3,H,W]` in [-eps, eps] per target image, independent of any clean image,
+    after all `steps` and after each of `checkpoints` steps of the same run, by step count.
 
     `targets` are at the encoder's size; `clean_pool` `[P,3,H,W]` at the same size holds the
     cleans drawn (with replacement, from `generator`) each step. `step_size` defaults to
     eps / 10. Targets are optimised `batch_size` at a time (memory grows with
-    `batch_size x cleans_per_step` images).
+    `batch_size x cleans_per_step` images). Checkpoints draw nothing, so the final noise is
+    the one a run without them gives.
     """
     if not 0 < eps <= 1:
         raise AttackConfigError(f"eps must be in (0, 1], got {eps}")
@@ -53,10 +64,15 @@ def target_noise_oracle(
             f"clean pool images are {tuple(clean_pool.shape[1:])} but targets are "
             f"{tuple(targets.shape[1:])}; load both at the encoder's size"
         )
-    step = eps / 10 if step_size is None else step_size
+    if any(not 1 <= count <= steps for count in checkpoints):
+        raise AttackConfigError(
+            f"checkpoints must lie between 1 and steps ({steps}), got {sorted(checkpoints)}"
+        )
+    recorded = {*checkpoints, steps}
+    step_length = eps / 10 if step_size is None else step_size
     device = encoder.device
     pool = clean_pool.to(device)
-    noises = []
+    noises: dict[int, list[torch.Tensor]] = {count: [] for count in sorted(recorded)}
     progress = ensure_progress(progress)
     with progress.task("noise oracle: targets", targets.shape[0]) as task:
         for start in range(0, targets.shape[0], batch_size):
@@ -65,7 +81,7 @@ def target_noise_oracle(
                 goal = encoder.encode_image(chunk)
             noise = torch.zeros_like(chunk)
             count = chunk.shape[0]
-            for _ in range(steps):
+            for step in range(1, steps + 1):
                 picks = torch.randint(
                     0, pool.shape[0], (count * cleans_per_step,), generator=generator
                 )
@@ -74,7 +90,8 @@ def target_noise_oracle(
                 noised = (cleans + noise[:, None]).clamp(0.0, 1.0).flatten(0, 1)
                 embeddings = encoder.encode_image(noised).view(count, cleans_per_step, -1)
                 (gradient,) = torch.autograd.grad((embeddings * goal[:, None]).sum(), noise)
-                noise = (noise.detach() + step * gradient.sign()).clamp(-eps, eps)
-            noises.append(noise.detach().cpu())
+                noise = (noise.detach() + step_length * gradient.sign()).clamp(-eps, eps)
+                if step in noises:
+                    noises[step].append(noise.detach().cpu())
             task.advance(count)
-    return torch.cat(noises)
+    return {count: torch.cat(parts) for count, parts in noises.items()}

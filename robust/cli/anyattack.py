@@ -173,7 +173,19 @@ def _parse_auxiliaries(values: list[str]) -> dict[str, float]:
     return weights
 
 
-def _open_attack(decoder: Path, encoder: str | None, eps: str | None):
+def _decoder_file(argument: Path | None, option: Path | None) -> Path:
+    """The decoder named as the argument or with --decoder (the same file if both)."""
+    if argument is not None and option is not None and argument != option:
+        raise RobustError(
+            f"two decoders given ({argument} and --decoder {option}); name one of them"
+        )
+    decoder = argument or option
+    if decoder is None:
+        raise RobustError("name the decoder checkpoint: --decoder PATH (or as the argument)")
+    return decoder
+
+
+def _open_attack(decoder: Path, encoder: str | None, eps: str | None, device: str = "cpu"):
     """The decoder, the encoder it was trained with, and the budget it was trained for."""
     from robust.attacks.anyattack import AnyAttack, describe_checkpoint, load_decoder, parse_eps
     from robust.victims.registry import load_victim
@@ -186,13 +198,21 @@ def _open_attack(decoder: Path, encoder: str | None, eps: str | None):
             "decoders use clip-vit-b32)"
         )
     budget = parse_eps(eps) if eps is not None else (info["eps"] or parse_eps("16/255"))
-    return AnyAttack(load_victim(encoder), load_decoder(decoder), eps=budget)
+    victim = load_victim(encoder, device=device)
+    return AnyAttack(victim, load_decoder(decoder).to(device), eps=budget)
 
 
-DecoderArgument = Annotated[Path, typer.Argument(help="Decoder checkpoint (.pt).")]
+DecoderArgument = Annotated[
+    Path | None, typer.Argument(help="Decoder checkpoint (.pt); or pass it as --decoder.")
+]
+DecoderFileOption = Annotated[
+    Path | None,
+    typer.Option("--decoder", help="Decoder checkpoint (.pt), e.g. a released coco_cos.pt."),
+]
 EncoderOverride = Annotated[
     str | None, typer.Option(help="Encoder victim (default: the one the checkpoint records).")
 ]
+DeviceOption = Annotated[str, typer.Option(help="torch device.")]
 EpsOverride = Annotated[
     str | None, typer.Option(help="Budget, e.g. 16/255 (default: the checkpoint's).")
 ]
@@ -204,39 +224,56 @@ SeedOption = Annotated[int, typer.Option(help="Seed of the clean/target pairing.
 @anyattack_app.command("attack")
 @user_errors
 def attack_command(
-    decoder: DecoderArgument,
     out: Annotated[Path, typer.Option(help="Folder for the adversarial images and json.")],
-    encoder: EncoderOverride = None,
+    decoder: DecoderArgument = None,
+    decoder_file: DecoderFileOption = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--encoder",
+            "--victim",
+            help="Victim attacked: its image embedding of each target drives the noise "
+            "(default: the one the checkpoint records; released decoders: clip-vit-b32).",
+        ),
+    ] = None,
     eps: EpsOverride = None,
     dataset: DatasetOption = "world",
     limit: Annotated[int | None, typer.Option(help="Draw pairs from the first N images.")] = None,
     pairs: PairsOption = 500,
     seed: SeedOption = 0,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Craft adversarial images; written as a Karpathy dataset captioned by the targets."""
     from robust.data import load_dataset
     from robust.harness.anyattack_eval import export_adversarial
 
-    attack = _open_attack(decoder, encoder, eps)
+    decoder = _decoder_file(decoder, decoder_file)
     data = load_dataset(dataset, limit=limit)
+    attack = _open_attack(decoder, encoder, eps, device)
     with progress_bar() as bar:
         annotation = export_adversarial(
             attack, data, out, pairs=pairs, seed=seed, progress=RichProgress(bar)
         )
     console.print(
-        f"wrote {pairs} adversarial images; targeted retrieval: robust eval --dataset "
-        f"karpathy:{out}:{annotation} --victim NAME",
+        f"wrote {pairs} adversarial images to {out}; targeted retrieval on them: robust eval "
+        f"--dataset karpathy:{out}:{annotation} --victim NAME; beside the clean floor and "
+        f"the target ceiling: robust anyattack eval --decoder {decoder} --encoder "
+        f"{attack.encoder.name} --victim NAME --dataset {dataset} --pairs {pairs} --seed {seed}"
+        + (f" --limit {limit}" if limit is not None else "")
+        + (f" --eps {eps}" if eps is not None else ""),
         highlight=False,
+        soft_wrap=True,
     )
 
 
 @anyattack_app.command("eval")
 @user_errors
 def eval_command(
-    decoder: DecoderArgument,
     victim: Annotated[
         list[str], typer.Option("--victim", help="Victim to evaluate (repeat; any family).")
     ],
+    decoder: DecoderArgument = None,
+    decoder_file: DecoderFileOption = None,
     encoder: EncoderOverride = None,
     eps: EpsOverride = None,
     dataset: DatasetOption = "world",
@@ -247,14 +284,16 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Run directory for the results store.")] = Path(
         "runs/anyattack"
     ),
+    device: DeviceOption = "cpu",
 ) -> None:
     """Targeted retrieval (vs clean floor and target ceiling) and captioning; writes the store."""
     from robust.data import load_dataset
     from robust.eval.targeted import GALLERIES
     from robust.harness.anyattack_eval import evaluate_anyattack
 
-    attack = _open_attack(decoder, encoder, eps)
+    decoder = _decoder_file(decoder, decoder_file)
     data = load_dataset(dataset, limit=limit)
+    attack = _open_attack(decoder, encoder, eps, device)
     with progress_bar() as bar:
         evaluation = evaluate_anyattack(
             attack.decoder,
@@ -267,6 +306,7 @@ def eval_command(
             seed=seed,
             examples=examples,
             decoder_source=str(decoder),
+            device=device,
             progress=RichProgress(bar),
         )
     if evaluation.retrieval:
@@ -286,11 +326,39 @@ def eval_command(
             keys += ("vs_clean_bleu4", "vs_clean_cider")
             table.add_row(gallery, *(f"{scores[f'{gallery}_{k}']:.3f}" for k in keys))
         console.print(table)
+        if "adv_caption_readable" in scores:
+            console.print(_claim_table(name, scores))
+        else:
+            console.print(
+                f"{name}: no caption target rate ({data.name} has no world scene labels to "
+                "check captions against)",
+                highlight=False,
+            )
     console.print(
         f"results: {out / 'results.sqlite'} (run {evaluation.run_id}); "
         f"examples: {out / 'anyattack_examples'}",
         highlight=False,
     )
+
+
+def _claim_table(captioner: str, scores: dict[str, float]) -> Table:
+    """The caption target rate: what the captions claim, checked against each scene (%)."""
+    from robust.eval.targeted import CLAIM_METRICS, GALLERIES
+
+    table = Table(
+        title=f"AnyAttack caption target rate on {captioner} (%)",
+        caption="share of the captions' object claims (colour + shape), colours and shapes "
+        "true of the target's scene; all: captions entirely true of it; objects cln: object "
+        "claims true of the clean image's scene",
+    )
+    columns = ("images", "readable", "objects", "colours", "shapes")
+    for column in (*columns, "all", "objects cln"):
+        table.add_column(column, justify="left" if column == "images" else "right")
+    keys = ("caption_readable", *(f"vs_target_{m}" for m in CLAIM_METRICS))
+    for gallery in GALLERIES:
+        values = (scores[f"{gallery}_{k}"] for k in (*keys, "vs_clean_objects_true"))
+        table.add_row(gallery, *(f"{100 * value:.1f}" for value in values))
+    return table
 
 
 @anyattack_app.command("bound")
@@ -299,6 +367,9 @@ def bound_command(
     encoder: EncoderOption = "toy-clip-vit",
     eps: EpsOption = "16/255",
     dataset: DatasetOption = "world",
+    limit: Annotated[
+        int | None, typer.Option(help="Draw pairs from the first N images (as eval's --limit).")
+    ] = None,
     pool: Annotated[
         str, typer.Option(help="Images the oracle noise is optimised over (not the pairs').")
     ] = "world:val",
@@ -320,7 +391,7 @@ def bound_command(
     from robust.harness.noise_oracle import evaluate_noise_oracle
 
     budget = parse_eps(eps)
-    data = load_dataset(dataset)
+    data = load_dataset(dataset, limit=limit)
     clean_pool = load_dataset(pool, limit=pool_limit)
     with progress_bar() as bar:
         result = evaluate_noise_oracle(
@@ -345,6 +416,12 @@ def bound_command(
     for gallery in ("floor", "oracle", "ceiling"):
         table.add_row(gallery, f"{100 * result.tr_r1[gallery]:.1f}")
     console.print(table)
+    growth = Table(title="Oracle by steps")
+    for column in ("steps", "TR R@1"):
+        growth.add_column(column, justify="right")
+    for count, value in result.by_step.items():
+        growth.add_row(str(count), f"{100 * value:.1f}")
+    console.print(growth)
     console.print(f"results: {out / 'results.sqlite'} (run {result.run_id})", highlight=False)
 
 

@@ -544,6 +544,33 @@ _PREFIXES = (
 
 def parse_caption(caption: str) -> CaptionClaim:
     """Read a world caption back into its claims; ValueError if it is not one."""
+    body, background = _caption_body(caption)
+    head, _, last = body.rpartition(" and ")
+    phrases = [*head.split(", "), last] if head else [last]
+    return _claim([_parse_object(p, caption) for p in phrases], background)
+
+
+def read_claims(caption: str) -> CaptionClaim:
+    """The claims of a generated caption that read as world phrases, the rest left out.
+
+    A captioner's output may stop mid-phrase at its length limit ("..., a little orange")
+    or stray from the world's grammar; every object phrase that reads is kept as
+    `parse_caption` would read it, so the claims are the ones the caption does make (none
+    when nothing reads).
+    """
+    body, background = _caption_body(caption.strip().rstrip(","))
+    parsed = []
+    for phrase in (part for text in body.split(", ") for part in text.split(" and ")):
+        try:
+            parsed.append(_parse_object(phrase, caption))
+        except ValueError:
+            continue
+    return _claim(parsed, background)
+
+
+def _caption_body(caption: str) -> tuple[str, str | None]:
+    """A caption's object phrases as one text and the background it names, its template
+    taken off."""
     text = caption
     background = None
     for background_name in BACKGROUNDS:
@@ -557,9 +584,13 @@ def parse_caption(caption: str) -> CaptionClaim:
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
-    head, _, last = text.rpartition(" and ")
-    phrases = [*head.split(", "), last] if head else [last]
-    parsed = [_parse_object(p, caption) for p in phrases]
+    return text, background
+
+
+def _claim(
+    parsed: list[tuple[tuple[str | None, str, str, str | None], str | None]],
+    background: str | None,
+) -> CaptionClaim:
     return CaptionClaim(
         tuple(claim for claim, _ in parsed),
         background,
@@ -597,12 +628,13 @@ def _parse_object(
     raise ValueError(f"not a world caption: {caption!r}")
 
 
-def caption_fits_scene(claim: CaptionClaim, label: dict) -> bool:
+def caption_fits_scene(claim: CaptionClaim, label: dict, *, complete: bool = True) -> bool:
     """Whether every claim of a caption is true of a scene (its `label()`): the same
     number of objects, each claimed object matched to a distinct one, background agreeing.
-    A caption that leaves out sizes or positions fits every scene that differs only there."""
+    A caption that leaves out sizes or positions fits every scene that differs only there;
+    with `complete=False` it may leave out whole objects too (a caption cut short)."""
     objects = label["objects"]
-    if len(objects) != len(claim.objects):
+    if len(claim.objects) > len(objects) or (complete and len(claim.objects) < len(objects)):
         return False
     if claim.background is not None and claim.background != label["background"]:
         return False

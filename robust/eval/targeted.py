@@ -8,24 +8,29 @@ adversarial image `i`. Three galleries are scored against the *target's* caption
 Retrieval uses the standard ranks, with caption `t` belonging to pair `caption_pair[t]`:
 TR R@K asks whether an image finds its target's captions, IR R@K whether a target caption
 finds its pair's image. Captioning scores generated captions against the target's and the
-clean image's reference captions.
+clean image's reference captions and, where the dataset has world scene labels, reads each
+caption back into its claims (`robust.data.world.read_claims`) and checks them against
+the target's and the clean image's scenes (`caption_claim_scores`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from robust.data.dataset import CaptionDataset
+from robust.data.world import caption_fits_scene, read_claims
 from robust.eval.caption_metrics import caption_metrics, embedding_similarity
 from robust.eval.retrieval import RetrievalResult, rank_from_features
 from robust.victims.base import Victim
 
 GALLERIES: tuple[str, ...] = ("adv", "floor", "ceiling")
 CAPTION_METRICS: tuple[str, ...] = ("bleu1", "bleu4", "rouge_l", "cider", "emb_sim_mean")
+CLAIM_METRICS: tuple[str, ...] = ("objects_true", "color_true", "shape_true", "all_true")
 
 
 @dataclass(frozen=True)
@@ -153,13 +158,80 @@ def targeted_caption_scores(
     return metrics
 
 
+def caption_claim_scores(
+    captions: Sequence[str], scenes: Sequence[Mapping[str, Any]]
+) -> dict[str, float]:
+    """How far captions name what is in their scenes (world labels, one per caption).
+
+    A caption's claims are its object phrases that read as world phrases
+    (`robust.data.world.read_claims`: a captioner's output cut off mid-phrase keeps its
+    complete phrases). Counted over all captions' claims together:
+    - `objects_true`: object claims whose colour and shape are those of one object of the
+      scene (the caption names an object the scene holds);
+    - `color_true`, `shape_true`: the colours and the shapes the claims name that some
+      object of the scene has, each on its own;
+    (NaN where no caption makes a claim) and per caption:
+    - `all_true`: captions with at least one object claim, each matched to a distinct
+      object of the scene with every attribute it names (size, fill and position too) and
+      the background if named (`caption_fits_scene`, objects left out allowed);
+    - `readable`: captions with at least one object claim.
+    A caption with no claim adds nothing to the pooled shares and fails `all_true`.
+    """
+    if len(captions) != len(scenes):
+        raise ValueError(f"{len(captions)} captions but {len(scenes)} scenes")
+    if not captions:
+        raise ValueError("no captions to score")
+    true = dict.fromkeys(("objects", "color", "shape"), 0)
+    claims = all_true = readable = 0
+    for caption, scene in zip(captions, scenes, strict=True):
+        claim = read_claims(caption)
+        if not claim.objects:
+            continue
+        objects = scene["objects"]
+        readable += 1
+        all_true += caption_fits_scene(claim, dict(scene), complete=False)
+        for _, color, shape, _ in claim.objects:
+            claims += 1
+            true["objects"] += any(o["color"] == color and o["shape"] == shape for o in objects)
+            true["color"] += any(o["color"] == color for o in objects)
+            true["shape"] += any(o["shape"] == shape for o in objects)
+    scores = {f"{key}_true": n / claims if claims else float("nan") for key, n in true.items()}
+    return scores | {"all_true": all_true / len(captions), "readable": readable / len(captions)}
+
+
+def targeted_claim_scores(
+    generated: Mapping[str, Sequence[str]],
+    target_scenes: Sequence[Mapping[str, Any]],
+    clean_scenes: Sequence[Mapping[str, Any]],
+) -> dict[str, float]:
+    """Each gallery's generated captions read against the target's and the clean scenes.
+
+    Metric names are `{gallery}_vs_{target|clean}_{m}` for `m` in `CLAIM_METRICS` and
+    `{gallery}_caption_readable`: `adv_vs_target_objects_true` is how much of what the
+    captioner says about an adversarial image is true of its target; the clean images
+    (`floor_vs_target_*`) give the rate an attack that does nothing gets, the target
+    images (`ceiling_vs_target_*`) the rate a perfect one would.
+    """
+    metrics: dict[str, float] = {}
+    for name, captions in generated.items():
+        for against, scenes in (("target", target_scenes), ("clean", clean_scenes)):
+            scores = caption_claim_scores(captions, scenes)
+            for metric in CLAIM_METRICS:
+                metrics[f"{name}_vs_{against}_{metric}"] = scores[metric]
+        metrics[f"{name}_caption_readable"] = scores["readable"]
+    return metrics
+
+
 __all__ = [
     "CAPTION_METRICS",
+    "CLAIM_METRICS",
     "GALLERIES",
     "TargetPairs",
+    "caption_claim_scores",
     "class_key",
     "pair_images",
     "target_captions",
     "targeted_caption_scores",
+    "targeted_claim_scores",
     "targeted_retrieval",
 ]

@@ -6,7 +6,10 @@ victim. Metric names:
 - retrieval victims: `{gallery}_{m}` for gallery in adv/floor/ceiling (see
   `robust.eval.targeted`) and `m` in tr_r1/5/10, ir_r1/5/10, r_mean;
 - captioners: `{gallery}_vs_{target|clean}_{m}` for `m` in bleu1, bleu4, rouge_l, cider,
-  emb_sim_mean (text embeddings from the encoder's text tower).
+  emb_sim_mean (text embeddings from the encoder's text tower) and, on datasets with world
+  scene labels, claims_true and all_true (the caption's claims checked against the target's
+  and the clean image's scenes), plus `{gallery}_caption_readable` (see
+  `robust.eval.targeted.caption_claim_scores`).
 Rows are written by the matrix's `MatrixWriter` (scoring "itc", no per-query ranks).
 The galleries are adversarial-cache entries (`cache/`, one per gallery and victim geometry,
 crafted with the decoder saved under `decoder/`), so a second run into the same directory
@@ -40,6 +43,7 @@ from robust.eval.targeted import (
     pair_images,
     target_captions,
     targeted_caption_scores,
+    targeted_claim_scores,
 )
 from robust.harness.cells import CellRunner, ExperimentSettings
 from robust.harness.evaluate import dataset_key
@@ -207,6 +211,9 @@ def evaluate_anyattack(
     }
     tasks = Tasks(captions=True, where_supported=True, targeted=True)
     references = [dataset.captions_of(ids.tolist()) for ids in (chosen.target, chosen.clean)]
+    scenes = None  # the target's and the clean image's scene labels, where the dataset has them
+    if dataset.labels is not None:
+        scenes = [[dataset.labels[int(i)] for i in ids] for ids in (chosen.target, chosen.clean)]
     encode_text = None  # the encoder's text tower, loaded for the first captioner
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(spec, seeds={"pairs": seed, "world": 0})
@@ -226,6 +233,8 @@ def evaluate_anyattack(
                 if encode_text is None:
                     encode_text = load_victim(encoder, device=device).encode_text
                 scores = targeted_caption_scores(generated, *references, encode_text)
+                if scenes is not None:
+                    scores |= targeted_claim_scores(generated, *scenes)
                 evaluation.captioning[name] = scores
                 evaluation.generated[name] = generated
                 metrics.update(scores)

@@ -5,7 +5,9 @@ Uses the same seeded clean/target pairing and the same target-caption gallery as
 `adv_tr_r1` there. The oracle is optimised for the first `optimised` pairs only (it costs
 `steps x cleans_per_step` encoder passes per target); their image queries are ranked
 against the captions of all `pairs` targets. Rows go into the run's store with
-`attack="anyattack-oracle"`: `{oracle,floor,ceiling}_tr_r1` over the optimised pairs.
+`attack="anyattack-oracle"` and `seed` = the pairing seed: `{oracle,floor,ceiling}_tr_r1`
+over the optimised pairs, and the oracle's step record `oracle_tr_r1_at_step_{n}` for each
+count of `step_checkpoints(steps)` (the last one is `oracle_tr_r1`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import numpy as np
 import torch
 
 from robust.attacks.anyattack import DEFAULT_EPS
-from robust.attacks.anyattack_oracle import target_noise_oracle
+from robust.attacks.anyattack_oracle import step_checkpoints, target_noise_oracle
 from robust.data.dataset import CaptionDataset
 from robust.data.images import load_images
 from robust.errors import RobustError
-from robust.eval.targeted import pair_images, target_captions
+from robust.eval.targeted import TargetPairs, pair_images, target_captions
 from robust.harness.anyattack_eval import PairImages, victim_galleries
 from robust.harness.evaluate import dataset_key
 from robust.harness.store import MetricRow, ResultStore
@@ -31,14 +33,20 @@ from robust.victims.registry import load_victim
 ORACLE_ATTACK = "anyattack-oracle"
 
 
+STEP_METRIC = "oracle_tr_r1_at_step_{}"
+
+
 @dataclass(frozen=True)
 class OracleResult:
-    """Targeted TR R@1 (fractions) of the oracle's images, the cleans and the targets."""
+    """Targeted TR R@1 (fractions) of the oracle's images, the cleans and the targets, the
+    oracle's TR R@1 after each checkpoint of its steps, and the seeded pairs it used."""
 
     run_id: int
     optimised: int
     pairs: int
     tr_r1: dict[str, float]
+    by_step: dict[int, float]
+    target_pairs: TargetPairs
 
 
 def top1_owned(
@@ -93,7 +101,8 @@ def evaluate_noise_oracle(
     target = load_images(dataset.images, chosen.target[subset], size, mode)
     pool = load_images(clean_pool.images, range(clean_pool.num_images), size, mode)
     generator = torch.Generator().manual_seed(seed)
-    noise = target_noise_oracle(
+    checkpoints = step_checkpoints(steps)
+    noises = target_noise_oracle(
         victim,
         target,
         pool,
@@ -101,19 +110,26 @@ def evaluate_noise_oracle(
         steps=steps,
         cleans_per_step=cleans_per_step,
         generator=generator,
+        checkpoints=checkpoints,
         progress=progress,
     )
-    images = PairImages(clean, target, noise, (clean + noise).clamp(0.0, 1.0))
     texts, owner = target_captions(dataset, chosen)
     with torch.no_grad():
         text_features = torch.cat(
             [victim.encode_text(texts[i : i + 256]) for i in range(0, len(texts), 256)]
         )
-        tr_r1 = {}
-        for gallery, pixels in victim_galleries(images, victim).items():
+
+        def top1(pixels: torch.Tensor) -> float:
             features = victim.encode_image(pixels.to(victim.device))
-            name = "oracle" if gallery == "adv" else gallery
-            tr_r1[name] = float(top1_owned(features, text_features, owner, subset).mean())
+            return float(top1_owned(features, text_features, owner, subset).mean())
+
+        def galleries(noise: torch.Tensor) -> dict[str, torch.Tensor]:
+            images = PairImages(clean, target, noise, (clean + noise).clamp(0.0, 1.0))
+            return victim_galleries(images, victim)
+
+        final = galleries(noises[steps])
+        tr_r1 = {("oracle" if g == "adv" else g): top1(pixels) for g, pixels in final.items()}
+        by_step = {count: top1(galleries(noises[count])["adv"]) for count in checkpoints}
     spec = {
         "command": "anyattack bound",
         "encoder": encoder,
@@ -122,25 +138,28 @@ def evaluate_noise_oracle(
         "pairs": pairs,
         "optimised": optimised,
         "steps": steps,
+        "step_checkpoints": list(checkpoints),
         "cleans_per_step": cleans_per_step,
         "eps": eps,
     }
     dataset_name, split = dataset_key(dataset)
-    keys = {"victim": encoder, "dataset": dataset_name, "split": split}
+    keys = {"victim": encoder, "dataset": dataset_name, "split": split, "seed": seed}
+    metrics = {f"{g}_tr_r1": v for g, v in tr_r1.items()}
+    metrics |= {STEP_METRIC.format(count): v for count, v in by_step.items()}
     with ResultStore.in_run_dir(run_dir) as store:
         run_id = store.start_run(spec, seeds={"pairs": seed, "oracle": seed})
         store.write_metrics(
             run_id,
             [
                 MetricRow(
-                    metric=f"{g}_tr_r1",
-                    value=v,
+                    metric=metric,
+                    value=value,
                     attack=ORACLE_ATTACK,
                     source=encoder,
                     target=encoder,
                     **keys,
                 )
-                for g, v in tr_r1.items()
+                for metric, value in metrics.items()
             ],
         )
-    return OracleResult(run_id, optimised, pairs, tr_r1)
+    return OracleResult(run_id, optimised, pairs, tr_r1, by_step, chosen)

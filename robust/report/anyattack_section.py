@@ -3,8 +3,9 @@ and targeted success on every victim against its clean floor and target ceiling.
 
 It reads a `robust anyattack eval` run: its store rows (metric names in
 `robust.harness.anyattack_eval`: `{gallery}_{recall}` for retrieval victims,
-`{gallery}_vs_{target|clean}_{metric}` for captioners) and the example quadruples that run
-writes beside its store, `anyattack_examples/examples.json` and the PNGs it names.
+`{gallery}_vs_{target|clean}_{metric}` and `{gallery}_caption_readable` for captioners) and
+the example quadruples that run writes beside its store, `anyattack_examples/examples.json`
+and the PNGs it names.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ CAPTION_SCORES: Final[tuple[tuple[str, str], ...]] = (
     ("bleu4", "BLEU-4"),
     ("cider", "CIDEr"),
     ("emb_sim_mean", "emb. sim."),
+)
+CLAIM_SCORES: Final[tuple[tuple[str, str], ...]] = (
+    ("caption_readable", "readable"),
+    ("vs_target_objects_true", "objects (target)"),
+    ("vs_target_color_true", "colours (target)"),
+    ("vs_target_shape_true", "shapes (target)"),
+    ("vs_target_all_true", "all true (target)"),
+    ("vs_clean_objects_true", "objects (clean)"),
 )
 EXAMPLES_SHOWN: Final[int] = 4
 
@@ -103,6 +112,9 @@ def anyattack_section(data: ReportData) -> list[Block]:
         captions = [score for score in scores if "adv_vs_target_cider" in score.metrics]
         if captions:
             story.append(Together(_caption_table(captions)))
+        claims = [score for score in scores if "adv_caption_readable" in score.metrics]
+        if claims:
+            story.append(Together(_claim_table(claims)))
     return story
 
 
@@ -260,6 +272,39 @@ def _caption_table(scores: list[AnyAttackScore]) -> tuple[Flowable, ...]:
             "attack steers the caption to the target) and the clean image's (lower: it leaves "
             "the clean content), ×100; emb. sim. is the mean cosine similarity of caption "
             "embeddings from the encoder's text tower.",
+            style.caption,
+        ),
+    )
+
+
+def _claim_table(scores: list[AnyAttackScore]) -> tuple[Flowable, ...]:
+    style = styles()
+    rows = [
+        (
+            score.victim,
+            label,
+            *(percent(score.metrics.get(f"{gallery}_{key}", math.nan)) for key, _ in CLAIM_SCORES),
+        )
+        for score in scores
+        for gallery, label in GALLERIES.items()
+    ]
+    header = ("captioner", "images", *two_line(*(name for _, name in CLAIM_SCORES)))
+    return (
+        Paragraph("Caption target rate", style.subheading),
+        data_table(
+            header, rows, column_widths((80, 70), numbers=len(CLAIM_SCORES)), numeric_from=2
+        ),
+        Paragraph(
+            "Each generated caption read back into its claims (its object phrases that read "
+            "as world phrases; one cut off at the captioner's length limit is left out) and "
+            "checked against the target's scene, in %. Readable: captions with at least one "
+            "object claim. Objects: object claims whose colour and shape are those of one "
+            "object of the scene; colours, shapes: the colours and shapes the claims name that "
+            "some object of the scene has (pooled over all captions' claims). All true: "
+            "captions whose every claim (size, fill, position and background too) holds of "
+            "distinct objects of the scene. Objects (clean): the same against the clean "
+            "image's scene. The clean images' captions give the floor, the targets' the "
+            "ceiling.",
             style.caption,
         ),
     )
