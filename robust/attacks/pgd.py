@@ -1,6 +1,7 @@
 """L-inf PGD on embedding objectives: the image half of every multimodal attack.
 
-One sign-gradient loop (`linf_pgd`) serves the baselines and SGA:
+One sign-gradient loop (`linf_pgd`) serves the baselines, SGA, and DRA and SA-AET (which move
+where each step takes its gradient):
 
 - objective ``"kl"``: the PGD baseline of Co-Attack/SGA, maximising
   KL(softmax(clean image embedding) || softmax(adversarial image embedding));
