@@ -10,6 +10,7 @@ passes alone in the same process, then report the ratios the issue sets targets 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -43,20 +44,35 @@ class Timed:
             self.seconds += time.perf_counter() - start
 
 
-def bare_passes(victim, images: torch.Tensor, passes: int, copies: int) -> float:
-    """Seconds for `passes` forward+backward passes over `copies` stacked copies of a batch."""
-    stacked = images.repeat(copies, 1, 1, 1)
+def bare_schedule(
+    victim, images: torch.Tensor, passes: Sequence[tuple[int, bool]], repeats: int = REPEATS
+) -> float:
+    """Seconds for a sequence of image-encoder passes over a batch: each `(copies, backward)`
+    encodes `copies` stacked copies of it, forward+backward or forward only."""
+    stacks = {copies: images.repeat(copies, 1, 1, 1) for copies, _ in passes}
     with torch.no_grad():
         width = victim.encode_image(images[:1]).shape[-1]
-    direction = torch.randn(stacked.shape[0], width, device=images.device)
+    directions = {
+        copies: torch.randn(stack.shape[0], width, device=images.device)
+        for copies, stack in stacks.items()
+    }
 
     def passes_once() -> None:
-        for _ in range(passes):
-            pixels = stacked.clone().requires_grad_(True)
+        for copies, backward in passes:
+            if not backward:
+                with torch.no_grad():
+                    victim.encode_image(stacks[copies])
+                continue
+            pixels = stacks[copies].clone().requires_grad_(True)
             embeddings = victim.encode_image(pixels)
-            torch.autograd.grad((embeddings * direction).sum(), pixels)
+            torch.autograd.grad((embeddings * directions[copies]).sum(), pixels)
 
-    return best_time(passes_once, repeats=REPEATS)
+    return best_time(passes_once, repeats=repeats)
+
+
+def bare_passes(victim, images: torch.Tensor, passes: int, copies: int) -> float:
+    """Seconds for `passes` forward+backward passes over `copies` stacked copies of a batch."""
+    return bare_schedule(victim, images, [(copies, True)] * passes)
 
 
 def timed_sga(victim, images: torch.Tensor, groups, warm_groups) -> tuple[float, float, float, Any]:

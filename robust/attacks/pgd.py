@@ -1,6 +1,7 @@
 """L-inf PGD on embedding objectives: the image half of every multimodal attack.
 
-One sign-gradient loop (`linf_pgd`) serves the baselines and SGA:
+One sign-gradient loop (`linf_pgd`) serves the baselines, SGA, and DRA and SA-AET (which move
+where each step takes its gradient):
 
 - objective ``"kl"``: the PGD baseline of Co-Attack/SGA, maximising
   KL(softmax(clean image embedding) || softmax(adversarial image embedding));
@@ -37,11 +38,14 @@ __all__ = [
     "OBJECTIVES",
     "PGD",
     "EmbeddingObjective",
+    "GradientPoint",
     "PGDParams",
     "caption_set_similarity",
     "embedding_kl",
     "linf_pgd",
     "scale_set_copies",
+    "set_similarity",
+    "stack_caption_sets",
 ]
 
 Objective = Literal["kl", "text_cosine"]
@@ -168,11 +172,11 @@ def caption_set_similarity(
 
     `text_embeddings[i]` holds image i's `n_i` caption embeddings `[n_i, D]`.
     """
-    texts, owners = _stack_caption_sets(text_embeddings, image_embeddings.device)
-    return _set_similarity(image_embeddings, texts, owners)
+    texts, owners = stack_caption_sets(text_embeddings, image_embeddings.device)
+    return set_similarity(image_embeddings, texts, owners)
 
 
-def _stack_caption_sets(
+def stack_caption_sets(
     text_embeddings: Sequence[torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All caption embeddings unit-normalised in one `[T, D]` tensor, plus each one's image."""
@@ -184,7 +188,7 @@ def _stack_caption_sets(
     return F.normalize(texts.detach(), dim=-1), owners
 
 
-def _set_similarity(
+def set_similarity(
     image_embeddings: torch.Tensor, texts: torch.Tensor, owners: torch.Tensor
 ) -> torch.Tensor:
     """Caption-set similarity for `[..., B, D]` images; the leading dims stay (copies)."""
@@ -288,6 +292,10 @@ def _input_copies(
     return copies
 
 
+# Where a step takes its gradient: (step, current, clean, previous iterate) -> pixels.
+GradientPoint = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def linf_pgd(
     victim: Victim,
     images: torch.Tensor,
@@ -295,6 +303,7 @@ def linf_pgd(
     params: PGDParams,
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
+    gradient_point: GradientPoint | None = None,
 ) -> torch.Tensor:
     """Sign-gradient ascent on `objective` within the L-inf ball, in [0, 1]; float32.
 
@@ -304,6 +313,11 @@ def linf_pgd(
     the current adversarial image itself), and returns one scalar to maximise. Gradients
     are taken only w.r.t. the pixels (the victim's parameters get no `.grad`), even when
     the caller runs under `torch.no_grad()`. Each step: x <- project(x + step * sign(g)).
+
+    `gradient_point(step, current, clean, previous)` moves where each step's gradient is
+    taken (DRA's trajectory sampling; `previous` is the iterate before `current`, the start
+    itself at step 0); the step is still applied to the current iterate. None: at the
+    current iterate.
     """
     device = victim.device
     clean = images.detach().to(device, torch.float32)
@@ -316,16 +330,21 @@ def linf_pgd(
         adversarial = project_linf(clean + params.eps * noise, clean, params.eps)
     kernel = gaussian_kernel(params.ti_kernel).to(device) if params.ti_kernel > 1 else None
     velocity = torch.zeros_like(clean) if params.momentum > 0 else None
+    previous = adversarial
     for step in range(params.steps):
+        point = adversarial
+        if gradient_point is not None:
+            point = gradient_point(step, adversarial, clean, previous).detach()
         with torch.enable_grad():
-            adversarial.requires_grad_(True)
-            copies = _input_copies(adversarial, params, generator)
+            point.requires_grad_(True)
+            copies = _input_copies(point, params, generator)
             embeddings = victim.encode_image(torch.cat(copies)).view(len(copies), count, -1)
             loss = objective(embeddings)
-            (gradient,) = torch.autograd.grad(loss, adversarial)
+            (gradient,) = torch.autograd.grad(loss, point)
         if on_step is not None:
             on_step(step, float(loss.detach()))
         adversarial = adversarial.detach()
+        previous = adversarial
         if kernel is not None:
             gradient = F.conv2d(
                 gradient, kernel, padding=params.ti_kernel // 2, groups=gradient.shape[1]
@@ -369,7 +388,7 @@ class PGD(ImageAttack):
         `text_embeddings` (one `[n_i, D]` tensor per image) replaces them, e.g. SGA's
         adversarial-caption embeddings. The ``"kl"`` objective ignores both.
         """
-        self._check_images(images)
+        self.check_images(images)
         params = self._params
         generator = self.generator(generator)
         device = self.victim.device
@@ -384,15 +403,15 @@ class PGD(ImageAttack):
 
             else:
                 sets = self._caption_sets(images.shape[0], texts_per_image, text_embeddings)
-                texts, owners = _stack_caption_sets(sets, device)
+                texts, owners = stack_caption_sets(sets, device)
 
                 def objective(embeddings: torch.Tensor) -> torch.Tensor:
-                    return -_set_similarity(embeddings, texts, owners).sum()
+                    return -set_similarity(embeddings, texts, owners).sum()
 
         adversarial = linf_pgd(self.victim, images, objective, params, generator)
         return adversarial.to(images.device)
 
-    def _check_images(self, images: torch.Tensor) -> None:
+    def check_images(self, images: torch.Tensor) -> None:
         """Pixel-space input at the victim's size; outside [0, 1] the budget means nothing."""
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
             raise ValueError("PGD expects float images [B,3,H,W] in [0, 1]")

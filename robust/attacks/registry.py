@@ -22,6 +22,8 @@ BUILTIN_ATTACK_MODULES: tuple[str, ...] = (
     "robust.attacks.sep",
     "robust.attacks.co_attack",
     "robust.attacks.sga",
+    "robust.attacks.dra",
+    "robust.attacks.sa_aet",
     "robust.attacks.interop",
     "robust.attacks.advclip",
     "robust.attacks.anyattack_targeted",

@@ -45,13 +45,26 @@ class SGA(TwoHalfAttack):
         guide_texts = self.text_attack(texts, clean[owner_index], generator)
         with torch.no_grad():
             guide_embeddings = victim.encode_text(guide_texts)
-        images = self.image_attack(
-            batch.images,
-            batch.texts,
-            generator,
-            text_embeddings=per_image(guide_embeddings, owners, count),
+        images, final_guide = self.attack_images(
+            batch, per_image(guide_embeddings, owners, count), clean, generator
         )
-        with torch.no_grad():
-            adversarial = victim.encode_image(images.to(victim.device, torch.float32))
-        final_texts = self.text_attack(texts, adversarial[owner_index], generator)
+        final_texts = self.text_attack(texts, final_guide[owner_index], generator)
         return AdvBatch(images, regroup(final_texts, batch.texts))
+
+    def attack_images(
+        self,
+        batch: AttackBatch,
+        guide_sets: list[torch.Tensor],
+        clean: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adversarial images, pushed away from each image's guide captions `[n_i, D]`,
+        and the image embeddings `[B, D]` that guide the final text round.
+
+        SGA's guide is the adversarial image's own embedding; `clean` holds the clean
+        images' embeddings, for attacks that mix them in (DRA).
+        """
+        images = self.image_attack(batch.images, batch.texts, generator, text_embeddings=guide_sets)
+        with torch.no_grad():
+            adversarial = self.victim.encode_image(images.to(self.victim.device, torch.float32))
+        return images, adversarial
