@@ -233,6 +233,60 @@ def test_candidates_are_read_at_the_words_own_position(victim, mlm_dir):
         assert adversarial.split(" ")[index] == expected[index]
 
 
+def test_official_offset_reads_the_previous_tokens_predictions(victim, mlm_dir):
+    _, tokenizer = make_mlm(mlm_dir)
+    ids = tokenizer.convert_tokens_to_ids
+    token_at = ids(["[CLS]", "purple", "green", "yellow", "white", "orange", "pink", "blue"])
+    pair = (PositionalMLM(len(tokenizer), token_at), tokenizer)
+    attack = BertAttack(victim, mlm=pair, subword_offset="official")
+    caption = "red circle left square"
+    candidates = attack.candidates_for(caption)
+    # word j reads position j: [CLS] (never a substitute) for word 0, word j-1's token after
+    assert [c.positions for c in candidates] == [(0,), (1,), (2,), (3,)]
+    assert [c.substitutes for c in candidates] == [(), ("purple",), ("green",), ("yellow",)]
+
+    attack = BertAttack(victim, mlm=pair, subword_offset="official", objective="kl", max_words=4)
+    adversarial = attack([caption])[0].split(" ")
+    assert adversarial[0] == "red"  # no substitute at [CLS]
+    assert adversarial[1:] == ["purple", "green", "yellow"]
+
+
+def test_official_offset_shifts_every_sub_word_of_a_combination(victim, mlm_dir):
+    model, tokenizer = make_mlm(mlm_dir)
+    own = BertAttack(victim, mlm=(model, tokenizer), use_combinations=True)
+    official = BertAttack(
+        victim, mlm=(model, tokenizer), use_combinations=True, subword_offset="official"
+    )
+    caption = "a pink hexagon on the left"
+    positions = [
+        next(c for c in attack.candidates_for(caption) if c.word == "hexagon").positions
+        for attack in (own, official)
+    ]
+    assert positions == [(3, 4), (2, 3)]
+
+
+def test_source_max_length_follows_the_official_scripts():
+    from robust.attacks.bert_attack import resolved_max_length
+
+    family = SimpleNamespace
+    assert resolved_max_length("source", family(family="albef")) == 30
+    assert resolved_max_length("source", family(family="tcl")) == 30
+    assert resolved_max_length("source", family(family="clip")) == 77
+    assert resolved_max_length(12, family(family="clip")) == 12
+
+
+def test_source_max_length_lets_a_clip_source_attack_long_captions(victim, mlm_dir):
+    assert victim.family == "clip"
+    pair = make_mlm(mlm_dir, BOOSTS)
+    long_caption = " ".join(["red", "circle", "left", "square"] * 9)  # 36 sub-words
+    short = BertAttack(victim, mlm=pair)
+    per_source = BertAttack(victim, mlm=pair, max_length="source")
+    assert per_source.max_length == 77 and short.max_length == 30
+    assert max(c.index for c in short.candidates_for(long_caption)) == 27  # 28 fit in 30
+    assert max(c.index for c in per_source.candidates_for(long_caption)) == 35
+    assert per_source.config()["max_length"] == "source"
+
+
 def test_multi_subword_words_and_combinations(victim, mlm_dir):
     boosts = {"purple": 50.0, "green": 49.0, "##ish": 48.0, "##y": 47.0}
     model, tokenizer = make_mlm(mlm_dir, boosts)
@@ -322,6 +376,9 @@ def test_loading_from_a_folder_is_silent(victim, mlm_dir, capfd):
         {"threshold_pred_score": "high"},
         {"threshold_pred_score": float("nan")},
         {"use_combinations": "yes"},
+        {"subword_offset": "previous"},
+        {"max_length": "clip"},
+        {"max_length": 0},
         {"importance_batch_size": 0},
         {"candidate_batch_size": True},
         {"budget": 3},

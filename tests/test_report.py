@@ -229,6 +229,58 @@ def test_matrix_marks_white_box_and_averages_seeds(tmp_path):
     assert "pgd seed 1 toy-clip-vit toy-clip-rn (itc)" in text
 
 
+def test_attack_comparison_shows_the_spread_over_seeds(tmp_path):
+    write_matrix_store(tmp_path / "run", seeds=(0, 1, 2), seed_offsets=(0.0, -0.05, 0.05))
+    data = load_report_data(tmp_path / "run")
+    pgd = analysis.attack_summaries(data)[0]
+    # the transfer mean taken seed by seed: 0.3125, 0.2625, 0.3625
+    assert pgd.transfer_tr == pytest.approx(0.3125)
+    assert pgd.transfer_tr_spread == pytest.approx(0.05)
+    assert pgd.white_box_ir_spread == pytest.approx(0.05)
+    text = pdf_text(build_report(tmp_path / "run", tmp_path / "spread.pdf").path)
+    assert "± 5.0" in text and "standard deviation over seeds" in text
+    one_seed = tmp_path / "one"
+    write_matrix_store(one_seed)
+    assert math.isnan(analysis.attack_summaries(load_report_data(one_seed))[0].transfer_tr_spread)
+    assert "±" not in pdf_text(build_report(one_seed, tmp_path / "one.pdf").path)
+
+
+def test_modality_split_table_reads_the_part_rows(tmp_path):
+    run_dir = tmp_path / "run"
+    write_matrix_store(run_dir)
+    keys = {"dataset": "world", "split": "test-1k[:20]", "attack": "pgd", "seed": 0}
+    parts = {"image_only": 0.25, "text_only": 0.125}  # same for TR and IR, every cell
+    with ResultStore.in_run_dir(run_dir) as store:
+        rows = [
+            MetricRow(
+                victim=target,
+                source=source,
+                target=target,
+                metric=f"{side}_asr_r1_{part}",
+                value=value,
+                **keys,
+            )  # fmt: skip
+            for (attack, source, target) in ASR
+            if attack == "pgd"
+            for part, value in parts.items()
+            for side in ("tr", "ir")
+        ]
+        store.write_metrics(store.run_ids()[-1], rows)
+    data = load_report_data(run_dir)
+    (split,) = analysis.modality_splits(data)
+    assert split.attack == "pgd"
+    assert split.both == pytest.approx(((0.425 + 0.2) / 2, (0.3 + 0.1) / 2))
+    assert split.image_only == pytest.approx((0.25, 0.25))
+    assert split.text_only == pytest.approx((0.125, 0.125))
+    text = pdf_text(build_report(run_dir, tmp_path / "split.pdf").path)
+    assert "Which modality carries the transfer" in text
+    assert re.search(r"pgd 31\.2 20\.0 25\.0 25\.0 12\.5 12\.5", text), text
+    # an attack without part rows has no row there, and a run without any has no table
+    plain = tmp_path / "plain"
+    write_matrix_store(plain)
+    assert analysis.modality_splits(load_report_data(plain)) == []
+
+
 def test_sweep_orders_by_eps_and_summaries_split_white_box(tmp_path):
     write_matrix_store(tmp_path / "run")
     data = load_report_data(tmp_path / "run")

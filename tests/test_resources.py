@@ -15,7 +15,7 @@ from robust.resources import PROMPTS, SPECS, ZOO_DIR, shipped_files, spec_path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_every_shipped_spec_loads_by_its_name():
+def test_every_shipped_spec_loads_by_its_name(protocol_attacks):
     specs = shipped_files(SPECS)
     assert {"world-matrix", "world-defense", "world-calibration", "flickr-sga"} <= set(specs)
     for name, path in specs.items():

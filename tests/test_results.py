@@ -19,6 +19,7 @@ from robust.harness.results import (
     is_white_box,
     matrix_tables,
     seed_mean,
+    seed_spread,
     stored_defense_table,
 )
 from robust.harness.store import MetricRow, ResultStore
@@ -40,6 +41,12 @@ def test_headline_is_rerank_only_for_a_target_with_reranked_rows():
 def test_seed_mean_skips_nan_and_matches_np_mean():
     assert seed_mean([0.25, math.nan, 0.5]) == float(np.mean([0.25, 0.5]))
     assert math.isnan(seed_mean([math.nan])) and math.isnan(seed_mean([]))
+
+
+def test_seed_spread_is_the_sample_std_of_the_finite_values():
+    assert seed_spread([0.25, math.nan, 0.5, 0.75]) == pytest.approx(0.25)
+    assert seed_spread([0.3, 0.3]) == 0.0
+    assert math.isnan(seed_spread([0.4])) and math.isnan(seed_spread([0.4, math.nan]))
 
 
 def test_white_box_compares_resolved_specs_not_display_names():

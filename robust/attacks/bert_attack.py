@@ -22,8 +22,13 @@ counts only substitutions actually made.
 Deliberate differences from the reference:
 
 - The candidates of word j are read at the word's *own* sub-word positions (offset +1 for
-  ``[CLS]``). SGA/Co-Attack start the word offsets at 0 while the logits include ``[CLS]``,
-  so they read the previous token's position; original BERT-Attack does it right.
+  ``[CLS]``). SGA/Co-Attack (and DRA/SA-AET, which copy SGA's text attack) start the word
+  offsets at 0 while the logits include ``[CLS]``, so they read the previous token's
+  position (``[CLS]``'s for the first word); original BERT-Attack does it right.
+  ``subword_offset="official"`` reproduces the reference's reading, for comparisons with
+  published tables.
+- The reference always tries sub-word combinations for words of several sub-words; here
+  they are off unless ``use_combinations`` (such words then have no substitutes).
 - The masked-LM input is ``[CLS] sub-words [SEP]`` (ALBEF's tokenizer drops ``[SEP]``).
 - Special tokens (``[SEP]``, ``[unused0]``, ...) and multi-word suggestions (a combination
   that decodes to text with a space) are never substitutes, so one word stays one word.
@@ -62,6 +67,13 @@ from robust.victims.weights import find_hf_model_dir, missing_weights
 
 Objective = Literal["guide", "kl"]
 OBJECTIVES: tuple[str, ...] = ("guide", "kl")
+SubwordOffset = Literal["own", "official"]
+SUBWORD_OFFSETS: tuple[str, ...] = ("own", "official")
+# `max_length: "source"`: the official SGA/DRA/SA-AET scripts' text length for the source
+# victim's family (30 for ALBEF and TCL, 77 for every other source, i.e. CLIP).
+SOURCE_MAX_LENGTH = "source"
+SOURCE_FAMILY_MAX_LENGTH: dict[str, int] = {"albef": 30, "tcl": 30}
+OTHER_FAMILY_MAX_LENGTH = 77
 DEFAULT_MLM = "bert-base-uncased"
 IMPORTANCE_MASK = "[UNK]"
 # Multi-subword words: top-4 per sub-word, at most 12 sub-words, first 24 combinations.
@@ -74,24 +86,44 @@ MaskedLM = str | os.PathLike | tuple[nn.Module, Any]
 
 @dataclass(frozen=True)
 class BertAttackParams:
-    """BERT-Attack hyper-parameters; the defaults are SGA's."""
+    """BERT-Attack hyper-parameters.
+
+    `max_words`, `top_k`, `threshold_pred_score` and `max_length` (for ALBEF/TCL sources)
+    are SGA's values. Two defaults differ from the official SGA/DRA/SA-AET code on purpose:
+    `use_combinations` is off (the official code always tries sub-word combinations) and
+    `subword_offset` is "own" (each word's candidates read at its own sub-word positions;
+    "official" reads the previous token's, as that code does). `max_length` "source" takes
+    the official scripts' length for the source's family: 30 for ALBEF/TCL, 77 otherwise.
+    """
 
     max_words: int = 1
     top_k: int = 10
     threshold_pred_score: float | None = 0.3
     use_combinations: bool = False
-    max_length: int = 30
+    max_length: int | str = 30
     objective: Objective = "guide"
     importance_batch_size: int = 128
     candidate_batch_size: int = 128
+    subword_offset: SubwordOffset = "own"
 
     def __post_init__(self) -> None:
         for name in ("max_words", "top_k", "importance_batch_size", "candidate_batch_size"):
             _check_positive_int(name, getattr(self, name))
-        _check_positive_int("max_length", self.max_length)
-        if self.max_length < 3:
+        if self.max_length != SOURCE_MAX_LENGTH:
+            if isinstance(self.max_length, str):
+                raise AttackConfigError(
+                    f"max_length must be a positive integer or {SOURCE_MAX_LENGTH!r} (the "
+                    f"official length for the source's family), got {self.max_length!r}"
+                )
+            _check_positive_int("max_length", self.max_length)
+            if self.max_length < 3:
+                raise AttackConfigError(
+                    f"max_length must be >= 3 ([CLS], one sub-word, [SEP]), got {self.max_length}"
+                )
+        if self.subword_offset not in SUBWORD_OFFSETS:
             raise AttackConfigError(
-                f"max_length must be >= 3 ([CLS], one sub-word, [SEP]), got {self.max_length}"
+                f"subword_offset must be one of {', '.join(SUBWORD_OFFSETS)}, got "
+                f"{self.subword_offset!r}"
             )
         threshold = self.threshold_pred_score
         if threshold is not None and (
@@ -112,6 +144,15 @@ class BertAttackParams:
             )
 
 
+def resolved_max_length(max_length: int | str, victim: Victim) -> int:
+    """The number of masked-LM tokens a caption may use: `max_length`, or for "source" the
+    official scripts' length for `victim`'s family."""
+    if max_length == SOURCE_MAX_LENGTH:
+        family = str(getattr(victim, "family", ""))
+        return SOURCE_FAMILY_MAX_LENGTH.get(family, OTHER_FAMILY_MAX_LENGTH)
+    return int(max_length)
+
+
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AttackConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -121,7 +162,8 @@ def _check_positive_int(name: str, value: Any) -> None:
 class WordCandidates:
     """The substitutes of one attackable word and the masked-LM positions they come from.
 
-    `positions` index the masked-LM input, where 0 is `[CLS]`; `substitutes` are already
+    `positions` index the masked-LM input, where 0 is `[CLS]` (the word's own sub-words, or
+    with `subword_offset` "official" the tokens before them); `substitutes` are already
     filtered (not the word, no `##`, no stop-word, no special token), in the MLM's order.
     """
 
@@ -312,6 +354,10 @@ class BertAttack(TextAttack):
         self._sep_id = int(self.tokenizer.sep_token_id)
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = int(pad_id) if pad_id is not None else 0
+        self.max_length = resolved_max_length(self._params.max_length, victim)
+        # [CLS] is MLM position 0: a word's own sub-words start one later; the official
+        # code's reading (no shift) takes the previous token's predictions.
+        self._position_shift = 1 if self._params.subword_offset == "own" else 0
         self._subword_cache: dict[str, list[int]] = {}
         self._prepared: _Prepared | None = None
 
@@ -453,11 +499,11 @@ class BertAttack(TextAttack):
             pieces = self._subwords(word)
             spans.append((len(subword_ids), len(subword_ids) + len(pieces)))
             subword_ids.extend(pieces)
-        return _Tokenized(words, spans, subword_ids[: self._params.max_length - 2])
+        return _Tokenized(words, spans, subword_ids[: self.max_length - 2])
 
     def _attackable(self, item: _Tokenized, index: int) -> bool:
         start, end = item.spans[index]
-        limit = self._params.max_length - 2
+        limit = self.max_length - 2
         return end > start and end <= limit and not is_filter_word(item.words[index])
 
     def _mlm_top_k(self, tokenized: list[_Tokenized]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,7 +530,8 @@ class BertAttack(TextAttack):
         return torch.cat(all_scores), torch.cat(all_ids)
 
     def _candidates(self, tokenized: list[_Tokenized]) -> list[list[WordCandidates]]:
-        """Substitutes of every attackable word, read at the word's own MLM positions."""
+        """Substitutes of every attackable word, read at the word's own MLM positions (or,
+        with `subword_offset` "official", one position earlier)."""
         if not tokenized or all(not item.subword_ids for item in tokenized):
             return [[] for _ in tokenized]
         top_scores, top_ids = self._mlm_top_k(tokenized)
@@ -497,7 +544,8 @@ class BertAttack(TextAttack):
                 if not self._attackable(item, index):
                     continue
                 start, end = item.spans[index]
-                positions = tuple(range(start + 1, end + 1))  # +1: [CLS] is position 0
+                shift = self._position_shift
+                positions = tuple(range(start + shift, end + shift))
                 tokens: list[str] = []
                 if len(positions) == 1:
                     scores = top_scores[caption, positions[0]].tolist()

@@ -115,13 +115,17 @@ def print_asr_matrix(result: MatrixTables, label: str) -> None:
     """One attack's transfer matrix: sources x targets, "TR / IR" R@1 ASR in %, white-box
     cells and headline scorings as `robust.harness.results` decided them."""
 
-    def percent(value: float) -> str:
-        return "-" if value != value else f"{100 * value:.1f}"  # nan: no clean-correct query
+    def percent(value: float, spread: float = float("nan")) -> str:
+        if value != value:  # nan: no clean-correct query
+            return "-"
+        return f"{100 * value:.1f}" if spread != spread else f"{100 * value:.1f}±{100 * spread:.1f}"
 
     scorings = {"itc": "ITC", "rerank": "ITM re-ranked"}
+    spread = any(value == value for value in result.tr_asr_spread[label].flat)  # not all nan
     table = Table(
         title=f"{label}: R@1 ASR, TR / IR (%)",
         caption="SGA convention; * white-box; - no query right on clean data; "
+        + ("mean ± standard deviation over seeds; " if spread else "")
         + ", ".join(f"{t}: {scorings.get(s, s)}" for t, s in result.headline_scoring.items()),
     )
     table.add_column("source \\ target", style="bold")
@@ -130,7 +134,9 @@ def print_asr_matrix(result: MatrixTables, label: str) -> None:
     for s, source in enumerate(result.sources):
         cells = []
         for t in range(len(result.targets)):
-            text = f"{percent(result.tr_asr[label][s, t])} / {percent(result.ir_asr[label][s, t])}"
+            tr = percent(result.tr_asr[label][s, t], result.tr_asr_spread[label][s, t])
+            ir = percent(result.ir_asr[label][s, t], result.ir_asr_spread[label][s, t])
+            text = f"{tr} / {ir}"
             cells.append(f"[bold]{text}*[/]" if result.white_box[s, t] else text)
         table.add_row(source, *cells)
     console.print(table)

@@ -9,6 +9,10 @@ alone, BLIP by ITM logit + ITC cosine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,7 +29,11 @@ COCO_K_TEST = 256
 
 def default_k_test(dataset: CaptionDataset) -> int:
     """The official k_test: 128 for Flickr-size (1K) galleries, 256 for COCO-size (5K)."""
-    return FLICKR_K_TEST if dataset.num_images <= 1000 else COCO_K_TEST
+    return _official_k_test(dataset.num_images)
+
+
+def _official_k_test(num_images: int) -> int:
+    return FLICKR_K_TEST if num_images <= 1000 else COCO_K_TEST
 
 
 class ItmReranker:
@@ -69,40 +77,14 @@ class ItmReranker:
         progress: Progress | None = None,
     ) -> ItmReranker:
         """Compute the per-image and per-caption caches for `dataset` in batches."""
-        from robust.data.images import load_images
-
-        progress = ensure_progress(progress)
-        scorer = victim.itm_scorer()
-        image_inputs: list[Tensor] = []
-        text_inputs: list[Tensor] = []
-        text_masks: list[Tensor] = []
-        with torch.no_grad():
-            with progress.task(f"{victim.name}: ITM image cache", dataset.num_images) as task:
-                for start in range(0, dataset.num_images, batch_size):
-                    indices = range(start, min(start + batch_size, dataset.num_images))
-                    images = load_images(
-                        dataset.images, indices, victim.image_size, victim.resize_mode
-                    ).to(victim.device)
-                    image_inputs.append(scorer.image_inputs(scorer.image_tokens(images)))
-                    task.advance(len(indices))
-            with progress.task(f"{victim.name}: ITM text cache", dataset.num_captions) as task:
-                for start in range(0, dataset.num_captions, batch_size):
-                    texts = dataset.captions[start : start + batch_size]
-                    inputs, mask = scorer.text_inputs(texts)
-                    text_inputs.append(inputs)
-                    text_masks.append(mask)
-                    task.advance(len(texts))
-        length = max(mask.shape[1] for mask in text_masks)
-        text_mask = torch.cat([_pad_length(m, length) for m in text_masks])
-        # Columns that are padding in every caption change no score: drop them once here
-        # rather than run them through the fusion layers for every candidate pair.
-        text_hidden, text_mask = trim_padding(
-            torch.cat([_pad_length(t, length) for t in text_inputs]), text_mask
+        image_inputs = itm_image_inputs(victim, dataset, batch_size=batch_size, progress=progress)
+        text_inputs, text_mask = itm_text_inputs(
+            victim, dataset.captions, batch_size=batch_size, progress=progress
         )
         return cls(
             victim,
-            torch.cat(image_inputs),
-            text_hidden,
+            image_inputs,
+            text_inputs,
             text_mask,
             image_features.to(victim.device),
             text_features.to(victim.device),
@@ -137,6 +119,58 @@ class ItmReranker:
         return torch.cat(scores).cpu()
 
 
+def itm_image_inputs(
+    victim: Victim,
+    dataset: CaptionDataset,
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Every image's ITM inputs `[N, ...]` (the victim's `ItmScorer` half), in batches."""
+    from robust.data.images import load_images
+
+    progress = ensure_progress(progress)
+    scorer = victim.itm_scorer()
+    image_inputs: list[Tensor] = []
+    with torch.no_grad():
+        with progress.task(f"{victim.name}: ITM image cache", dataset.num_images) as task:
+            for start in range(0, dataset.num_images, batch_size):
+                indices = range(start, min(start + batch_size, dataset.num_images))
+                images = load_images(
+                    dataset.images, indices, victim.image_size, victim.resize_mode
+                ).to(victim.device)
+                image_inputs.append(scorer.image_inputs(scorer.image_tokens(images)))
+                task.advance(len(indices))
+    return torch.cat(image_inputs)
+
+
+def itm_text_inputs(
+    victim: Victim,
+    captions: Sequence[str],
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Every caption's ITM inputs `[T, L, ...]` and padding mask `[T, L]`, in batches."""
+    progress = ensure_progress(progress)
+    scorer = victim.itm_scorer()
+    text_inputs: list[Tensor] = []
+    text_masks: list[Tensor] = []
+    with torch.no_grad():
+        with progress.task(f"{victim.name}: ITM text cache", len(captions)) as task:
+            for start in range(0, len(captions), batch_size):
+                texts = captions[start : start + batch_size]
+                inputs, mask = scorer.text_inputs(texts)
+                text_inputs.append(inputs)
+                text_masks.append(mask)
+                task.advance(len(texts))
+    length = max(mask.shape[1] for mask in text_masks)
+    text_mask = torch.cat([_pad_length(m, length) for m in text_masks])
+    # Columns that are padding in every caption change no score: drop them once here
+    # rather than run them through the fusion layers for every candidate pair.
+    return trim_padding(torch.cat([_pad_length(t, length) for t in text_inputs]), text_mask)
+
+
 def _pad_length(tensor: Tensor, length: int) -> Tensor:
     """Zero-pad dim 1 to `length` (masks pad with 0, so padded positions are ignored)."""
     missing = length - tensor.shape[1]
@@ -144,6 +178,78 @@ def _pad_length(tensor: Tensor, length: int) -> Tensor:
         return tensor
     pad = [0, 0] * (tensor.ndim - 2) + [0, missing]
     return F.pad(tensor, pad)
+
+
+@dataclass(frozen=True)
+class EncodedGallery:
+    """One victim's encodings of a gallery's images and captions: ITC features, plus ITM
+    inputs where the victim re-ranks. Halves of two galleries combine (`rank_encoded`), so a
+    gallery that mixes one's images with another's captions is scored without re-encoding."""
+
+    image_features: Tensor
+    text_features: Tensor
+    image_inputs: Tensor | None = None
+    text_inputs: Tensor | None = None
+    text_mask: Tensor | None = None
+
+
+def encode_gallery(
+    victim: Victim,
+    dataset: CaptionDataset,
+    *,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> EncodedGallery:
+    """ITC features of `dataset`, and for an ITM victim its images' and captions' ITM inputs."""
+    image_features, text_features = encode_dataset(
+        victim, dataset, batch_size=batch_size, progress=progress
+    )
+    if "itm" not in victim.capabilities:
+        return EncodedGallery(image_features, text_features)
+    image_inputs = itm_image_inputs(victim, dataset, batch_size=batch_size, progress=progress)
+    text_inputs, text_mask = itm_text_inputs(
+        victim, dataset.captions, batch_size=batch_size, progress=progress
+    )
+    return EncodedGallery(image_features, text_features, image_inputs, text_inputs, text_mask)
+
+
+def rank_encoded(
+    victim: Victim,
+    images: EncodedGallery,
+    texts: EncodedGallery,
+    caption_image: np.ndarray,
+    *,
+    k_test: int | None = None,
+    pair_batch_size: int = 256,
+    progress: Progress | None = None,
+) -> tuple[RetrievalResult, RetrievalResult | None]:
+    """(ITC result, ITM re-ranked result or None) of `images`' images against `texts`'
+    captions; `k_test` None is the official value for the gallery's size."""
+    itc = rank_from_features(
+        images.image_features, texts.text_features, caption_image, progress=progress
+    )
+    if images.image_inputs is None or texts.text_inputs is None or texts.text_mask is None:
+        return itc, None
+    if k_test is None:
+        k_test = _official_k_test(images.image_features.shape[0])
+    reranker = ItmReranker(
+        victim,
+        images.image_inputs,
+        texts.text_inputs,
+        texts.text_mask,
+        images.image_features.to(victim.device),
+        texts.text_features.to(victim.device),
+        pair_batch_size=pair_batch_size,
+    )
+    reranked = rank_from_features(
+        images.image_features,
+        texts.text_features,
+        caption_image,
+        k_test=k_test,
+        reranker=reranker,
+        progress=progress,
+    )
+    return itc, reranked
 
 
 def evaluate_reranked(
@@ -156,26 +262,17 @@ def evaluate_reranked(
     progress: Progress | None = None,
 ) -> tuple[RetrievalResult, RetrievalResult]:
     """(ITC-only result, ITM re-ranked result) of a fusion victim on `dataset`."""
-    k_test = default_k_test(dataset) if k_test is None else k_test
-    image_features, text_features = encode_dataset(
-        victim, dataset, batch_size=batch_size, progress=progress
-    )
-    itc = rank_from_features(image_features, text_features, dataset.caption_image)
-    reranker = ItmReranker.build(
+    if "itm" not in victim.capabilities:
+        raise ValueError(f"{victim.name} has no ITM head; re-ranking needs a fusion victim")
+    gallery = encode_gallery(victim, dataset, batch_size=batch_size, progress=progress)
+    itc, reranked = rank_encoded(
         victim,
-        dataset,
-        image_features,
-        text_features,
-        batch_size=batch_size,
+        gallery,
+        gallery,
+        dataset.caption_image,
+        k_test=k_test,
         pair_batch_size=pair_batch_size,
         progress=progress,
     )
-    reranked = rank_from_features(
-        image_features,
-        text_features,
-        dataset.caption_image,
-        k_test=k_test,
-        reranker=reranker,
-        progress=progress,
-    )
+    assert reranked is not None  # an ITM victim's gallery holds its ITM inputs
     return itc, reranked

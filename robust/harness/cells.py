@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +35,7 @@ from robust.data.dataset import ArrayImages, CaptionDataset
 from robust.errors import RobustError
 from robust.eval.retrieval import RetrievalResult
 from robust.harness.cache import AdversarialCache, AdversarialExamples, CacheEntry, jsonable
-from robust.harness.evaluate import retrieval_results
+from robust.harness.evaluate import encoded_results, retrieval_results
 from robust.harness.executors import (
     CleanCell,
     CraftCell,
@@ -50,6 +51,7 @@ from robust.progress import NullProgress, Progress, ensure_progress
 
 if TYPE_CHECKING:
     from robust.attacks.base import UniversalAttack
+    from robust.eval.rerank import EncodedGallery
 
 __all__ = [
     "CellRunner",
@@ -155,11 +157,16 @@ class CleanResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """A target's retrieval on one cache entry's adversarial examples, per scoring."""
+    """A target's retrieval on one cache entry's adversarial examples, per scoring.
+
+    `parts` (where the cell's tasks ask for the modality split) holds the same retrieval on
+    the half-adversarial galleries, per part (`robust.harness.results.MODALITY_PARTS`).
+    """
 
     cell: EvalCell
     results: dict[str, RetrievalResult]
     outputs: TaskOutputs = field(default_factory=TaskOutputs)
+    parts: dict[str, dict[str, RetrievalResult]] = field(default_factory=dict)
 
 
 # -- the worker side -------------------------------------------------------------------------
@@ -215,6 +222,7 @@ class CellRunner:
         self._victim: tuple[str, Any] | None = None
         self._clean_pixels: dict[tuple[int, str], np.ndarray] = {}
         self._clean_features: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._clean_gallery: tuple[tuple[str, int, str], EncodedGallery] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Ship only the spec and paths to another process; models and data reload there."""
@@ -228,6 +236,7 @@ class CellRunner:
         self._victim = None
         self._clean_pixels = {}
         self._clean_features = {}
+        self._clean_gallery = None
 
     def __call__(
         self, cell: CraftCell | CraftShard | PatchCell | TargetedCell | CleanCell | EvalCell
@@ -282,6 +291,7 @@ class CellRunner:
         from robust.victims.registry import load_victim
 
         self._victim = None
+        self._clean_gallery = None  # the previous target's encodings
         victim = load_victim(self.spec.victim(name).load_arg(), device=self.spec.device)
         self._victim = (name, prepare_model(victim, self.spec.precision))
         return victim
@@ -507,6 +517,13 @@ class CellRunner:
         data = replace(self.dataset, images=ArrayImages(pixels))
         at = (cell.image_size, cell.resize_mode)
         outputs = self._outputs(target, data, cell.tasks, at)
+        if self._splits(target, cell.tasks):
+            gallery = self.clean_gallery(target, at)
+            results = encoded_results(
+                target, gallery, gallery, data.caption_image, k_test=self.spec.k_test,
+                progress=self.progress,
+            )  # fmt: skip
+            return CleanResult(cell, results, outputs)
         return CleanResult(cell, self._retrieve(target, data, cell.tasks), outputs)
 
     def evaluate(self, cell: EvalCell) -> EvalResult:
@@ -518,7 +535,56 @@ class CellRunner:
         data = adversarial_dataset(self.dataset, examples.images, examples.texts)
         at = cell.at or (examples.manifest["image_size"], examples.manifest["resize_mode"])
         outputs = self._outputs(target, data, cell.tasks, at)
+        if self._splits(target, cell.tasks):
+            return self._evaluate_parts(cell, target, data, at, outputs)
         return EvalResult(cell, self._retrieve(target, data, cell.tasks), outputs)
+
+    def _splits(self, target: Any, tasks: Tasks) -> bool:
+        """Whether a cell scores the modality split (retrieval the target can do)."""
+        return tasks.modality_split and tasks.retrieval and "itc" in target.capabilities
+
+    def clean_gallery(self, target: Any, at: tuple[int, str]) -> EncodedGallery:
+        """The target's encodings of the clean images at `at` and the clean captions.
+
+        Kept for one (target, geometry) at a time, so the half-adversarial galleries of the
+        evaluations that follow a clean cell reuse its encodings instead of encoding again.
+        """
+        from robust.eval.rerank import encode_gallery
+
+        key = (target.name, int(at[0]), str(at[1]))
+        if self._clean_gallery is None or self._clean_gallery[0] != key:
+            self._clean_gallery = None  # free the previous geometry's before encoding this one
+            data = replace(self.dataset, images=ArrayImages(self.clean_pixels(*at)))
+            gallery = encode_gallery(
+                target, data, batch_size=self.spec.eval_batch_size, progress=self.progress
+            )
+            self._clean_gallery = (key, gallery)
+        return self._clean_gallery[1]
+
+    def _evaluate_parts(
+        self,
+        cell: EvalCell,
+        target: Any,
+        data: CaptionDataset,
+        at: tuple[int, str],
+        outputs: TaskOutputs,
+    ) -> EvalResult:
+        """Retrieval on the adversarial gallery and on both half-adversarial ones: the
+        adversarial images against the clean captions, the clean images against the
+        adversarial captions, each half encoded once."""
+        from robust.eval.rerank import encode_gallery
+        from robust.harness.results import IMAGE_ONLY, TEXT_ONLY
+
+        adversarial = encode_gallery(
+            target, data, batch_size=self.spec.eval_batch_size, progress=self.progress
+        )
+        clean = self.clean_gallery(target, at)
+        score = partial(
+            encoded_results, target, caption_image=data.caption_image, k_test=self.spec.k_test,
+            progress=self.progress,
+        )  # fmt: skip
+        parts = {IMAGE_ONLY: score(adversarial, clean), TEXT_ONLY: score(clean, adversarial)}
+        return EvalResult(cell, score(adversarial, adversarial), outputs, parts=parts)
 
     def _evaluate_targeted(
         self, cell: EvalCell, target: Any, examples: AdversarialExamples

@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from robust.data.dataset import CaptionDataset
 from robust.errors import RobustError
-from robust.eval.rerank import evaluate_reranked
-from robust.eval.retrieval import RetrievalResult, evaluate_retrieval
+from robust.eval.rerank import EncodedGallery, encode_gallery, rank_encoded
+from robust.eval.retrieval import RetrievalResult
 from robust.harness.results import ITC, RERANK
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress, ensure_progress
@@ -46,6 +48,14 @@ def dataset_key(dataset: CaptionDataset) -> tuple[str, str]:
     return base, (split if sep else "test") + bracket + limit
 
 
+def _check_retrieval(victim: Victim) -> None:
+    if "itc" not in victim.capabilities:
+        raise RobustError(
+            f"{victim.name} is a {'/'.join(sorted(victim.capabilities))} model without "
+            "image-text retrieval; evaluate captioners with `robust caption`"
+        )
+
+
 def retrieval_results(
     victim: Victim,
     dataset: CaptionDataset,
@@ -55,17 +65,28 @@ def retrieval_results(
     progress: Progress | None = None,
 ) -> dict[str, RetrievalResult]:
     """ITC results for every retrieval victim, plus ITM re-ranked ones for fusion victims."""
-    if "itc" not in victim.capabilities:
-        raise RobustError(
-            f"{victim.name} is a {'/'.join(sorted(victim.capabilities))} model without "
-            "image-text retrieval; evaluate captioners with `robust caption`"
-        )
-    if "itm" in victim.capabilities:
-        itc, reranked = evaluate_reranked(
-            victim, dataset, k_test=k_test, batch_size=batch_size, progress=progress
-        )
-        return {ITC: itc, RERANK: reranked}
-    return {ITC: evaluate_retrieval(victim, dataset, batch_size=batch_size, progress=progress)}
+    _check_retrieval(victim)
+    gallery = encode_gallery(victim, dataset, batch_size=batch_size, progress=progress)
+    return encoded_results(
+        victim, gallery, gallery, dataset.caption_image, k_test=k_test, progress=progress
+    )
+
+
+def encoded_results(
+    victim: Victim,
+    images: EncodedGallery,
+    texts: EncodedGallery,
+    caption_image: np.ndarray,
+    *,
+    k_test: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, RetrievalResult]:
+    """`retrieval_results` of `images`' images against `texts`' captions, from encodings."""
+    _check_retrieval(victim)
+    itc, reranked = rank_encoded(
+        victim, images, texts, caption_image, k_test=k_test, progress=progress
+    )
+    return {ITC: itc} if reranked is None else {ITC: itc, RERANK: reranked}
 
 
 def evaluate_victims(

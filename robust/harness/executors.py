@@ -23,7 +23,9 @@ __all__ = [
     "EvalCell",
     "Executor",
     "LocalExecutor",
+    "MODALITY_SPLIT",
     "PatchCell",
+    "RETRIEVAL_ONLY",
     "TargetedCell",
     "Tasks",
     "best_available_executor",
@@ -44,7 +46,10 @@ class Tasks:
     `where_supported`, a task the target cannot do is skipped instead of being an error.
     `targeted` reads the entry as a `TargetedCell`'s (image `i` paired with the target
     captions it carries) and scores retrieval as `robust.eval.targeted.targeted_retrieval`
-    does: ITC only, batches of 128, no re-ranking.
+    does: ITC only, batches of 128, no re-ranking. `modality_split` also scores retrieval on
+    the two half-adversarial galleries (adversarial images with clean captions, clean images
+    with adversarial captions), from this cell's encodings and the clean ones at the same
+    geometry; on a clean cell it keeps the clean encodings for the evaluations that follow.
     """
 
     retrieval: bool = True
@@ -53,9 +58,11 @@ class Tasks:
     knn_k: int = 10
     where_supported: bool = False
     targeted: bool = False
+    modality_split: bool = False
 
 
 RETRIEVAL_ONLY = Tasks()
+MODALITY_SPLIT = Tasks(modality_split=True)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from robust.harness.cells import CellRunner, CleanResult, craft_request, valid_m
 from robust.harness.defense_cells import run_defense_cells
 from robust.harness.evaluate import dataset_key
 from robust.harness.executors import (
+    MODALITY_SPLIT,
+    RETRIEVAL_ONLY,
     CleanCell,
     CraftCell,
     EvalCell,
@@ -146,17 +148,21 @@ def run_matrix(
                 computed["crafted_batches"] += crafted.crafted_batches
                 task.advance()
 
-        # 2. clean baselines and adversarial evaluations, grouped by target
+        # 2. clean baselines and adversarial evaluations, grouped by target; a multimodal
+        # attack's cells also score its modality parts, from the clean cell's encodings
+        multimodal = {attack.label: _is_multimodal(attack.name) for attack in spec.attacks}
+        clean_tasks = MODALITY_SPLIT if any(multimodal.values()) else RETRIEVAL_ONLY
         work: list[CleanCell | EvalCell] = []
         for target in spec.targets:
             for key in dict.fromkeys(geometry[source.name] for source in spec.sources):
                 sharing = [s.name for s in spec.sources if geometry[s.name] == key]
                 if not all(writer.has_clean(target.name, source) for source in sharing):
-                    work.append(CleanCell(target.name, key[0], key[1]))
+                    work.append(CleanCell(target.name, key[0], key[1], clean_tasks))
             for source in spec.sources:
                 for attack in spec.attacks:
+                    tasks = MODALITY_SPLIT if multimodal[attack.label] else RETRIEVAL_ONLY
                     for seed in spec.seeds:
-                        cell = EvalCell(attack.label, source.name, target.name, seed)
+                        cell = EvalCell(attack.label, source.name, target.name, seed, tasks)
                         if not writer.has_adversarial(cell):
                             work.append(cell)
         clean_cache: dict[tuple[str, tuple[int, str]], dict[str, RetrievalResult]] = {}
@@ -173,7 +179,7 @@ def run_matrix(
                     key = (cell.target, geometry[cell.source])
                     if key not in clean_cache:
                         clean_cache[key] = writer.read_clean(cell.target, cell.source)
-                    writer.write_adversarial(cell, clean_cache[key], result.results)
+                    writer.write_adversarial(cell, clean_cache[key], result.results, result.parts)
                     computed["evaluated"] += 1
                 task.advance()
 
@@ -187,6 +193,13 @@ def run_matrix(
         return _summarise(
             store, run_id, spec, fingerprint, dataset_name, split, computed, executor_info
         )
+
+
+def _is_multimodal(attack_name: str) -> bool:
+    """Whether the attack registered under `attack_name` perturbs images and captions."""
+    from robust.attacks import attack_class
+
+    return attack_class(attack_name).kind == "multimodal"
 
 
 def _summarise(

@@ -32,20 +32,25 @@ __all__ = [
     "CONTROL_ATTACK",
     "DefenseRow",
     "HEADLINE_METRIC",
+    "IMAGE_ONLY",
     "ITC",
     "KNN",
+    "MODALITY_PARTS",
     "MatrixLayout",
     "MatrixTables",
     "PATCH_ATTACK",
     "RERANK",
+    "TEXT_ONLY",
     "UNOCCLUDED",
     "ZERO_SHOT",
     "defense_table",
     "headline_scoring",
     "is_white_box",
     "matrix_tables",
+    "part_metric",
     "resolved_victim",
     "seed_mean",
+    "seed_spread",
     "stored_defense_table",
 ]
 
@@ -67,6 +72,17 @@ KNN: Final[str] = "knn"
 CAPTION: Final[str] = "caption"
 UNOCCLUDED: Final[str] = "_unoccluded"  # suffix of metrics over images the patch misses
 
+# A multimodal attack's halves, scored on their own: its adversarial images with the clean
+# captions, and the clean images with its adversarial captions (rows: `part_metric`).
+IMAGE_ONLY: Final[str] = "image_only"
+TEXT_ONLY: Final[str] = "text_only"
+MODALITY_PARTS: Final[tuple[str, ...]] = (IMAGE_ONLY, TEXT_ONLY)
+
+
+def part_metric(metric: str, part: str) -> str:
+    """The row name of `metric` scored on one modality part (`tr_asr_r1_image_only`)."""
+    return f"{metric}_{part}"
+
 
 # -- the three rules -------------------------------------------------------------------------
 
@@ -82,6 +98,13 @@ def seed_mean(values: Iterable[float]) -> float:
     (an ASR is NaN where no query was right on clean data)."""
     finite = [value for value in values if not np.isnan(value)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def seed_spread(values: Iterable[float]) -> float:
+    """How much one cell's value varies over its seeds: the sample standard deviation of the
+    finite values (ddof 1), NaN with fewer than two (one seed measures no spread)."""
+    finite = [value for value in values if not np.isnan(value)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan")
 
 
 def resolved_victim(spec: str) -> str:
@@ -161,6 +184,9 @@ class MatrixTables:
     `tr_asr`/`ir_asr` use SGA's convention, `tr_drop`/`ir_drop` Co-Attack's, all as
     fractions, averaged over seeds, at each target's headline scoring ("rerank" for fusion
     targets, "itc" for CLIP); `clean_*` is the target's clean R@1 at the source's resolution.
+    `tr_asr_spread`/`ir_asr_spread` are the ASRs' spread over seeds (`seed_spread`, NaN with
+    one seed). `parts[part]` holds the (TR, IR) ASR matrices of each multimodal attack's
+    modality parts (`MODALITY_PARTS`), seeds averaged; an attack without part rows has none.
     `white_box[s, t]` is true where source and target are the same model.
     """
 
@@ -178,6 +204,9 @@ class MatrixTables:
     ir_asr: dict[str, np.ndarray]
     tr_drop: dict[str, np.ndarray]
     ir_drop: dict[str, np.ndarray]
+    tr_asr_spread: dict[str, np.ndarray]
+    ir_asr_spread: dict[str, np.ndarray]
+    parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
     def asr(self, label: str, source: str, target: str) -> tuple[float, float]:
         """(TR, IR) R@1 ASR (SGA convention) of one cell."""
@@ -211,13 +240,29 @@ class _RunValues:
     ) -> float:
         """One cell at the target's headline scoring, averaged over `seeds` (clean cells,
         `label` None, have no seed)."""
+        return seed_mean(self.seed_values(defense, label, seeds, source, target, metric))
+
+    def seed_values(
+        self,
+        defense: str | None,
+        label: str | None,
+        seeds: Sequence[int],
+        source: str,
+        target: str,
+        metric: str,
+    ) -> list[float]:
+        """One cell's stored values at the target's headline scoring, one per seed found."""
         scoring = self.headline[target]
         keys = [(defense, None, None)] if label is None else [(defense, label, s) for s in seeds]
-        return seed_mean(
+        return [
             value
             for key in keys
             for value in self.values.get((*key, source, target, scoring, metric), [])
-        )
+        ]
+
+    def has_metric(self, label: str, metric: str) -> bool:
+        """Whether any undefended row of attack `label` holds `metric`."""
+        return any(key[0] is None and key[1] == label and key[-1] == metric for key in self.values)
 
 
 def matrix_tables(
@@ -228,15 +273,27 @@ def matrix_tables(
     sources, targets = layout.source_names, layout.target_names
     run = _RunValues(store.metrics(run_id, dataset=dataset, split=split), targets)
 
-    def grid(metric: str, label: str | None) -> np.ndarray:
+    def grid(metric: str, label: str | None, reduce=seed_mean) -> np.ndarray:
         values = np.full((len(sources), len(targets)), np.nan)
         for s, source in enumerate(sources):
             for t, target in enumerate(targets):
-                values[s, t] = run.mean(None, label, layout.seeds, source, target, metric)
+                found = run.seed_values(None, label, layout.seeds, source, target, metric)
+                values[s, t] = reduce(found)
         return values
 
     metric = HEADLINE_METRIC
     labels = layout.labels
+    parts = {
+        part: {
+            label: (
+                grid(part_metric(f"tr_asr_{metric}", part), label),
+                grid(part_metric(f"ir_asr_{metric}", part), label),
+            )
+            for label in labels
+            if run.has_metric(label, part_metric(f"tr_asr_{metric}", part))
+        }
+        for part in MODALITY_PARTS
+    }
     return MatrixTables(
         dataset=dataset,
         split=split,
@@ -252,6 +309,9 @@ def matrix_tables(
         ir_asr={label: grid(f"ir_asr_{metric}", label) for label in labels},
         tr_drop={label: grid(f"tr_drop_{metric}", label) for label in labels},
         ir_drop={label: grid(f"ir_drop_{metric}", label) for label in labels},
+        tr_asr_spread={label: grid(f"tr_asr_{metric}", label, seed_spread) for label in labels},
+        ir_asr_spread={label: grid(f"ir_asr_{metric}", label, seed_spread) for label in labels},
+        parts=parts,
     )
 
 

@@ -47,7 +47,7 @@ __all__ = [
 # Keys excluded from the fingerprint: where and how a run executes, not what it computes.
 NOT_FINGERPRINTED: Final[frozenset[str]] = frozenset({"output_dir", "executor", "device"})
 POSITIVE_INT_PARAMS: Final[frozenset[str]] = frozenset(
-    {"steps", "num_iters", "iterations", "max_words", "top_k", "max_length", "batch_size"}
+    {"steps", "num_iters", "iterations", "max_words", "top_k", "batch_size"}
 )
 UNIT_INTERVAL_PARAMS: Final[frozenset[str]] = frozenset({"eps", "step_size"})
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")

@@ -5,7 +5,10 @@ evaluated target, `source` = the victim whose resolution (and, for adversarial r
 gradients) was used. Clean rows have no attack and no seed. Adversarial rows carry `attack` =
 the attack label, `seed` = the attack seed, R@K on the adversarial data, and both ASR
 conventions (`{tr,ir}_asr_r{K}` SGA, `{tr,ir}_drop_r{K}` Co-Attack). Fusion targets get "itc"
-and "rerank" rows; `robust.harness.results` reads them back into the headline tables.
+and "rerank" rows; `robust.harness.results` reads them back into the headline tables. A
+multimodal attack's rows also carry every metric scored on its modality parts, named by
+`robust.harness.results.part_metric` (`tr_asr_r1_image_only`), in the same cell; the ASR
+of a part counts against the same clean queries as the attack's own.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Final
 from robust.errors import RobustError
 from robust.eval.retrieval import RetrievalResult, attack_success
 from robust.harness.executors import EvalCell
+from robust.harness.results import part_metric
 from robust.harness.store import ABSENT, MetricRow, ResultStore
 
 __all__ = ["MatrixWriter"]
@@ -137,8 +141,11 @@ class MatrixWriter:
         cell: EvalCell,
         clean: dict[str, RetrievalResult],
         results: dict[str, RetrievalResult],
+        parts: Mapping[str, Mapping[str, RetrievalResult]] | None = None,
     ) -> None:
-        """R@K on adversarial data and both ASR conventions; the metrics write is the commit."""
+        """R@K on adversarial data and both ASR conventions, and the same for each modality
+        part in `parts` (part -> scoring -> result), all against this run's clean baseline of
+        the target at the source's preprocessing; the metrics write is the commit."""
         scores = {}
         for scoring, result in results.items():
             if scoring not in clean:
@@ -147,6 +154,12 @@ class MatrixWriter:
                     "resolution; delete the run directory and start again"
                 )
             scores[scoring] = {**result.metrics(), **attack_success(clean[scoring], result)}
+            for part, part_results in (parts or {}).items():
+                scored = {**part_results[scoring].metrics()}
+                scored |= attack_success(clean[scoring], part_results[scoring])
+                scores[scoring] |= {
+                    part_metric(name, part): value for name, value in scored.items()
+                }
         self.write_scores(cell.target, cell.source, cell.attack_label, cell.seed, scores, results)
 
     def write_scores(

@@ -2,7 +2,8 @@
 
 Headline metric is R@1 attack success in SGA's convention (`{tr,ir}_asr_r1`), averaged over
 seeds, on each target's headline scoring (re-ranked where stored, else ITC), by the rules of
-`robust.harness.results` that `robust matrix`'s own summary uses.
+`robust.harness.results` that `robust matrix`'s own summary uses. A summary's spread is
+`seed_spread` of the summary computed seed by seed (NaN for a run with one seed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robust.harness.results import seed_mean
+from robust.harness.results import IMAGE_ONLY, TEXT_ONLY, part_metric, seed_mean, seed_spread
 from robust.report.data import ReportData, TransferScore, finite_mean, victim_headline_scoring
 
 TR_ASR: str = "tr_asr_r1"
@@ -35,17 +36,33 @@ class TransferMatrix:
 
 @dataclass(frozen=True)
 class AttackSummary:
-    """Mean R@1 ASR of one attack on white-box cells and on transfer (black-box) cells."""
+    """Mean R@1 ASR of one attack on white-box cells and on transfer (black-box) cells, and
+    each mean's spread over seeds (NaN with one seed)."""
 
     attack: str
     white_box_tr: float
     white_box_ir: float
     transfer_tr: float
     transfer_ir: float
+    white_box_tr_spread: float = math.nan
+    white_box_ir_spread: float = math.nan
+    transfer_tr_spread: float = math.nan
+    transfer_ir_spread: float = math.nan
 
     @property
     def transfer(self) -> float:
         return finite_mean([self.transfer_tr, self.transfer_ir])
+
+
+@dataclass(frozen=True)
+class ModalitySplit:
+    """Mean transfer R@1 ASR of one multimodal attack (TR, IR): both modalities adversarial,
+    its adversarial images with the clean captions, and the clean images with its captions."""
+
+    attack: str
+    both: tuple[float, float]
+    image_only: tuple[float, float]
+    text_only: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -98,24 +115,36 @@ def _headline_cells(data: ReportData, attack: str) -> list[TransferScore]:
     return [score for score in cells if score.scoring == scoring[score.target]]
 
 
-def transfer_matrix(data: ReportData, attack: str) -> TransferMatrix:
-    """One attack's matrix over the sources and targets it was run on."""
+def transfer_matrix(
+    data: ReportData,
+    attack: str,
+    *,
+    seed: int | None = None,
+    metrics: tuple[str, str] = (TR_ASR, IR_ASR),
+) -> TransferMatrix:
+    """One attack's matrix over the sources and targets it was run on, seeds averaged (or
+    only `seed`'s cells); `metrics` names the (TR, IR) rows it reads."""
     cells = _headline_cells(data, attack)
     order = victim_order(data)
     sources = tuple(name for name in order if any(c.source == name for c in cells))
     targets = tuple(name for name in order if any(c.target == name for c in cells))
-    grids = {metric: np.full((len(sources), len(targets)), np.nan) for metric in (TR_ASR, IR_ASR)}
+    grids = {metric: np.full((len(sources), len(targets)), np.nan) for metric in metrics}
     white_box = np.zeros((len(sources), len(targets)), dtype=bool)
     for s, source in enumerate(sources):
         for t, target in enumerate(targets):
             found = [c for c in cells if c.source == source and c.target == target]
             white_box[s, t] = any(c.white_box for c in found)
+            found = [c for c in found if seed is None or c.seed == seed]
             for metric, grid in grids.items():
                 grid[s, t] = seed_mean(c.metrics.get(metric, math.nan) for c in found)
     scoring = {target: victim_headline_scoring(cells, target) for target in targets}
-    return TransferMatrix(
-        attack, sources, targets, grids[TR_ASR], grids[IR_ASR], white_box, scoring
-    )
+    tr, ir = (grids[metric] for metric in metrics)
+    return TransferMatrix(attack, sources, targets, tr, ir, white_box, scoring)
+
+
+def attack_seeds(data: ReportData, attack: str) -> list[int]:
+    """The seeds an attack's transfer cells were crafted with, ascending."""
+    return sorted({s.seed for s in data.transfer if s.attack == attack} - {None})
 
 
 def transfer_matrices(data: ReportData) -> list[TransferMatrix]:
@@ -127,21 +156,55 @@ def _masked_mean(grid: np.ndarray, mask: np.ndarray) -> float:
     return finite_mean(float(value) for value in grid[mask])
 
 
+def _cell_means(matrix: TransferMatrix) -> tuple[float, float, float, float]:
+    """(white-box TR, white-box IR, transfer TR, transfer IR) means of one matrix."""
+    wb, bb = matrix.white_box, ~matrix.white_box
+    return (
+        _masked_mean(matrix.tr_asr, wb),
+        _masked_mean(matrix.ir_asr, wb),
+        _masked_mean(matrix.tr_asr, bb),
+        _masked_mean(matrix.ir_asr, bb),
+    )
+
+
 def attack_summaries(data: ReportData) -> list[AttackSummary]:
-    """White-box and transfer means of every attack, in spec order."""
+    """White-box and transfer means of every attack, in spec order, each with its spread
+    over seeds: the same mean taken seed by seed, then `seed_spread`."""
     summaries = []
     for matrix in transfer_matrices(data):
-        wb, bb = matrix.white_box, ~matrix.white_box
-        summaries.append(
-            AttackSummary(
-                attack=matrix.attack,
-                white_box_tr=_masked_mean(matrix.tr_asr, wb),
-                white_box_ir=_masked_mean(matrix.ir_asr, wb),
-                transfer_tr=_masked_mean(matrix.tr_asr, bb),
-                transfer_ir=_masked_mean(matrix.ir_asr, bb),
-            )
-        )
+        per_seed = [
+            _cell_means(transfer_matrix(data, matrix.attack, seed=seed))
+            for seed in attack_seeds(data, matrix.attack)
+        ]
+        spreads = [seed_spread(values) for values in zip(*per_seed, strict=True)] or [math.nan] * 4
+        means = _cell_means(matrix)
+        summaries.append(AttackSummary(matrix.attack, *means, *spreads))
     return summaries
+
+
+def modality_splits(data: ReportData) -> list[ModalitySplit]:
+    """Mean transfer R@1 ASR of each attack with modality-part rows (multimodal attacks):
+    both halves, the image half alone and the text half alone, in spec order."""
+    splits = []
+    for attack in data.attack_labels():
+        cells = _headline_cells(data, attack)
+        if not any(part_metric(TR_ASR, IMAGE_ONLY) in c.metrics for c in cells):
+            continue
+        means = {}
+        for part in (None, IMAGE_ONLY, TEXT_ONLY):
+            names = (
+                (TR_ASR, IR_ASR)
+                if part is None
+                else (part_metric(TR_ASR, part), part_metric(IR_ASR, part))
+            )
+            matrix = transfer_matrix(data, attack, metrics=names)
+            transfer = ~matrix.white_box
+            means[part] = (
+                _masked_mean(matrix.tr_asr, transfer),
+                _masked_mean(matrix.ir_asr, transfer),
+            )
+        splits.append(ModalitySplit(attack, means[None], means[IMAGE_ONLY], means[TEXT_ONLY]))
+    return splits
 
 
 def victim_exposures(data: ReportData) -> list[VictimExposure]:

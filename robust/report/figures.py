@@ -132,21 +132,31 @@ def _lightness(value: float) -> float:
 
 
 def attack_comparison(summaries: Sequence[AttackSummary]) -> Figure:
-    """Grouped bars per attack: transfer and white-box R@1 ASR, TR and IR."""
-    series = (
-        ("transfer TR", [s.transfer_tr for s in summaries]),
-        ("transfer IR", [s.transfer_ir for s in summaries]),
-        ("white-box TR", [s.white_box_tr for s in summaries]),
-        ("white-box IR", [s.white_box_ir for s in summaries]),
-    )
+    """Grouped bars per attack: transfer and white-box R@1 ASR, TR and IR, with the spread
+    over seeds as error bars where there is one."""
+    columns = {
+        "transfer TR": "transfer_tr",
+        "transfer IR": "transfer_ir",
+        "white-box TR": "white_box_tr",
+        "white-box IR": "white_box_ir",
+    }
+    series = [
+        (
+            label,
+            [getattr(s, field) for s in summaries],
+            [getattr(s, f"{field}_spread") for s in summaries],
+        )
+        for label, field in columns.items()
+    ]
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(FIGURE_WIDTH_IN, 3.4), layout="constrained")
         ax = figure.subplots()
         positions = np.arange(len(summaries))
         width = 0.8 / len(series)
         colours = matplotlib.colormaps[COLOUR_MAP](np.linspace(0.0, 1.0, len(series)))
-        for index, (label, values) in enumerate(series):
+        for index, (label, values, spreads) in enumerate(series):
             heights = [0.0 if math.isnan(v) else 100 * v for v in values]
+            errors = [0.0 if math.isnan(v) else 100 * v for v in spreads]
             bars = ax.bar(
                 positions + (index - (len(series) - 1) / 2) * width,
                 heights,
@@ -155,6 +165,8 @@ def attack_comparison(summaries: Sequence[AttackSummary]) -> Figure:
                 color=colours[index],
                 edgecolor="black",
                 linewidth=0.5,
+                yerr=errors if any(errors) else None,
+                error_kw={"elinewidth": 0.6, "capsize": 1.5},
             )
             ax.bar_label(
                 bars,

@@ -367,32 +367,69 @@ def transfer_section(data: ReportData) -> list[Block]:
     return story
 
 
+def _with_spread(mean: float, spread: float) -> str:
+    """A mean in %, followed by its spread over seeds where the run has one."""
+    return percent(mean) if math.isnan(spread) else f"{percent(mean)} ± {percent(spread)}"
+
+
 def attack_comparison(data: ReportData) -> list[Block]:
-    """Mean transfer and white-box ASR per attack, as bars and as a table."""
+    """Mean transfer and white-box ASR per attack, as bars and as a table (with the spread
+    over seeds where there are several), then which modality carries each multimodal attack."""
     style = styles()
     summaries = analysis.attack_summaries(data)
     rows = [
         (
             s.attack,
-            percent(s.transfer_tr),
-            percent(s.transfer_ir),
-            percent(s.white_box_tr),
-            percent(s.white_box_ir),
+            _with_spread(s.transfer_tr, s.transfer_tr_spread),
+            _with_spread(s.transfer_ir, s.transfer_ir_spread),
+            _with_spread(s.white_box_tr, s.white_box_tr_spread),
+            _with_spread(s.white_box_ir, s.white_box_ir_spread),
         )
         for s in summaries
     ]
     header = ("attack", "transfer TR", "transfer IR", "white-box TR", "white-box IR")
-    return [
+    spread = any(
+        not math.isnan(value)
+        for s in summaries
+        for value in (s.transfer_tr_spread, s.transfer_ir_spread)
+    )
+    caption = (
+        "Mean R@1 ASR (%) over the cells of each kind; n/a where the run has no cell of that kind."
+    )
+    if spread:
+        caption += (
+            " ± is the standard deviation over seeds of the same mean taken seed by seed "
+            "(error bars in the figure)."
+        )
+    story: list[Block] = [
         figures.to_drawing(
             figures.attack_comparison(summaries), FRAME_WIDTH * 0.92, FIGURE_MAX_HEIGHT
         ),
-        Paragraph(
-            "Mean R@1 ASR (%) over the cells of each kind; n/a where the run has no cell of "
-            "that kind.",
-            style.caption,
-        ),
+        Paragraph(caption, style.caption),
         data_table(header, rows, (160, 80, 80, 80, 80), numeric_from=1),
     ]
+    splits = analysis.modality_splits(data)
+    if splits:
+        story.append(
+            Paragraph(
+                "Which modality carries the transfer: mean transfer R@1 ASR (%) of each "
+                "multimodal attack with both halves, with its adversarial images and the clean "
+                "captions (image only), and with the clean images and its adversarial "
+                "captions (text only), all against the same clean-correct queries.",
+                style.caption,
+            )
+        )
+        split_rows = [
+            (
+                split.attack,
+                *(percent(value) for value in (*split.both, *split.image_only, *split.text_only)),
+            )
+            for split in splits
+        ]
+        split_header = ("attack", *two_line("both TR", "both IR", "image TR", "image IR"))
+        split_header += two_line("text TR", "text IR")
+        story.append(data_table(split_header, split_rows, column_widths((120,), 6), numeric_from=1))
+    return story
 
 
 # -- eps sweep -------------------------------------------------------------------------------
