@@ -521,6 +521,23 @@ def confusable_words(version: str = DEFAULT_WORLD) -> dict[str, tuple[str, ...]]
     return confusable
 
 
+def attribute_swaps(caption: str, version: str = DEFAULT_WORLD) -> list[tuple[str, str]]:
+    """Every caption one attribute name away from `caption`: (the name replaced, the new
+    caption) for each colour, shape, size or fill name it uses (names may span words, as
+    "letter q" does) and each other value of that attribute. These are the one-word swaps
+    BERT-Attack can reach on the world, so they measure what one wrong word costs."""
+    words = caption.split(" ")
+    swaps = []
+    for name, others in confusable_words(version).items():
+        span = name.split(" ")
+        for start in range(len(words) - len(span) + 1):
+            if words[start : start + len(span)] == span:
+                for other in others:
+                    swapped = [*words[:start], *other.split(" "), *words[start + len(span) :]]
+                    swaps.append((name, " ".join(swapped)))
+    return swaps
+
+
 @dataclass(frozen=True)
 class CaptionClaim:
     """What a world caption asserts: per object (size or None, colour, shape, position or
