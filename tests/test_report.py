@@ -893,3 +893,129 @@ def test_anyattack_section_without_examples_says_so(tmp_path):
     text = pdf_text(build_report(tmp_path / "run", tmp_path / "report.pdf").path)
     assert "No examples: anyattack_examples/examples.json is missing or unreadable." in text
     assert "toy-clip-vit adversarial 40.6" in text
+
+
+ORACLE = {"floor_tr_r1": 0.0625, "oracle_tr_r1": 0.25, "ceiling_tr_r1": 0.875}
+ORACLE_STEPS = {1: 0.125, 2: 0.125, 4: 0.1875, 8: 0.25}
+
+
+def write_oracle_run(folder, *, seed: int = 0) -> None:
+    """A `robust anyattack bound` run by hand over ANYATTACK_SPEC's pairs (when seed is 0)."""
+    spec = {
+        "command": "anyattack bound",
+        "encoder": "toy-clip-vit",
+        "dataset": "world:train",
+        "clean_pool": "world:val",
+        "pairs": 8,
+        "optimised": 4,
+        "steps": 8,
+        "step_checkpoints": list(ORACLE_STEPS),
+        "cleans_per_step": 2,
+        "eps": 16 / 255,
+    }
+    metrics = ORACLE | {f"oracle_tr_r1_at_step_{n}": v for n, v in ORACLE_STEPS.items()}
+    with ResultStore.in_run_dir(folder) as store:
+        run_id = store.start_run(spec, {"pairs": seed, "oracle": seed}, PROVENANCE)
+        store.write_metrics(
+            run_id,
+            [
+                MetricRow(
+                    victim="toy-clip-vit",
+                    dataset="world",
+                    split="train",
+                    metric=metric,
+                    value=value,
+                    attack="anyattack-oracle",
+                    source="toy-clip-vit",
+                    target="toy-clip-vit",
+                    seed=seed,
+                )
+                for metric, value in metrics.items()
+            ],
+        )
+
+
+def test_anyattack_section_shows_the_oracle_of_the_same_pairs_and_its_steps(tmp_path):
+    write_anyattack_run(tmp_path / "run")  # bound and eval share a run directory (both default)
+    write_oracle_run(tmp_path / "run")
+    data = load_report_data(tmp_path / "run")
+    assert not data.transfer and not data.attack_labels()  # oracle rows are not cells
+    assert [oracle.by_step for oracle in data.oracles] == [ORACLE_STEPS]
+    assert data.oracle_for(data.anyattack_runs[0], "toy-clip-vit") is data.oracles[0]
+    assert data.oracle_for(data.anyattack_runs[0], "toy-clip-rn") is None
+
+    report = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    text = pdf_text(report.path)
+    assert "Targeted success on toy-clip-vit" in text
+    assert "Oracle: the best single noise per target, optimised white-box on toy-clip-vit" in text
+    assert "first 4 of these pairs (floor 6.2 %, ceiling 87.5 % there)" in text
+    assert "The oracle is missing" not in text
+    assert "target ceiling 96.9 / 93.8 %; noise oracle TR R@1 25.0 % on the first 4" in text
+    assert "Noise oracle by steps" in text
+    assert "toy-clip-vit 4 of 8 6.2 12.5 12.5 18.8 25.0 87.5" in text
+    assert "anyattack-oracle" not in text and "Attack comparison" not in report.sections
+    assert text.count("Targeted success on ") == 1  # one chart per retrieval victim
+
+
+def test_anyattack_section_says_when_the_oracle_is_missing(tmp_path):
+    write_anyattack_run(tmp_path / "run")
+    write_oracle_run(tmp_path / "run" / "bound", seed=1)  # other pairs: not this run's oracle
+    data = load_report_data(tmp_path / "run")
+    assert not data.transfer and data.oracle_for(data.anyattack_runs[0], "toy-clip-vit") is None
+    text = pdf_text(build_report(tmp_path / "run", tmp_path / "report.pdf").path)
+    assert "Targeted success on toy-clip-vit" in text
+    assert (
+        "The oracle is missing: no robust anyattack bound run on toy-clip-vit over these pairs"
+    ) in text
+    assert "Noise oracle runs whose pairs no AnyAttack evaluation in this input shares" in text
+    assert "toy-clip-vit 4 of 8 6.2 12.5 12.5 18.8 25.0 87.5" in text
+
+
+def test_an_oracle_run_alone_is_never_a_transfer_cell(tmp_path):
+    write_oracle_run(tmp_path / "run")
+    data = load_report_data(tmp_path / "run")
+    assert not data.transfer and not data.clean and len(data.oracles) == 1
+    report = build_report(tmp_path / "run", tmp_path / "report.pdf")
+    assert "AnyAttack" in report.sections and "Attack comparison" not in report.sections
+    assert "Noise oracle by steps" in pdf_text(report.path)
+
+
+def test_anyattack_examples_are_the_evaluations_cached_images_and_captions(tmp_path, monkeypatch):
+    """The report's example rows are what `anyattack eval` stored, read back with no model:
+    the PNGs hold the cache entries' pixels, the captions are the captioner's on the
+    adversarial, clean and target image."""
+    from PIL import Image
+
+    from robust.attacks.anyattack import load_decoder
+    from robust.data.world import generate_world
+    from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
+    from robust.harness.cache import AdversarialCache
+    from robust.victims import registry
+
+    run = tmp_path / "run"
+    evaluation = evaluate_anyattack(
+        load_decoder(WORLD_DECODER), "toy-clip-vit", ["toy-clip-vit", "toy-blip-cap"],
+        generate_world("test-1k", count=24), run, pairs=8, examples=2,
+    )  # fmt: skip
+    entries = {
+        (entry.attack_label, entry.path.name): entry
+        for entry in AdversarialCache(run / "cache").complete_entries()
+    }
+    shown = {"clean": "floor", "noise": "noise", "adversarial": "adv", "target": "ceiling"}
+    folder = run / "anyattack_examples"
+    for kind, gallery in shown.items():
+        cached = entries[(f"anyattack-{gallery}", "seed-0-at-64-crop")].load().images
+        for pair in range(2):
+            stored = np.asarray(Image.open(folder / f"{pair:02d}_{kind}.png"))
+            assert np.array_equal(stored, cached[pair])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report loaded a model")
+
+    monkeypatch.setattr(registry, "load_victim", no_model)
+    text = pdf_text(build_report(run, tmp_path / "report.pdf").path)
+    generated = evaluation.generated["toy-blip-cap"]
+    for gallery, label in (("adv", "adversarial"), ("floor", "clean"), ("ceiling", "target")):
+        caption = " ".join(generated[gallery][0].split())
+        assert f"toy-blip-cap on {label}: {caption}" in text
+    assert "scaled by 1 / (2 eps) = 7.97× at eps 16/255" in text

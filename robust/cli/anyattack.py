@@ -381,9 +381,12 @@ def bound_command(
     steps: Annotated[int, typer.Option(help="Sign-gradient steps per target.")] = 200,
     cleans: Annotated[int, typer.Option(help="Pool images drawn per target and step.")] = 8,
     seed: SeedOption = 0,
-    out: Annotated[Path, typer.Option(help="Run directory for the results store.")] = Path(
-        "runs/anyattack"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run directory for the results store; eval's, so its report shows the oracle."
+        ),
+    ] = Path("runs/anyattack"),
 ) -> None:
     """The best clean-independent noise per target: the ceiling for any AnyAttack decoder."""
     from robust.attacks.anyattack import parse_eps

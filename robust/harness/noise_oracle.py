@@ -26,14 +26,11 @@ from robust.errors import RobustError
 from robust.eval.targeted import TargetPairs, pair_images, target_captions
 from robust.harness.anyattack_eval import PairImages, victim_galleries
 from robust.harness.evaluate import dataset_key
+from robust.harness.results import ANYATTACK_ORACLE as ORACLE_ATTACK
+from robust.harness.results import ORACLE_STEP_METRIC as STEP_METRIC
 from robust.harness.store import MetricRow, ResultStore
 from robust.progress import Progress
 from robust.victims.registry import load_victim
-
-ORACLE_ATTACK = "anyattack-oracle"
-
-
-STEP_METRIC = "oracle_tr_r1_at_step_{}"
 
 
 @dataclass(frozen=True)

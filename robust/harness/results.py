@@ -26,6 +26,7 @@ from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
 __all__ = [
     "ANYATTACK",
     "ANYATTACK_EXAMPLES_DIR",
+    "ANYATTACK_ORACLE",
     "ANYATTACK_QUADRUPLE",
     "CACHE_DIRNAME",
     "CAPTION",
@@ -38,6 +39,7 @@ __all__ = [
     "MODALITY_PARTS",
     "MatrixLayout",
     "MatrixTables",
+    "ORACLE_STEP_METRIC",
     "PATCH_ATTACK",
     "RERANK",
     "TEXT_ONLY",
@@ -67,6 +69,8 @@ ANYATTACK_QUADRUPLE: Final[tuple[str, ...]] = ("clean", "noise", "adversarial", 
 PATCH_ATTACK: Final[str] = "advclip-patch"
 CONTROL_ATTACK: Final[str] = "random-patch"
 ANYATTACK: Final[str] = "anyattack"
+ANYATTACK_ORACLE: Final[str] = "anyattack-oracle"  # `robust anyattack bound`'s rows
+ORACLE_STEP_METRIC: Final[str] = "oracle_tr_r1_at_step_{}"  # the oracle after n of its steps
 ZERO_SHOT: Final[str] = "zero-shot"
 KNN: Final[str] = "knn"
 CAPTION: Final[str] = "caption"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ from robust.errors import RobustError
 from robust.harness.cache import AdversarialCache, CacheError
 from robust.harness.calibration import CALIBRATION_FILENAME
 from robust.harness.results import (
+    ANYATTACK_ORACLE,
     CACHE_DIRNAME,
+    ORACLE_STEP_METRIC,
     DefenseRow,
     MatrixLayout,
     defense_table,
@@ -30,6 +33,7 @@ from robust.harness.store import STORE_FILENAME, MetricRow, ResultStore
 
 PATCH_EVAL: Final[str] = "patch-eval"  # the `command` a patch evaluation's spec records
 ANYATTACK_EVAL: Final[str] = "anyattack eval"
+ANYATTACK_BOUND: Final[str] = "anyattack bound"
 BIAS_CAPTION: Final[str] = "bias caption"
 ZEROSHOT: Final[str] = "zeroshot"  # robust.harness.zeroshot.COMMAND
 ZEROSHOT_SCORING: Final[str] = "zero-shot:"  # robust.harness.zeroshot.SCORING_PREFIX
@@ -158,6 +162,36 @@ class AnyAttackRun:
     pairs: int | None
     dataset: str
     victims: tuple[str, ...]
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class OracleRun:
+    """A `robust anyattack bound` run: the clean-independent noise oracle optimised white-box
+    on `victim` for the first `optimised` of `pairs` seeded pairs. `tr_r1` holds its floor,
+    oracle and ceiling targeted TR R@1 on those pairs, `by_step` the oracle's TR R@1 after
+    each recorded step count."""
+
+    run: str
+    victim: str
+    dataset: str
+    pairs: int | None
+    optimised: int | None
+    steps: int | None
+    eps: float | None
+    seed: int | None
+    tr_r1: dict[str, float]
+    by_step: dict[int, float]
+
+    def scores_pairs_of(self, run: AnyAttackRun) -> bool:
+        """Whether this oracle drew the same pairs as `run` (dataset, count and pairing seed)
+        at the same budget, so its score reads against that run's decoder."""
+        if self.eps is None or run.eps is None:
+            same_budget = self.eps is run.eps
+        else:
+            same_budget = math.isclose(self.eps, run.eps)
+        same_draw = (self.dataset, self.pairs, self.seed) == (run.dataset, run.pairs, run.seed)
+        return same_draw and same_budget
 
 
 @dataclass(frozen=True)
@@ -260,6 +294,7 @@ class ReportData:
     bias: list[BiasScore] = field(default_factory=list)
     anyattack_runs: list[AnyAttackRun] = field(default_factory=list)
     anyattack: list[AnyAttackScore] = field(default_factory=list)
+    oracles: list[OracleRun] = field(default_factory=list)
     patch_runs: list[PatchRun] = field(default_factory=list)
     patch: list[PatchScore] = field(default_factory=list)
     zeroshot_runs: list[ZeroShotRun] = field(default_factory=list)
@@ -271,6 +306,11 @@ class ReportData:
         """Attacks with transfer results, in spec order."""
         present = {score.attack for score in self.transfer}
         return [label for label in self.attacks if label in present]
+
+    def oracle_for(self, run: AnyAttackRun, victim: str) -> OracleRun | None:
+        """The latest oracle run on `victim` over `run`'s pairs, if the input holds one."""
+        found = [o for o in self.oracles if o.victim == victim and o.scores_pairs_of(run)]
+        return found[-1] if found else None
 
 
 def find_stores(run_dir: Path) -> list[Path]:
@@ -342,6 +382,9 @@ def _read_store(data: ReportData, store: ResultStore, relative: str) -> None:
         if run.kind == ANYATTACK_EVAL:
             _read_anyattack_run(data, store, run, data.run_dir / Path(relative).parent)
             continue
+        if run.kind == ANYATTACK_BOUND:
+            _read_oracle_run(data, store, run)
+            continue
         if run.kind in BIAS_KINDS:
             _read_bias_run(data, store, run)
             continue
@@ -402,21 +445,56 @@ def _read_anyattack_run(data: ReportData, store: ResultStore, run: RunRecord, fo
     spec = run.spec
     attack = spec.get("attack", {})
     eps = attack.get("eps")
-    pairs = spec.get("pairs")
     data.anyattack_runs.append(
         AnyAttackRun(
             run=run.key,
             folder=folder,
             encoder=str(attack.get("encoder", "?")),
             eps=None if eps is None else float(eps),
-            pairs=None if pairs is None else int(pairs),
+            pairs=_optional_int(spec.get("pairs")),
             dataset=str(spec.get("dataset", "?")),
             victims=tuple(spec.get("victims", [])),
+            seed=_optional_int(run.seeds.get("pairs")),
         )
     )
     for key, metrics in _group_rows(store.metrics(run.run_id)).items():
         victim, _, _, _, _, source, _, _, _ = key
         data.anyattack.append(AnyAttackScore(victim, source, metrics, run.key))
+
+
+_STEP_PATTERN: Final[re.Pattern[str]] = re.compile(ORACLE_STEP_METRIC.format(r"(\d+)"))
+
+
+def _read_oracle_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:
+    """The noise oracle's rows are the AnyAttack section's, never transfer cells."""
+    spec = run.spec
+    rows = [row for row in store.metrics(run.run_id) if row.attack == ANYATTACK_ORACLE]
+    tr_r1, by_step = {}, {}
+    for row in rows:
+        step = _STEP_PATTERN.fullmatch(row.metric)
+        if step:
+            by_step[int(step.group(1))] = row.value
+        elif row.metric.endswith("_tr_r1"):
+            tr_r1[row.metric.removesuffix("_tr_r1")] = row.value
+    eps = spec.get("eps")
+    data.oracles.append(
+        OracleRun(
+            run=run.key,
+            victim=str(spec.get("encoder", rows[0].victim if rows else "?")),
+            dataset=str(spec.get("dataset", "?")),
+            pairs=_optional_int(spec.get("pairs")),
+            optimised=_optional_int(spec.get("optimised")),
+            steps=_optional_int(spec.get("steps")),
+            eps=None if eps is None else float(eps),
+            seed=_optional_int(run.seeds.get("pairs")),
+            tr_r1=tr_r1,
+            by_step=dict(sorted(by_step.items())),
+        )
+    )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _read_zeroshot_run(data: ReportData, store: ResultStore, run: RunRecord) -> None:
