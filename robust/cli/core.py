@@ -114,6 +114,14 @@ def zoo_train_command(
         str | None,
         typer.Option(help="Fusion toys, captioner: warm-start the text from this masked LM."),
     ] = None,
+    attribute_epochs: Annotated[
+        int | None,
+        typer.Option(help="CLIP toys: epochs of supervised scene-attribute start first."),
+    ] = None,
+    attribute_weight: Annotated[
+        float | None,
+        typer.Option(help="CLIP toys: weight of the attribute loss kept beside InfoNCE."),
+    ] = None,
 ) -> None:
     """Train a toy victim on world train with the project's own recipe and save it."""
     from robust.zoo.train import train_zoo_member
@@ -130,6 +138,8 @@ def zoo_train_command(
             world=world,
             vision_init=vision_init,
             text_init=text_init,
+            attribute_epochs=attribute_epochs,
+            attribute_weight=attribute_weight,
             progress=RichProgress(bar),
         )
     console.print(

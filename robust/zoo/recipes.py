@@ -63,6 +63,17 @@ class ClipRecipe:
     # that get one uniform-noise rectangle of `erase_area` of their area.
     erase_probability: float = 0.0
     erase_area: tuple[float, float] = (0.01, 0.08)
+    # A supervised start for the image tower before the contrastive epochs: this many epochs
+    # of multi-label binary cross-entropy on what each scene holds
+    # (robust.zoo.scene_attributes), through a linear head on the image embedding, at
+    # `attribute_learning_rate`. Contrastive training from scratch teaches the towers a
+    # scene's colours and nothing else; this stage teaches them every attribute first, as
+    # real ALBEF and TCL start from a DeiT trained with labels.
+    attribute_epochs: int = 0
+    attribute_learning_rate: float = 2e-3
+    # the weight of the same attribute loss kept beside InfoNCE in the contrastive epochs
+    # (the head carries over), so that what the tower learnt first is not trained away
+    attribute_weight: float = 0.0
     # A zoo member or open_clip local-dir folder to start from instead of random weights
     # (the schedule then runs as a fine-tune of it).
     init: str | None = None

@@ -7,7 +7,7 @@ record, so it lives apart from the trainers and the dispatcher that imports them
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from robust.data.dataset import CaptionDataset
@@ -24,6 +24,9 @@ class TrainReport:
     steps: int
     final_loss: float
     recipe: dict
+    # what a trainer measured beyond its final loss (a supervised start's scores), kept in
+    # training.json under the same keys
+    details: dict = field(default_factory=dict)
 
 
 def write_training_record(report: TrainReport, dataset: CaptionDataset) -> Path:
@@ -40,6 +43,7 @@ def write_training_record(report: TrainReport, dataset: CaptionDataset) -> Path:
         "final_loss": report.final_loss,
         "versions": provenance["versions"],
         "hardware": provenance["hardware"],
+        **report.details,
     }
     path = report.output_dir / "training.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -20,6 +20,11 @@ from robust.resources import ZOO_DIR
 from robust.zoo.augment import noisy_caption, random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
 from robust.zoo.record import TrainReport, write_training_record
+from robust.zoo.scene_attributes import (
+    prior_loss,
+    scene_attribute_targets,
+    top_k_precision,
+)
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
 from robust.zoo.train_blip import (
@@ -63,6 +68,8 @@ def train_zoo_member(
     world: str | None = None,
     vision_init: str | None = None,
     text_init: str | None = None,
+    attribute_epochs: int | None = None,
+    attribute_weight: float | None = None,
     dataset: CaptionDataset | None = None,
     progress: Progress | None = None,
 ) -> TrainReport:
@@ -72,7 +79,9 @@ def train_zoo_member(
     runs as a fine-tune of it; its training record is kept inside the new one. `world`
     trains on another world version (the recipe's `for_world`); `vision_init` / `text_init`
     (fusion toys, the captioner) name the members its towers warm-start from, which must
-    have been trained on the same world.
+    have been trained on the same world. `attribute_epochs` / `attribute_weight` (CLIP
+    toys) set the image tower's supervised start on scene attributes and the weight of
+    that loss kept in the contrastive epochs (`ClipRecipe`).
     """
     recipes = zoo_recipes()
     if name not in recipes:
@@ -88,6 +97,8 @@ def train_zoo_member(
         "init": init,
         "vision_init": vision_init,
         "text_init": text_init,
+        "attribute_epochs": attribute_epochs,
+        "attribute_weight": attribute_weight,
     }
     overrides = {k: v for k, v in requested.items() if v is not None}
     if overrides.get("epochs", 1) <= 0:
@@ -96,6 +107,10 @@ def train_zoo_member(
         raise RobustError(f"--train-images must be positive, got {train_images}")
     if overrides.get("learning_rate", 1.0) <= 0:
         raise RobustError(f"--learning-rate must be positive, got {learning_rate}")
+    if overrides.get("attribute_epochs", 0) < 0:
+        raise RobustError(f"--attribute-epochs must be 0 or more, got {attribute_epochs}")
+    if overrides.get("attribute_weight", 0.0) < 0:
+        raise RobustError(f"--attribute-weight must be 0 or more, got {attribute_weight}")
     accepted = {f.name for f in fields(recipe)}
     for key in overrides:
         if key not in accepted:
@@ -178,18 +193,28 @@ def train_clip(
     image_captions = [np.asarray(c) for c in dataset.image_captions]
     mean = torch.tensor(recipe.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [
-        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
-    ]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=recipe.learning_rate,
-        betas=(0.9, 0.98),
-    )
+
+    def training_images(indices: np.ndarray, *, erase: bool) -> torch.Tensor:
+        images = pixels[indices].float() / 255.0
+        if erase and recipe.erase_probability > 0:
+            images = random_erasing(
+                images,
+                probability=recipe.erase_probability,
+                area_range=tuple(recipe.erase_area),
+                generator=erase_generator,
+            )
+        return (images - mean) / std
+
+    head, attribute_targets, details = None, None, {}
+    if recipe.attribute_epochs > 0 or recipe.attribute_weight > 0:
+        attribute_targets = scene_attribute_targets(dataset.labels, recipe.world)
+        head = torch.nn.Linear(recipe.model_cfg["embed_dim"], attribute_targets.shape[1])
+    if recipe.attribute_epochs > 0:
+        details["attribute_start"] = train_attribute_start(
+            model, head, attribute_targets, training_images, recipe, generator, progress
+        )
+    trained = torch.nn.ModuleList([model] if head is None else [model, head])
+    optimizer = adamw(trained, recipe.learning_rate, recipe.weight_decay)
     num_images = pixels.shape[0]
     steps_per_epoch = num_images // recipe.batch_size
     total_steps = steps_per_epoch * recipe.epochs
@@ -204,18 +229,11 @@ def train_clip(
             for batch_start in range(0, steps_per_epoch * recipe.batch_size, recipe.batch_size):
                 indices = order[batch_start : batch_start + recipe.batch_size]
                 chosen = [int(generator.choice(image_captions[i])) for i in indices]
-                images = pixels[indices].float() / 255.0
-                if recipe.erase_probability > 0:
-                    images = random_erasing(
-                        images,
-                        probability=recipe.erase_probability,
-                        area_range=tuple(recipe.erase_area),
-                        generator=erase_generator,
-                    )
-                images = (images - mean) / std
+                images = training_images(indices, erase=True)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step)
-                image_features = F.normalize(model.encode_image(images), dim=-1)
+                image_embeddings = model.encode_image(images)
+                image_features = F.normalize(image_embeddings, dim=-1)
                 if caption_noise:
                     texts = [
                         noisy_caption(
@@ -236,9 +254,14 @@ def train_clip(
                 logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
                 targets = torch.arange(len(indices))
                 loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+                if recipe.attribute_weight > 0:
+                    attribute_loss = F.binary_cross_entropy_with_logits(
+                        head(image_embeddings), attribute_targets[indices]
+                    )
+                    loss = loss + recipe.attribute_weight * attribute_loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
                 optimizer.step()
                 loss_value = float(loss.detach())
                 step += 1
@@ -246,10 +269,14 @@ def train_clip(
     seconds = time.perf_counter() - start
 
     model.eval()
+    if head is not None:
+        details["attribute_scores"] = attribute_scores(model, head, recipe, mean, std)
     dtype = getattr(torch, recipe.save_dtype)
     saved = model.to(dtype)
     save_local_dir(saved, recipe.model_cfg, recipe.preprocess_cfg, output_dir)
-    report = TrainReport(recipe.name, output_dir, seconds, step, loss_value, recipe.config())
+    report = TrainReport(
+        recipe.name, output_dir, seconds, step, loss_value, recipe.config(), details
+    )
     record_path = write_training_record(report, dataset)
     if recipe.init is not None:
         record = json.loads(record_path.read_text())
@@ -257,3 +284,94 @@ def train_clip(
         record["init_record"] = init_record
         record_path.write_text(json.dumps(record, indent=2) + "\n")
     return report
+
+
+def adamw(module: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as every CLIP recipe runs it: weight decay on matrices but not on embeddings,
+    biases or gains; betas 0.9/0.98."""
+    decay, rest = [], []
+    for name, parameter in module.named_parameters():
+        decayed = parameter.ndim >= 2 and "embedding" not in name
+        (decay if decayed else rest).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.98))
+
+
+def train_attribute_start(
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    training_images: Callable[..., torch.Tensor],
+    recipe: ClipRecipe,
+    generator: np.random.Generator,
+    progress: Progress,
+) -> dict:
+    """The image tower's supervised start: `recipe.attribute_epochs` epochs of multi-label
+    binary cross-entropy on what each scene holds, through `head`; the text tower waits.
+    Images are not erased here (a rectangle can hide an object its label still names)."""
+    trained = torch.nn.ModuleList([model.visual, head])
+    optimizer = adamw(trained, recipe.attribute_learning_rate, recipe.weight_decay)
+    num_images = targets.shape[0]
+    steps_per_epoch = num_images // recipe.batch_size
+    total_steps = steps_per_epoch * recipe.attribute_epochs
+    learning_rate = cosine_learning_rate(
+        recipe.attribute_learning_rate, total_steps, recipe.warmup_fraction
+    )
+    step, loss_value = 0, float("nan")
+    start = time.perf_counter()
+    with progress.task(f"attribute start {recipe.name}", total_steps) as task:
+        for _ in range(recipe.attribute_epochs):
+            order = generator.permutation(num_images)
+            for batch_start in range(0, steps_per_epoch * recipe.batch_size, recipe.batch_size):
+                indices = order[batch_start : batch_start + recipe.batch_size]
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step)
+                logits = head(model.encode_image(training_images(indices, erase=False)))
+                loss = F.binary_cross_entropy_with_logits(logits, targets[indices])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+                optimizer.step()
+                loss_value = float(loss.detach())
+                step += 1
+                task.advance()
+    return {
+        "steps": step,
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_loss": loss_value,
+        "prior_loss": prior_loss(targets),
+    }
+
+
+ATTRIBUTE_SCORE_IMAGES = 500
+
+
+def attribute_scores(
+    model: torch.nn.Module,
+    head: torch.nn.Linear,
+    recipe: ClipRecipe,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> dict:
+    """How well the trained tower tells what unseen scenes hold: the attribute loss against
+    guessing each attribute's frequency, and top-k precision, on the first
+    `ATTRIBUTE_SCORE_IMAGES` images of world val."""
+    from robust.data.world import generate_world
+
+    size = recipe.model_cfg["vision_cfg"]["image_size"]
+    val = generate_world("val", count=ATTRIBUTE_SCORE_IMAGES, version=recipe.world, size=size)
+    targets = scene_attribute_targets(val.labels, recipe.world)
+    pixels = torch.from_numpy(val.images.pixels).permute(0, 3, 1, 2).float() / 255.0  # type: ignore[attr-defined]
+    with torch.no_grad():
+        logits = torch.cat(
+            [head(model.encode_image((chunk - mean) / std)) for chunk in pixels.split(100)]
+        )
+    return {
+        "images": f"{val.name}[:{ATTRIBUTE_SCORE_IMAGES}]",
+        "loss": float(F.binary_cross_entropy_with_logits(logits, targets)),
+        "prior_loss": prior_loss(targets),
+        "top_k_precision": top_k_precision(logits, targets),
+    }
