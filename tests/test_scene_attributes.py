@@ -17,6 +17,7 @@ from robust.zoo.scene_attributes import (
     scene_attribute_names,
     scene_attribute_targets,
     top_k_precision,
+    top_k_precision_by_kind,
 )
 from robust.zoo.train import train_attribute_start, train_clip
 from tests.cli_helpers import assert_one_line_error, invoke
@@ -82,6 +83,14 @@ def test_scores_of_perfect_and_uninformed_towers():
     assert prior_loss(targets) == pytest.approx(float(expected), rel=1e-4)
 
 
+def test_precision_by_kind_tells_a_colour_reader_from_a_shape_reader():
+    names = ("shape:star", "shape:cross", "color:red", "color:blue")
+    targets = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    colour_reader = torch.tensor([[0.0, 0.0, 5.0, -5.0], [0.0, 0.0, -5.0, 5.0]])
+    colour_reader[:, :2] = torch.tensor([[-1.0, 1.0], [1.0, -1.0]])  # shapes the wrong way
+    assert top_k_precision_by_kind(colour_reader, targets, names) == {"shape": 0.0, "color": 1.0}
+
+
 @pytest.fixture(scope="module")
 def tiny_recipe():
     """A ResNet tower small enough to train on CPU in seconds, at 32 px."""
@@ -134,6 +143,9 @@ def test_training_json_records_the_start_and_held_out_scores(tiny_recipe, tmp_pa
     scores = record["attribute_scores"]
     assert scores["images"] == "world:val[:500]"
     assert 0.0 <= scores["top_k_precision"] <= 1.0
+    assert set(scores["top_k_precision_by_kind"]) == {
+        "shape", "color", "size", "position", "background", "count"
+    }  # fmt: skip
     assert scores["loss"] > 0 and scores["prior_loss"] > 0
     assert report.steps == 2 and record["recipe"]["attribute_weight"] == 0.5
 

@@ -69,3 +69,16 @@ def top_k_precision(logits: torch.Tensor, targets: torch.Tensor) -> float:
     order = logits.argsort(dim=1, descending=True)
     hits = [float(targets[row, order[row, :k]].sum()) for row, k in enumerate(counts.tolist())]
     return sum(hits) / max(1, int(counts.sum()))
+
+
+def top_k_precision_by_kind(
+    logits: torch.Tensor, targets: torch.Tensor, names: Sequence[str]
+) -> dict[str, float]:
+    """`top_k_precision` within each kind of attribute (shape, color, ...): a tower can
+    rank colours perfectly and know nothing of shapes, which the pooled score hides."""
+    kinds = dict.fromkeys(name.split(":", 1)[0] for name in names)
+    scores = {}
+    for kind in kinds:
+        columns = [i for i, name in enumerate(names) if name.startswith(kind + ":")]
+        scores[kind] = top_k_precision(logits[:, columns], targets[:, columns])
+    return scores

@@ -22,8 +22,10 @@ from robust.zoo.recipes import RECIPES, ClipRecipe
 from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.scene_attributes import (
     prior_loss,
+    scene_attribute_names,
     scene_attribute_targets,
     top_k_precision,
+    top_k_precision_by_kind,
 )
 from robust.zoo.schedule import cosine_learning_rate
 from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
@@ -374,4 +376,7 @@ def attribute_scores(
         "loss": float(F.binary_cross_entropy_with_logits(logits, targets)),
         "prior_loss": prior_loss(targets),
         "top_k_precision": top_k_precision(logits, targets),
+        "top_k_precision_by_kind": top_k_precision_by_kind(
+            logits, targets, scene_attribute_names(recipe.world)
+        ),
     }
