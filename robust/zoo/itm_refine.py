@@ -38,7 +38,7 @@ from robust.resources import ZOO_DIR
 from robust.victims.base import Victim
 from robust.zoo.recipes import known_world
 from robust.zoo.record import TrainReport, write_training_record
-from robust.zoo.schedule import cosine_learning_rate
+from robust.zoo.schedule import clipped_step, cosine_learning_rate
 from robust.zoo.warm_start import check_trained_world
 
 ITM_REFINE_COMMAND = "robust zoo refine-itm"
@@ -316,11 +316,7 @@ def refine_itm(
                     )
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(step)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-                    optimizer.step()
-                    loss_value = float(loss.detach())
+                    loss_value = clipped_step(optimizer, loss, [p for _, p in trainable])
                     step += 1
                     task.advance()
         return step, loss_value, time.perf_counter() - start_time

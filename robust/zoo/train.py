@@ -27,7 +27,7 @@ from robust.zoo.scene_attributes import (
     top_k_precision,
     top_k_precision_by_kind,
 )
-from robust.zoo.schedule import cosine_learning_rate
+from robust.zoo.schedule import clipped_step, cosine_learning_rate
 from robust.zoo.train_albef import ALBEF_RECIPES, train_albef
 from robust.zoo.train_blip import (
     BLIP_RECIPES,
@@ -261,11 +261,7 @@ def train_clip(
                         head(image_embeddings), attribute_targets[indices]
                     )
                     loss = loss + recipe.attribute_weight * attribute_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-                optimizer.step()
-                loss_value = float(loss.detach())
+                loss_value = clipped_step(optimizer, loss, trained.parameters())
                 step += 1
                 task.advance()
     seconds = time.perf_counter() - start
@@ -333,11 +329,7 @@ def train_attribute_start(
                     group["lr"] = learning_rate(step)
                 logits = head(model.encode_image(training_images(indices, erase=False)))
                 loss = F.binary_cross_entropy_with_logits(logits, targets[indices])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-                optimizer.step()
-                loss_value = float(loss.detach())
+                loss_value = clipped_step(optimizer, loss, trained.parameters())
                 step += 1
                 task.advance()
     return {

@@ -52,7 +52,7 @@ from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_neg
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE, patch_for_size, world_image_size
 from robust.zoo.record import TrainReport, write_training_record
-from robust.zoo.schedule import cosine_learning_rate
+from robust.zoo.schedule import clipped_step, cosine_learning_rate
 from robust.zoo.vocab import VOCAB_SIZE, build_world_vocab
 from robust.zoo.warm_start import (
     TEXT_SOURCE,
@@ -594,10 +594,7 @@ def train_albef(
                     group["lr"] = learning_rate(step) * group["lr_scale"]
                 easy = easy_share(recipe.itm_easy_schedule, step, total_steps)
                 losses = training_losses(victim, temperature, batch, recipe, generator, head, easy)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
+                clipped_step(optimizer, losses["loss"], parameters)
                 with torch.no_grad():
                     temperature.clamp_(*TEMPERATURE_RANGE)
                 last = {name: float(value.detach()) for name, value in losses.items()}

@@ -32,7 +32,7 @@ from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_neg
 from robust.zoo.masked_lm import mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE, known_world, patch_for_size, world_image_size
 from robust.zoo.record import TrainReport, write_training_record
-from robust.zoo.schedule import cosine_learning_rate
+from robust.zoo.schedule import clipped_step, cosine_learning_rate
 from robust.zoo.warm_start import (
     clip_visual_state,
     copy_into,
@@ -568,13 +568,9 @@ def _train_steps(
             texts = _pick_captions(dataset, indices, recipe.captions_per_image, rng)
             _set_learning_rate(optimizer, schedule(step))
             loss = batch_loss(_as_unit(pixels[indices]), texts)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            loss_value = clipped_step(optimizer, loss, model.parameters())
             if after_step is not None:
                 after_step()
-            loss_value = float(loss.detach())
             step += 1
             task.advance()
     model.eval()
@@ -845,11 +841,7 @@ def train_mlm(
             )
             _set_learning_rate(optimizer, schedule(step))
             loss = masked_lm_loss(model, corrupted, attention_mask, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            loss_value = float(loss.detach())
+            loss_value = clipped_step(optimizer, loss, model.parameters())
             step += 1
             task.advance()
     seconds = time.perf_counter() - start
