@@ -19,7 +19,7 @@ from robust.zoo.scene_attributes import (
     top_k_precision,
     top_k_precision_by_kind,
 )
-from robust.zoo.train import train_attribute_start, train_clip
+from robust.zoo.train import attribute_loss, train_attribute_start, train_clip
 from tests.cli_helpers import assert_one_line_error, invoke
 
 LABEL = {
@@ -91,6 +91,24 @@ def test_precision_by_kind_tells_a_colour_reader_from_a_shape_reader():
     assert top_k_precision_by_kind(colour_reader, targets, names) == {"shape": 0.0, "color": 1.0}
 
 
+@pytest.mark.parametrize("with_text", [False, True])
+def test_the_caption_side_answers_to_the_shared_head_only_when_asked(with_text):
+    head = torch.nn.Linear(8, 5)
+    targets = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 1.0]])
+    images = torch.randn(2, 8, requires_grad=True)
+    texts = torch.randn(2, 8, requires_grad=True)
+    loss = attribute_loss(head, targets, images, texts if with_text else None)
+    loss.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert (texts.grad is not None) == with_text
+    image_only = torch.nn.functional.binary_cross_entropy_with_logits(head(images), targets)
+    if not with_text:
+        assert torch.allclose(loss, image_only)
+    else:
+        text_only = torch.nn.functional.binary_cross_entropy_with_logits(head(texts), targets)
+        assert torch.allclose(loss, (image_only + text_only) / 2)
+
+
 @pytest.fixture(scope="module")
 def tiny_recipe():
     """A ResNet tower small enough to train on CPU in seconds, at 32 px."""
@@ -155,6 +173,7 @@ def test_training_json_records_the_start_and_held_out_scores(tiny_recipe, tmp_pa
     [
         (("--attribute-epochs", "-1"), ("--attribute-epochs", "0 or more")),
         (("--attribute-weight", "-0.5"), ("--attribute-weight", "0 or more")),
+        (("--attribute-text",), ("--attribute-text needs --attribute-weight",)),
     ],
 )
 def test_bad_attribute_options_are_one_line(args, fragments):

@@ -122,6 +122,13 @@ def zoo_train_command(
         float | None,
         typer.Option(help="CLIP toys: weight of the attribute loss kept beside InfoNCE."),
     ] = None,
+    attribute_text: Annotated[
+        bool | None,
+        typer.Option(
+            "--attribute-text/--no-attribute-text",
+            help="CLIP toys: the attribute head also reads caption embeddings.",
+        ),
+    ] = None,
 ) -> None:
     """Train a toy victim on world train with the project's own recipe and save it."""
     from robust.zoo.train import train_zoo_member
@@ -140,6 +147,7 @@ def zoo_train_command(
             text_init=text_init,
             attribute_epochs=attribute_epochs,
             attribute_weight=attribute_weight,
+            attribute_text=attribute_text,
             progress=RichProgress(bar),
         )
     console.print(

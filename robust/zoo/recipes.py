@@ -74,6 +74,11 @@ class ClipRecipe:
     # the weight of the same attribute loss kept beside InfoNCE in the contrastive epochs
     # (the head carries over), so that what the tower learnt first is not trained away
     attribute_weight: float = 0.0
+    # the same head also reads each caption's embedding and must find its scene's attributes
+    # there: a tower that knows shapes is not enough when InfoNCE lets the text side match
+    # by colour alone, and one shared head puts each attribute in the same direction of
+    # both embeddings
+    attribute_text: bool = False
     # A zoo member or open_clip local-dir folder to start from instead of random weights
     # (the schedule then runs as a fine-tune of it).
     init: str | None = None

@@ -72,6 +72,7 @@ def train_zoo_member(
     text_init: str | None = None,
     attribute_epochs: int | None = None,
     attribute_weight: float | None = None,
+    attribute_text: bool | None = None,
     dataset: CaptionDataset | None = None,
     progress: Progress | None = None,
 ) -> TrainReport:
@@ -83,7 +84,8 @@ def train_zoo_member(
     (fusion toys, the captioner) name the members its towers warm-start from, which must
     have been trained on the same world. `attribute_epochs` / `attribute_weight` (CLIP
     toys) set the image tower's supervised start on scene attributes and the weight of
-    that loss kept in the contrastive epochs (`ClipRecipe`).
+    that loss kept in the contrastive epochs; `attribute_text` makes the captions'
+    embeddings answer to the same head (`ClipRecipe`).
     """
     recipes = zoo_recipes()
     if name not in recipes:
@@ -101,6 +103,7 @@ def train_zoo_member(
         "text_init": text_init,
         "attribute_epochs": attribute_epochs,
         "attribute_weight": attribute_weight,
+        "attribute_text": attribute_text,
     }
     overrides = {k: v for k, v in requested.items() if v is not None}
     if overrides.get("epochs", 1) <= 0:
@@ -119,6 +122,8 @@ def train_zoo_member(
             option = "--" + key.replace("_", "-")
             raise RobustError(f"{option} does not apply to {name}'s recipe; leave it out")
     recipe = replace(recipe, **overrides)
+    if getattr(recipe, "attribute_text", False) and recipe.attribute_weight <= 0:
+        raise RobustError("--attribute-text needs --attribute-weight above 0 to train anything")
     check_warm_start_worlds(recipe)
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
     return trainer(recipe, output_dir, dataset=dataset, progress=progress)
@@ -252,15 +257,16 @@ def train_clip(
                     text_tokens = tokenizer(texts)
                 else:
                     text_tokens = tokens[chosen]
-                text_features = F.normalize(model.encode_text(text_tokens), dim=-1)
+                text_embeddings = model.encode_text(text_tokens)
+                text_features = F.normalize(text_embeddings, dim=-1)
                 logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
                 targets = torch.arange(len(indices))
                 loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
                 if recipe.attribute_weight > 0:
-                    attribute_loss = F.binary_cross_entropy_with_logits(
-                        head(image_embeddings), attribute_targets[indices]
+                    text_side = text_embeddings if recipe.attribute_text else None
+                    loss = loss + recipe.attribute_weight * attribute_loss(
+                        head, attribute_targets[indices], image_embeddings, text_side
                     )
-                    loss = loss + recipe.attribute_weight * attribute_loss
                 loss_value = clipped_step(optimizer, loss, trained.parameters())
                 step += 1
                 task.advance()
@@ -298,6 +304,20 @@ def adamw(module: torch.nn.Module, learning_rate: float, weight_decay: float) ->
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.98))
 
 
+def attribute_loss(
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary cross-entropy of `head` reading the scenes' attributes from their image
+    embeddings and, when given, from their captions' embeddings (the mean of both)."""
+    loss = F.binary_cross_entropy_with_logits(head(image_embeddings), targets)
+    if text_embeddings is None:
+        return loss
+    return (loss + F.binary_cross_entropy_with_logits(head(text_embeddings), targets)) / 2
+
+
 def train_attribute_start(
     model: torch.nn.Module,
     head: torch.nn.Linear,
@@ -327,8 +347,8 @@ def train_attribute_start(
                 indices = order[batch_start : batch_start + recipe.batch_size]
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step)
-                logits = head(model.encode_image(training_images(indices, erase=False)))
-                loss = F.binary_cross_entropy_with_logits(logits, targets[indices])
+                embeddings = model.encode_image(training_images(indices, erase=False))
+                loss = attribute_loss(head, targets[indices], embeddings)
                 loss_value = clipped_step(optimizer, loss, trained.parameters())
                 step += 1
                 task.advance()
