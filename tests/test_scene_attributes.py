@@ -51,6 +51,23 @@ def test_each_version_names_only_what_it_draws():
     assert len(scene_attribute_names("world-v3")) == len(first) + 24 + 4
 
 
+def test_kinds_keep_only_their_columns_in_the_same_order():
+    everything = scene_attribute_targets([LABEL], "world-v3")
+    names = scene_attribute_names("world-v3")
+    kept = scene_attribute_names("world-v3", ("color", "shape"))
+    assert kept == tuple(n for n in names if n.startswith(("shape:", "color:")))
+    columns = [names.index(n) for n in kept]
+    subset = scene_attribute_targets([LABEL], "world-v3", ("color", "shape"))
+    assert torch.equal(subset, everything[:, columns])
+
+
+def test_an_unknown_kind_names_the_known_ones():
+    with pytest.raises(ValueError, match="'shapes'.*choose from shape, color"):
+        scene_attribute_names("world-v3", ("shapes",))
+    with pytest.raises(ValueError, match="texture"):
+        scene_attribute_names("world", ("texture",))  # the first world has no fills
+
+
 def test_a_label_the_version_never_draws_is_refused():
     with pytest.raises(ValueError, match="letter q.*never draws"):
         scene_attribute_targets([LABEL], "world")
@@ -174,6 +191,7 @@ def test_training_json_records_the_start_and_held_out_scores(tiny_recipe, tmp_pa
         (("--attribute-epochs", "-1"), ("--attribute-epochs", "0 or more")),
         (("--attribute-weight", "-0.5"), ("--attribute-weight", "0 or more")),
         (("--attribute-text",), ("--attribute-text needs --attribute-weight",)),
+        (("--attribute-kinds", "shape,hue"), ("--attribute-kinds", "'hue'", "color")),
     ],
 )
 def test_bad_attribute_options_are_one_line(args, fragments):

@@ -129,6 +129,10 @@ def zoo_train_command(
             help="CLIP toys: the attribute head also reads caption embeddings.",
         ),
     ] = None,
+    attribute_kinds: Annotated[
+        str | None,
+        typer.Option(help="CLIP toys: the attribute kinds the head learns, e.g. shape,color."),
+    ] = None,
 ) -> None:
     """Train a toy victim on world train with the project's own recipe and save it."""
     from robust.zoo.train import train_zoo_member
@@ -148,6 +152,9 @@ def zoo_train_command(
             attribute_epochs=attribute_epochs,
             attribute_weight=attribute_weight,
             attribute_text=attribute_text,
+            attribute_kinds=None
+            if attribute_kinds is None
+            else tuple(kind.strip() for kind in attribute_kinds.split(",")),
             progress=RichProgress(bar),
         )
     console.print(

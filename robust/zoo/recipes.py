@@ -79,6 +79,10 @@ class ClipRecipe:
     # by colour alone, and one shared head puts each attribute in the same direction of
     # both embeddings
     attribute_text: bool = False
+    # the kinds of attribute the head learns (shape, color, size, position, texture,
+    # background, count); None for all. A tower taught every kind at once learns the easy
+    # ones (colours, sizes, positions) and barely starts on shapes.
+    attribute_kinds: tuple[str, ...] | None = None
     # A zoo member or open_clip local-dir folder to start from instead of random weights
     # (the schedule then runs as a fine-tune of it).
     init: str | None = None

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from robust.data.world import BACKGROUNDS, COLORS, POSITIONS, SIZES, world_version
 
 
-def scene_attribute_names(version: str) -> tuple[str, ...]:
-    """Every attribute value a scene of world `version` can hold, as `kind:value`."""
+def scene_attribute_names(version: str, kinds: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Every attribute value a scene of world `version` can hold, as `kind:value`; only
+    those of `kinds` (shape, color, size, position, texture, background, count) if given."""
     world = world_version(version)
     names = [f"shape:{shape}" for shape in world.shapes]
     names += [f"color:{color}" for color in COLORS]
@@ -29,13 +30,25 @@ def scene_attribute_names(version: str) -> tuple[str, ...]:
         names += [f"texture:{texture}" for texture in world.textures]
     names += [f"background:{background}" for background in BACKGROUNDS]
     names += [f"count:{count}" for count in range(1, len(world.object_count_weights) + 1)]
-    return tuple(names)
+    if kinds is None:
+        return tuple(names)
+    known = dict.fromkeys(name.split(":", 1)[0] for name in names)
+    unknown = [kind for kind in kinds if kind not in known]
+    if unknown or not kinds:
+        raise ValueError(
+            f"unknown attribute kind {unknown[0] if unknown else '(none given)'!r} for "
+            f"{version}; choose from {', '.join(known)}"
+        )
+    return tuple(name for name in names if name.split(":", 1)[0] in kinds)
 
 
-def scene_attribute_targets(labels: Sequence[dict], version: str) -> torch.Tensor:
-    """A (scenes, attributes) 0/1 matrix: which of `scene_attribute_names(version)` each
-    scene label (`WorldScene.label()`) holds."""
-    index = {name: i for i, name in enumerate(scene_attribute_names(version))}
+def scene_attribute_targets(
+    labels: Sequence[dict], version: str, kinds: Sequence[str] | None = None
+) -> torch.Tensor:
+    """A (scenes, attributes) 0/1 matrix: which of `scene_attribute_names(version, kinds)`
+    each scene label (`WorldScene.label()`) holds."""
+    names = scene_attribute_names(version)
+    index = {name: i for i, name in enumerate(names)}
     targets = torch.zeros(len(labels), len(index))
     for row, label in enumerate(labels):
         held = [f"background:{label['background']}", f"count:{label['count']}"]
@@ -52,7 +65,10 @@ def scene_attribute_targets(labels: Sequence[dict], version: str) -> torch.Tenso
             if name not in index:
                 raise ValueError(f"scene label holds {name!r}, which world {version} never draws")
             targets[row, index[name]] = 1.0
-    return targets
+    if kinds is None:
+        return targets
+    chosen = set(scene_attribute_names(version, kinds))
+    return targets[:, [i for i, name in enumerate(names) if name in chosen]]
 
 
 def prior_loss(targets: torch.Tensor) -> float:

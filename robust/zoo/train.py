@@ -73,6 +73,7 @@ def train_zoo_member(
     attribute_epochs: int | None = None,
     attribute_weight: float | None = None,
     attribute_text: bool | None = None,
+    attribute_kinds: tuple[str, ...] | None = None,
     dataset: CaptionDataset | None = None,
     progress: Progress | None = None,
 ) -> TrainReport:
@@ -85,7 +86,8 @@ def train_zoo_member(
     have been trained on the same world. `attribute_epochs` / `attribute_weight` (CLIP
     toys) set the image tower's supervised start on scene attributes and the weight of
     that loss kept in the contrastive epochs; `attribute_text` makes the captions'
-    embeddings answer to the same head (`ClipRecipe`).
+    embeddings answer to the same head; `attribute_kinds` limits what the head learns
+    (`ClipRecipe`).
     """
     recipes = zoo_recipes()
     if name not in recipes:
@@ -104,6 +106,7 @@ def train_zoo_member(
         "attribute_epochs": attribute_epochs,
         "attribute_weight": attribute_weight,
         "attribute_text": attribute_text,
+        "attribute_kinds": attribute_kinds,
     }
     overrides = {k: v for k, v in requested.items() if v is not None}
     if overrides.get("epochs", 1) <= 0:
@@ -124,6 +127,11 @@ def train_zoo_member(
     recipe = replace(recipe, **overrides)
     if getattr(recipe, "attribute_text", False) and recipe.attribute_weight <= 0:
         raise RobustError("--attribute-text needs --attribute-weight above 0 to train anything")
+    if getattr(recipe, "attribute_kinds", None) is not None:
+        try:
+            scene_attribute_names(recipe.world, recipe.attribute_kinds)
+        except ValueError as error:
+            raise RobustError(f"--attribute-kinds: {error}") from None
     check_warm_start_worlds(recipe)
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
     return trainer(recipe, output_dir, dataset=dataset, progress=progress)
@@ -214,7 +222,9 @@ def train_clip(
 
     head, attribute_targets, details = None, None, {}
     if recipe.attribute_epochs > 0 or recipe.attribute_weight > 0:
-        attribute_targets = scene_attribute_targets(dataset.labels, recipe.world)
+        attribute_targets = scene_attribute_targets(
+            dataset.labels, recipe.world, recipe.attribute_kinds
+        )
         head = torch.nn.Linear(recipe.model_cfg["embed_dim"], attribute_targets.shape[1])
     if recipe.attribute_epochs > 0:
         details["attribute_start"] = train_attribute_start(
@@ -377,7 +387,7 @@ def attribute_scores(
 
     size = recipe.model_cfg["vision_cfg"]["image_size"]
     val = generate_world("val", count=ATTRIBUTE_SCORE_IMAGES, version=recipe.world, size=size)
-    targets = scene_attribute_targets(val.labels, recipe.world)
+    targets = scene_attribute_targets(val.labels, recipe.world, recipe.attribute_kinds)
     pixels = torch.from_numpy(val.images.pixels).permute(0, 3, 1, 2).float() / 255.0  # type: ignore[attr-defined]
     with torch.no_grad():
         logits = torch.cat(
@@ -389,6 +399,6 @@ def attribute_scores(
         "prior_loss": prior_loss(targets),
         "top_k_precision": top_k_precision(logits, targets),
         "top_k_precision_by_kind": top_k_precision_by_kind(
-            logits, targets, scene_attribute_names(recipe.world)
+            logits, targets, scene_attribute_names(recipe.world, recipe.attribute_kinds)
         ),
     }
