@@ -152,6 +152,10 @@ def test_zoo_refine_itm_writes_a_loadable_checkpoint_with_its_history(tmp_path):
         (("zoo", "train", "toy-imaginary"), ("no zoo recipe",)),
         (("zoo", "train", "toy-albef", "--init", "toy-clip-vit"), ("--init", "toy-albef")),
         (("zoo", "train", "toy-clip-vit", "--learning-rate", "0"), ("--learning-rate",)),
+        (
+            ("zoo", "train", "toy-clip-vit", "--train-images", "1000001"),
+            ("--train-images", "1..1,000,000"),
+        ),
         (("zoo", "train", "toy-clip-rn", "--init", "toy-clip-vit"), ("--init", "do not fit")),
         (("zoo", "train", "toy-clip-vit", "--init", "/nonexistent"), ("/nonexistent",)),
         (("world", "export", "/tmp/x", "--split", "nope"), ("unknown world split",)),

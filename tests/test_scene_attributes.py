@@ -192,6 +192,7 @@ def test_training_json_records_the_start_and_held_out_scores(tiny_recipe, tmp_pa
         (("--attribute-weight", "-0.5"), ("--attribute-weight", "0 or more")),
         (("--attribute-text",), ("--attribute-text needs --attribute-weight",)),
         (("--attribute-kinds", "shape,hue"), ("--attribute-kinds", "'hue'", "color")),
+        (("--attribute-kinds", "shape"), ("--attribute-kinds needs --attribute-epochs",)),
     ],
 )
 def test_bad_attribute_options_are_one_line(args, fragments):

@@ -11,6 +11,7 @@ from robust.data.world import (
     CAPTIONS_PER_IMAGE,
     COLORS,
     LETTERS,
+    MAX_TRAIN_IMAGES,
     SHAPES,
     SPLITS,
     TEXTURES,
@@ -101,6 +102,20 @@ def test_most_test_images_are_told_apart_by_their_captions():
         for label in world.labels
     }
     assert len(signatures) > 0.8 * world.num_images
+
+
+def test_only_the_train_split_grows_and_its_first_scenes_stay_the_same(monkeypatch):
+    monkeypatch.setitem(SPLITS, "train", 3)  # a standard size small enough to pass cheaply
+    standard = generate_world("train", size=16)
+    grown = generate_world("train", count=5, size=16)
+    assert grown.num_images == 5
+    assert np.array_equal(grown.images.pixels[:3], standard.images.pixels)
+    assert grown.captions[:15] == standard.captions and grown.labels[:3] == standard.labels
+    assert grown.image_ids[3] not in standard.image_ids
+    with pytest.raises(ValueError, match=f"1..{MAX_TRAIN_IMAGES}"):
+        generate_world("train", count=MAX_TRAIN_IMAGES + 1)
+    with pytest.raises(ValueError, match="1..1000 for split 'val'"):
+        generate_world("val", count=1001)
 
 
 def test_bad_arguments_are_clear():

@@ -93,7 +93,8 @@ def zoo_train_command(
     seed: Annotated[int | None, typer.Option(help="Override the recipe's seed.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
     train_images: Annotated[
-        int | None, typer.Option(help="Train on the first N world-train images.")
+        int | None,
+        typer.Option(help="Train on the first N world-train images (above 20,000: fresh scenes)."),
     ] = None,
     learning_rate: Annotated[
         float | None, typer.Option(help="Override the recipe's peak learning rate.")

@@ -16,6 +16,9 @@ from PIL import Image, ImageDraw, ImageFont
 from robust.data.dataset import ArrayImages, CaptionDataset
 
 SPLITS: dict[str, int] = {"train": 20_000, "val": 1_000, "test-1k": 1_000, "test-5k": 5_000}
+# The train split's standard size is SPLITS["train"]; a trainer may draw more train scenes
+# (each is seeded by its own index, so the first 20,000 never change), up to this many.
+MAX_TRAIN_IMAGES = 1_000_000
 _SPLIT_CODES = {"train": 1, "val": 2, "test-1k": 3, "test-5k": 4}
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
@@ -215,7 +218,9 @@ def generate_world(
     """The world split as a CaptionDataset (images in memory, labels attached).
 
     `count` generates only the first `count` images of the split; image `i` is the same
-    whatever `count` is. `size` defaults to the version's native resolution.
+    whatever `count` is. Only the train split grows past its standard size (up to
+    `MAX_TRAIN_IMAGES`), for trainers that need fresh scenes rather than more epochs.
+    `size` defaults to the version's native resolution.
     """
     world = world_version(version)
     size = world.image_size if size is None else size
@@ -224,8 +229,9 @@ def generate_world(
     if size < 16:
         raise ValueError(f"world image size must be at least 16 pixels, got {size}")
     total = SPLITS[split] if count is None else count
-    if not 0 < total <= SPLITS[split]:
-        raise ValueError(f"count must be in 1..{SPLITS[split]} for split {split!r}, got {count}")
+    largest = MAX_TRAIN_IMAGES if split == "train" else SPLITS[split]
+    if not 0 < total <= largest:
+        raise ValueError(f"count must be in 1..{largest} for split {split!r}, got {count}")
 
     pixels = np.empty((total, size, size, 3), dtype=np.uint8)
     captions: list[str] = []

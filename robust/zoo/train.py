@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from robust.data.dataset import CaptionDataset
+from robust.data.world import MAX_TRAIN_IMAGES
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.resources import ZOO_DIR
@@ -111,8 +112,8 @@ def train_zoo_member(
     overrides = {k: v for k, v in requested.items() if v is not None}
     if overrides.get("epochs", 1) <= 0:
         raise RobustError(f"--epochs must be positive, got {epochs}")
-    if overrides.get("train_images", 1) <= 0:
-        raise RobustError(f"--train-images must be positive, got {train_images}")
+    if not 0 < overrides.get("train_images", 1) <= MAX_TRAIN_IMAGES:
+        raise RobustError(f"--train-images must be in 1..{MAX_TRAIN_IMAGES:,}, got {train_images}")
     if overrides.get("learning_rate", 1.0) <= 0:
         raise RobustError(f"--learning-rate must be positive, got {learning_rate}")
     if overrides.get("attribute_epochs", 0) < 0:
@@ -132,6 +133,11 @@ def train_zoo_member(
             scene_attribute_names(recipe.world, recipe.attribute_kinds)
         except ValueError as error:
             raise RobustError(f"--attribute-kinds: {error}") from None
+        if recipe.attribute_epochs <= 0 and recipe.attribute_weight <= 0:
+            raise RobustError(
+                "--attribute-kinds needs --attribute-epochs or --attribute-weight above 0 "
+                "to train anything"
+            )
     check_warm_start_worlds(recipe)
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
     return trainer(recipe, output_dir, dataset=dataset, progress=progress)
@@ -195,7 +201,9 @@ def train_clip(
     # fails in a second, not after rendering 20,000 images.
     if dataset is None:
         dataset = generate_world("train", count=recipe.train_images, version=recipe.world)
-    pixels = torch.from_numpy(dataset.images.pixels).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
+    # Kept as generated (N, H, W, 3) and laid out channel-first a batch at a time, so a
+    # large train split is not held twice.
+    pixels = torch.from_numpy(dataset.images.pixels)  # type: ignore[attr-defined]
     tokenizer = SimpleTokenizer(context_length=recipe.model_cfg["text_cfg"]["context_length"])
     tokens = tokenizer(list(dataset.captions))
     caption_generator = np.random.default_rng([recipe.seed, 1])
@@ -210,7 +218,7 @@ def train_clip(
     std = torch.tensor(recipe.preprocess_cfg["std"]).view(1, 3, 1, 1)
 
     def training_images(indices: np.ndarray, *, erase: bool) -> torch.Tensor:
-        images = pixels[indices].float() / 255.0
+        images = pixels[indices].permute(0, 3, 1, 2).contiguous().float() / 255.0
         if erase and recipe.erase_probability > 0:
             images = random_erasing(
                 images,
