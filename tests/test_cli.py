@@ -133,6 +133,10 @@ def test_zoo_refine_itm_writes_a_loadable_checkpoint_with_its_history(tmp_path):
         (("eval", "--victim", "clip-vit-b17"), ("unknown victim", "clip-vit-b17")),
         (("zoo", "refine-itm", "toy-clip-vit"), ("no ITM to refine", "toy-albef")),
         (("zoo", "refine-itm", "toy-tcl", "--epochs", "0"), ("epochs",)),
+        (
+            ("zoo", "refine-itm", "toy-tcl", "--train-images", "1000001"),
+            ("--train-images", "2..1,000,000"),
+        ),
         (("zoo", "refine-itm", "toy-tcl", "--init", "/nonexistent"), ("no training.json",)),
         (
             ("zoo", "refine-itm", "toy-albef", "--init", "robust/zoo/toy-blip"),

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.data.dataset import CaptionDataset
+from robust.data.world import MAX_TRAIN_IMAGES
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.resources import ZOO_DIR
@@ -70,14 +71,14 @@ class ItmRefineRecipe:
             "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,
             "negatives_from_top": self.negatives_from_top >= 1,
-            "train_images": self.train_images is None or self.train_images >= 2,
+            "train_images": self.train_images is None or 2 <= self.train_images <= MAX_TRAIN_IMAGES,
         }
         for field_name, ok in checks.items():
             if not ok:
                 raise RobustError(
                     f"ITM refinement: {field_name} = {getattr(self, field_name)} is out of "
                     f"range; --{field_name.replace('_', '-')} takes a positive value "
-                    "(train images at least 2)"
+                    f"(train images 2..{MAX_TRAIN_IMAGES:,})"
                 )
 
 
