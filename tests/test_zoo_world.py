@@ -94,6 +94,12 @@ def test_clip_trained_on_world_v3_loads_at_128_px(world_v3_towers):
     assert record["recipe"]["world"] == "world-v3"
     assert record["recipe"]["model_cfg"]["vision_cfg"]["patch_size"] == 16
     assert record["recipe"]["model_cfg"]["text_cfg"]["context_length"] == 64
+    # world-v3's calibrated schedule: a shape start first, the options given still win
+    assert record["recipe"]["attribute_kinds"] == ["shape"]
+    assert record["recipe"]["attribute_text"] and record["recipe"]["attribute_weight"] > 0
+    assert record["attribute_start"]["steps"] == record["recipe"]["attribute_epochs"] >= 1
+    assert (record["train_images"], record["recipe"]["epochs"]) == (256, 1)
+    assert set(record["attribute_scores"]["top_k_precision_by_kind"]) == {"shape"}
 
 
 def test_masked_lm_on_world_v3_knows_its_words(world_v3_towers):

@@ -105,7 +105,8 @@ class ClipRecipe:
 
     def for_world(self, version: str) -> ClipRecipe:
         """This recipe on world `version`: the version's image size (a ViT's patch scaled
-        with it), a text context that fits its captions; unchanged on its own world."""
+        with it), a text context that fits its captions and the version's calibrated
+        schedule if it has one; unchanged on its own world."""
         if version == self.world:
             return self
         size = world_image_size(version)
@@ -118,7 +119,30 @@ class ClipRecipe:
         text["context_length"] = max(text["context_length"], OTHER_WORLD_CONTEXT_LENGTH)
         model_cfg = {**self.model_cfg, "vision_cfg": vision, "text_cfg": text}
         preprocess_cfg = dict(self.preprocess_cfg, size=size)
-        return replace(self, world=version, model_cfg=model_cfg, preprocess_cfg=preprocess_cfg)
+        schedule = CALIBRATED_SCHEDULES.get(version, {}).get(self.name, {})
+        return replace(
+            self, world=version, model_cfg=model_cfg, preprocess_cfg=preprocess_cfg, **schedule
+        )
+
+
+# The schedules the CLIP toys train with on a world whose calibration pilots chose one
+# (robust/zoo/README.md, "World calibration pilots"). Trained contrastively, a toy reads a
+# scene's colours and nothing of its shapes; on world-v3 each tower first learns which
+# object categories a scene holds from fresh scenes (a toy ViT overfits 20,000 before it
+# learns them), then one contrastive epoch keeps that head on both embeddings.
+CALIBRATED_SCHEDULES: dict[str, dict[str, dict]] = {
+    "world-v3": {
+        "toy-clip-vit": {
+            "train_images": 160_000,
+            "attribute_epochs": 5,
+            "attribute_kinds": ("shape",),
+            "attribute_weight": 0.5,
+            "attribute_text": True,
+            "epochs": 1,
+            "learning_rate": 5e-4,
+        },
+    },
+}
 
 
 RECIPES: dict[str, ClipRecipe] = {
