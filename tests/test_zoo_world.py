@@ -64,6 +64,8 @@ def test_image_towers_take_the_version_size_and_keep_their_token_count(version):
         model = recipes[name].model
         assert (model["image_size"], model["patch_size"]) == (128, 16), name
         assert model["vocab_size"] >= VOCAB_SIZE, name
+        # a view shift of the same share of the image
+        assert recipes[name].max_shift == 2 * zoo_recipes()[name][0].max_shift == 8, name
     for name in ("toy-blip", "toy-blip-cap"):
         vision = recipes[name].vision
         assert (vision["image_size"], vision["patch_size"]) == (128, 16), name

@@ -178,15 +178,17 @@ class AlbefRecipe:
 
     def for_world(self, version: str) -> AlbefRecipe:
         """This recipe on world `version`: the version's image size with the ViT's patch
-        scaled to keep its token count, and room for any world vocabulary (the text warm
-        start's, up to VOCAB_SIZE tokens); unchanged on its own world."""
+        scaled to keep its token count, TCL's view shift scaled with the image, and room
+        for any world vocabulary (the text warm start's, up to VOCAB_SIZE tokens);
+        unchanged on its own world."""
         if version == self.world:
             return self
         size = world_image_size(version)
         patch = patch_for_size(self.model["patch_size"], self.model["image_size"], size)
         vocab_size = max(self.model["vocab_size"], VOCAB_SIZE)
         model = dict(self.model, image_size=size, patch_size=patch, vocab_size=vocab_size)
-        return replace(self, world=version, model=model)
+        max_shift = self.max_shift * size // self.model["image_size"]
+        return replace(self, world=version, model=model, max_shift=max_shift)
 
 
 ALBEF_RECIPES: dict[str, AlbefRecipe] = {
