@@ -11,6 +11,7 @@ import robust
 from robust.data.world import generate_world
 from robust.resources import ZOO_DIR
 from robust.zoo.itm_refine import ItmRefineRecipe
+from robust.zoo.recipes import CALIBRATED_SCHEDULES
 from robust.zoo.train import train_zoo_member, zoo_recipes
 from robust.zoo.train_blip import MLM_TEXT_POSITIONS
 from robust.zoo.vocab import VOCAB_SIZE
@@ -49,6 +50,17 @@ def test_every_recipe_on_its_own_world_is_the_shipped_recipe():
     for name, (recipe, _) in zoo_recipes().items():
         assert recipe.for_world(recipe.world).config() == recipe.config(), name
     assert ItmRefineRecipe(world="world") == ItmRefineRecipe()
+
+
+def test_calibrated_schedules_set_real_recipe_fields_on_their_world_only():
+    recipes = {name: recipe for name, (recipe, _) in zoo_recipes().items()}
+    for version, schedules in CALIBRATED_SCHEDULES.items():
+        for name, schedule in schedules.items():
+            adapted = recipes[name].for_world(version).config()
+            chosen = {key: adapted[key] for key in schedule}
+            assert json.loads(json.dumps(chosen)) == json.loads(json.dumps(schedule)), name
+            for other in set(OTHER_WORLDS) - {version}:
+                assert recipes[name].for_world(other).attribute_epochs == 0, (name, other)
 
 
 @pytest.mark.parametrize("version", OTHER_WORLDS)

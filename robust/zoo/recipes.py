@@ -127,9 +127,12 @@ class ClipRecipe:
 
 # The schedules the CLIP toys train with on a world whose calibration pilots chose one
 # (robust/zoo/README.md, "World calibration pilots"). Trained contrastively, a toy reads a
-# scene's colours and nothing of its shapes; on world-v3 each tower first learns which
-# object categories a scene holds from fresh scenes (a toy ViT overfits 20,000 before it
-# learns them), then one contrastive epoch keeps that head on both embeddings.
+# scene's colours and nothing of its shapes. On world-v3 the ViT first learns which object
+# categories a scene holds from fresh scenes (it overfits 20,000 before it learns them), then
+# one contrastive epoch keeps that head on both embeddings (pilot VL). The ResNet starts on
+# every attribute (pilot Z); the shipped one is then fine-tuned with a shape head on both
+# embeddings (pilot ZS: `--init` it with `--attribute-epochs 5 --attribute-kinds shape
+# --attribute-text --epochs 3`), which the zoo README gives as a second command.
 CALIBRATED_SCHEDULES: dict[str, dict[str, dict]] = {
     "world-v3": {
         "toy-clip-vit": {
@@ -139,6 +142,12 @@ CALIBRATED_SCHEDULES: dict[str, dict[str, dict]] = {
             "attribute_weight": 0.5,
             "attribute_text": True,
             "epochs": 1,
+            "learning_rate": 5e-4,
+        },
+        "toy-clip-rn": {
+            "attribute_epochs": 6,
+            "attribute_weight": 0.5,
+            "epochs": 4,
             "learning_rate": 5e-4,
         },
     },
