@@ -204,6 +204,25 @@ def test_mlm_head_starts_as_the_masked_lm_head():
         torch.testing.assert_close(head(hidden, words), masked_lm.cls(hidden))
 
 
+def test_mlm_head_with_room_for_another_worlds_vocabulary_starts_as_the_masked_lm_head():
+    """On another world a recipe keeps room for any world vocabulary (VOCAB_SIZE); its MLM
+    head still predicts toy-mlm's tokens exactly as toy-mlm's own head does."""
+    from transformers import BertForMaskedLM
+
+    recipe = replace(ALBEF_RECIPES["toy-albef"].for_world("world-v3"), mlm_weight=1.0)
+    head = new_masked_lm_head(recipe.model_config(), recipe)
+    masked_lm = BertForMaskedLM.from_pretrained(ZOO_DIR / "toy-mlm").eval()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 64, generator=generator)
+    words = masked_lm.bert.embeddings.word_embeddings.weight
+    known = len(words)
+    assert len(head.bias) > known  # the case this test is about
+    room = torch.randn(len(head.bias) - known, words.shape[1], generator=generator)
+    with torch.no_grad():
+        logits = head(hidden, torch.cat([words, room]))
+        torch.testing.assert_close(logits[..., :known], masked_lm.cls(hidden))
+
+
 def test_shipped_recipes_warm_start_from_the_zoo():
     for name, recipe in ALBEF_RECIPES.items():
         assert recipe.name == name and recipe.model_config().image_size == 64

@@ -66,7 +66,11 @@ class MaskedLmHead(nn.Module):
         return self.norm(F.gelu(self.dense(hidden))) @ word_embeddings.T + self.bias
 
     def load_masked_lm(self, state: dict[str, torch.Tensor]) -> list[str]:
-        """Copy a `BertForMaskedLM`'s `cls.predictions.*` tensors in; returns their names."""
+        """Copy a `BertForMaskedLM`'s `cls.predictions.*` tensors in; returns their names.
+
+        A head with room for a larger vocabulary (a recipe on another world keeps room for
+        any world's) takes the masked LM's output bias into its first rows: the ids beyond
+        are ones the masked LM's tokenizer never produces."""
         names = {
             "cls.predictions.transform.dense.weight": self.dense.weight,
             "cls.predictions.transform.dense.bias": self.dense.bias,
@@ -79,10 +83,14 @@ class MaskedLmHead(nn.Module):
             raise KeyError(f"the masked LM has no {missing[0]}; it is not a BertForMaskedLM")
         with torch.no_grad():
             for name, parameter in names.items():
-                if state[name].shape != parameter.shape:
+                value = state[name]
+                fits = value.shape == parameter.shape or (
+                    name == "cls.predictions.bias" and len(value) <= len(parameter)
+                )
+                if not fits:
                     raise ValueError(
-                        f"{name} is {tuple(state[name].shape)} but the head needs "
+                        f"{name} is {tuple(value.shape)} but the head needs "
                         f"{tuple(parameter.shape)}"
                     )
-                parameter.copy_(state[name])
+                parameter[: len(value)].copy_(value)
         return list(names)
