@@ -30,7 +30,13 @@ from robust.victims.blip import DEC_TOKEN, ENC_TOKEN, ITM_MATCH_CLASS
 from robust.victims.hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_negatives
 from robust.zoo.masked_lm import mask_tokens
-from robust.zoo.recipes import WORLD_IMAGE_SIZE, known_world, patch_for_size, world_image_size
+from robust.zoo.recipes import (
+    CALIBRATED_SCHEDULES,
+    WORLD_IMAGE_SIZE,
+    known_world,
+    patch_for_size,
+    world_image_size,
+)
 from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.schedule import clipped_step, cosine_learning_rate
 from robust.zoo.warm_start import (
@@ -143,10 +149,14 @@ class BlipRetrievalRecipe:
 
     def for_world(self, version: str) -> BlipRetrievalRecipe:
         """This recipe on world `version` (its ViT at the version's size, same token
-        count); unchanged on its own world."""
+        count, and the version's calibrated schedule, whose `text` entries update the text
+        config); unchanged on its own world."""
         if version == self.world:
             return self
-        return replace(self, world=version, vision=vision_for_world(self.vision, version))
+        schedule = dict(CALIBRATED_SCHEDULES.get(version, {}).get(self.name, {}))
+        text = {**self.text, **schedule.pop("text", {})}
+        vision = vision_for_world(self.vision, version)
+        return replace(self, world=version, vision=vision, text=text, **schedule)
 
 
 @dataclass(frozen=True)
