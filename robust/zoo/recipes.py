@@ -134,8 +134,8 @@ class ClipRecipe:
 # embeddings (pilot ZS: `--init` it with `--attribute-epochs 5 --attribute-kinds shape
 # --attribute-text --epochs 3`), which the zoo README gives as a second command.
 # toy-blip's ITM on world-v3 must beat an ITC that already ranks 9 in 10 right; its only
-# own weights are the cross-attention layers, which start at BERT's 0.02 there (at 0.1 they
-# swamp the warm-started text layers), learn 10x faster than the rest, with ITM counted
+# own weights are the cross-attention layers, which start at BERT's 0.02 there (at 0.1 ITM
+# re-ranked worse: pilots B, D), learn 10x faster than the rest, with ITM counted
 # twice, for 12 epochs instead of 6 (pilot E; `text` entries update the text config).
 CALIBRATED_SCHEDULES: dict[str, dict[str, dict]] = {
     "world-v3": {
