@@ -16,6 +16,7 @@ import torch
 from benchmarks.common import best_time, write_result
 from robust.attacks.anyattack import NoiseDecoder
 from robust.attacks.anyattack_train import PretrainConfig, new_state, pretrain
+from robust.data.world import ZOO_WORLD
 from robust.victims.registry import load_victim
 
 ENCODER = "toy-clip-vit"
@@ -45,7 +46,7 @@ def run() -> dict:
     encoder.requires_grad_(False)
     config = PretrainConfig(
         encoder=ENCODER,
-        data="world:val",
+        data=f"{ZOO_WORLD}:val",
         limit=256,
         batch_size=BATCH,
         chunks=CHUNKS,

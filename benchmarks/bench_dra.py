@@ -26,7 +26,7 @@ from benchmarks.bench_sga import BATCH, REPEATS, SOURCES, Timed, bare_schedule
 from benchmarks.common import TOY_ALBEF, toy_albef_or_stand_in, write_result
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.resources import ZOO_DIR
 from robust.victims.registry import load_victim
 
@@ -64,7 +64,7 @@ def run(batch: int = BATCH, sources: tuple[str, ...] = SOURCES, repeats: int = R
     """Each attack's speed and ratios per source; `batch`, `sources` and `repeats` shrink it
     for a quick check."""
     torch.manual_seed(0)
-    dataset = generate_world("test-1k", count=2 * batch)
+    dataset = generate_world("test-1k", count=2 * batch, version=ZOO_WORLD)
     groups = tuple(tuple(g) for g in dataset.captions_of(range(batch)))
     warm_groups = tuple(tuple(g) for g in dataset.captions_of(range(batch, 2 * batch)))
     results: dict[str, Any] = {}

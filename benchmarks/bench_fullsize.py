@@ -30,7 +30,7 @@ from benchmarks.bench_sga import Timed, bare_passes
 from benchmarks.common import TOY_ALBEF, toy_albef_or_stand_in, write_result
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
 from robust.resources import ZOO_DIR
@@ -202,7 +202,7 @@ def retrieval_speed(victim, dataset, config: SizeConfig, device: str) -> dict:
 
 
 def measure(config: SizeConfig, device: str) -> dict:
-    datasets = {split: generate_world(split) for split in GALLERIES}
+    datasets = {split: generate_world(split, version=ZOO_WORLD) for split in GALLERIES}
     sga_data = datasets["test-1k"]
     with tempfile.TemporaryDirectory() as folder:
         victims, mlm = victims_and_mlm(config, Path(folder), device)

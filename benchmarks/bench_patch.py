@@ -18,7 +18,7 @@ from benchmarks.bench_sga import bare_passes
 from benchmarks.common import write_result
 from robust.attacks.advclip import AdvCLIP
 from robust.data.images import load_images
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim
 
 BATCH = 32
@@ -35,7 +35,7 @@ def fit_seconds(victim, data, steps: int) -> float:
 
 def run() -> dict:
     torch.manual_seed(0)
-    data = generate_world("train", count=FIT_IMAGES)
+    data = generate_world("train", count=FIT_IMAGES, version=ZOO_WORLD)
     results = {}
     for source in TOY_RETRIEVAL_VICTIMS:
         victim = load_victim(source)

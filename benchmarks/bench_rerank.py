@@ -20,7 +20,7 @@ from benchmarks.common import (
     toy_albef_or_stand_in,
     write_result,
 )
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.eval.rerank import ItmReranker
 from robust.eval.retrieval import encode_dataset, rank_from_features
 
@@ -59,13 +59,13 @@ def reranked_evaluation(victim, dataset, k_test: int):
 def reranked_call(split: str, k_test: str):
     """Set-up for the memory probe: the whole re-ranked evaluation of `split` as one call."""
     victim = toy_albef_or_stand_in()
-    dataset = generate_world(split)
+    dataset = generate_world(split, version=ZOO_WORLD)
     return lambda: reranked_evaluation(victim, dataset, int(k_test))
 
 
 def run() -> dict:
     victim = toy_albef_or_stand_in()
-    test_1k = generate_world("test-1k")
+    test_1k = generate_world("test-1k", version=ZOO_WORLD)
     start = time.perf_counter()
     result, reranker = reranked_evaluation(victim, test_1k, K_TEST)
     total = time.perf_counter() - start
@@ -74,7 +74,7 @@ def run() -> dict:
 
     memory = {}
     for split in ("test-1k", "test-5k"):
-        dataset = test_1k if split == "test-1k" else generate_world(split)
+        dataset = test_1k if split == "test-1k" else generate_world(split, version=ZOO_WORLD)
         memory[split] = {
             "images": dataset.num_images,
             "captions": dataset.num_captions,

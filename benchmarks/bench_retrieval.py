@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import best_time, peak_memory_in_fresh_process, write_result
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.eval.retrieval import encode_dataset, rank_from_features
 from robust.victims.registry import load_victim
 
@@ -17,7 +17,7 @@ from robust.victims.registry import load_victim
 def ranking_call(split: str):
     """Set-up for the memory probe: encode `split`, return the ranking call to measure."""
     victim = load_victim("toy-clip-vit")
-    dataset = generate_world(split)
+    dataset = generate_world(split, version=ZOO_WORLD)
     image_features, text_features = encode_dataset(victim, dataset)
     return lambda: rank_from_features(image_features, text_features, dataset.caption_image)
 
@@ -25,12 +25,12 @@ def ranking_call(split: str):
 def run() -> dict:
     torch.manual_seed(0)
     victim = load_victim("toy-clip-vit")
-    test_1k = generate_world("test-1k")
+    test_1k = generate_world("test-1k", version=ZOO_WORLD)
     encode_seconds = best_time(lambda: encode_dataset(victim, test_1k), repeats=2)
 
     ranking = {}
     for split in ("test-1k", "test-5k"):
-        dataset = test_1k if split == "test-1k" else generate_world(split)
+        dataset = test_1k if split == "test-1k" else generate_world(split, version=ZOO_WORLD)
         image_features, text_features = encode_dataset(victim, dataset)
         seconds = best_time(
             lambda d=dataset, i=image_features, t=text_features: rank_from_features(

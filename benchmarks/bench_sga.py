@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import TOY_ALBEF, best_time, toy_albef_or_stand_in, write_result
 from robust.attacks import AttackBatch, build_attack
 from robust.data.images import load_images
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.resources import ZOO_DIR
 from robust.victims.registry import TOY_RETRIEVAL_VICTIMS, load_victim
 
@@ -94,7 +94,7 @@ def timed_sga(victim, images: torch.Tensor, groups, warm_groups) -> tuple[float,
 
 def run() -> dict:
     torch.manual_seed(0)
-    dataset = generate_world("test-1k", count=2 * BATCH)
+    dataset = generate_world("test-1k", count=2 * BATCH, version=ZOO_WORLD)
     groups = tuple(tuple(g) for g in dataset.captions_of(range(BATCH)))
     warm_groups = tuple(tuple(g) for g in dataset.captions_of(range(BATCH, 2 * BATCH)))
     results = {}

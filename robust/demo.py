@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from robust.attacks.anyattack import load_decoder
 from robust.data.dataset import CaptionDataset
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.eval.retrieval import METRIC_NAMES
 from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
 from robust.harness.bias import cache_caption_bias, cache_relevance_bias
@@ -134,7 +134,7 @@ def run_demo(
     The report goes to `report_pdf` (default `run_dir/report.pdf`).
     """
     run_dir = Path(run_dir)
-    dataset = generate_world(DEMO_SPLIT)
+    dataset = generate_world(DEMO_SPLIT, version=ZOO_WORLD)
     spec = {
         "command": "demo",
         "victims": list(TOY_RETRIEVAL_VICTIMS),

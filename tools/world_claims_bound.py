@@ -20,7 +20,13 @@ import argparse
 
 import numpy as np
 
-from robust.data.world import CaptionClaim, attribute_swaps, generate_world, parse_caption
+from robust.data.world import (
+    ZOO_WORLD,
+    CaptionClaim,
+    attribute_swaps,
+    generate_world,
+    parse_caption,
+)
 
 Claims = frozenset[tuple[str, ...]]
 
@@ -82,7 +88,7 @@ def tr_r1_correct(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", default="world", help="world version (default: world)")
+    parser.add_argument("--world", default=ZOO_WORLD, help=f"world version (default: {ZOO_WORLD})")
     parser.add_argument("--images", type=int, default=200, help="first test-1k images")
     parser.add_argument("--penalty", type=float, default=1.0, help="points off per false claim")
     args = parser.parse_args()

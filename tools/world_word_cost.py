@@ -8,7 +8,7 @@ attribute word for every other value of its attribute (`robust.data.world.confus
 the image-caption cosine per kind of word, beside the margin the swap has to beat (own caption
 against the best other caption of the same images):
 
-    python tools/world_word_cost.py toy-clip-vit --world world
+    python tools/world_word_cost.py toy-clip-vit
     python tools/world_word_cost.py open_clip:local-dir:DIR --world world-v3
 
 A victim that reads every attribute should pay for every kind; one that pays only for colours
@@ -26,7 +26,7 @@ import torch
 import robust
 from robust.data import load_dataset
 from robust.data.images import load_images
-from robust.data.world import attribute_swaps, caption_vocabulary, confusable_words
+from robust.data.world import ZOO_WORLD, attribute_swaps, caption_vocabulary, confusable_words
 
 
 def word_kinds(version: str) -> dict[str, str]:
@@ -44,7 +44,7 @@ def word_kinds(version: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("victim", help="a zoo name or victim spec")
-    parser.add_argument("--world", default="world", help="world version (default: world)")
+    parser.add_argument("--world", default=ZOO_WORLD, help=f"world version (default: {ZOO_WORLD})")
     parser.add_argument("--images", type=int, default=100, help="test-1k images read")
     parser.add_argument("--stride", type=int, default=2, help="score every N-th image")
     args = parser.parse_args()

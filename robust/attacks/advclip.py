@@ -47,6 +47,7 @@ from robust.attacks.patch_geometry import (
 )
 from robust.attacks.registry import register_attack
 from robust.data.dataset import CaptionDataset
+from robust.data.world import ZOO_WORLD
 from robust.errors import CapabilityError
 from robust.progress import Progress, ensure_progress
 from robust.seeding import global_generator_seeded
@@ -80,7 +81,7 @@ class AdvCLIPParams:
     generator_width: int = 128
     discriminator_width: int = 32
     log_every: int = 10
-    fit_dataset: str = "world:train"
+    fit_dataset: str = f"{ZOO_WORLD}:train"
     fit_limit: int = 2048
 
     def __post_init__(self) -> None:

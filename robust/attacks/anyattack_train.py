@@ -44,6 +44,7 @@ from robust.attacks.anyattack import (
 from robust.attacks.base import AttackConfigError
 from robust.data.dataset import ArrayImages, FileImages, ImageSource
 from robust.data.images import load_images, resize_tensor
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.seeding import global_generator_seeded
@@ -60,7 +61,7 @@ class TrainConfig:
     """What both stages share: the encoder, data, budget, optimiser and run length."""
 
     encoder: str = "toy-clip-vit"
-    data: str = "world:train"
+    data: str = f"{ZOO_WORLD}:train"
     limit: int | None = None
     eps: float = DEFAULT_EPS
     batch_size: int = 64
@@ -123,7 +124,7 @@ class PretrainConfig(TrainConfig):
 class FinetuneConfig(TrainConfig):
     """Fine-tuning: `data` holds the targets, `clean` the images that carry the noise."""
 
-    clean: str = "world:train"
+    clean: str = f"{ZOO_WORLD}:train"
     auxiliaries: dict[str, float] = field(default_factory=lambda: {"toy-clip-vit": 1.0})
     criterion: str = "cosine"
     init: str | None = None
@@ -181,7 +182,7 @@ def open_images(spec: str, limit: int | None = None) -> ImageSource:
         if not files:
             raise RobustError(
                 f"image folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} files; "
-                "point --data at a folder of images or a dataset such as world:train"
+                f"point --data at a folder of images or a dataset such as {ZOO_WORLD}:train"
             )
         return FileImages(path, tuple(files[:limit]))
     from robust.data import load_dataset

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from robust.cli.common import RichProgress, app, console, progress_bar, user_errors
+from robust.cli.common import (
+    ZOO_TRAIN,
+    DatasetOption,
+    RichProgress,
+    app,
+    console,
+    progress_bar,
+    user_errors,
+)
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError
 
 anyattack_app = typer.Typer(
@@ -64,8 +73,8 @@ def _decoder_sizes(encoder: str, channels: int, image_size: int | None) -> dict[
 def pretrain_command(
     out: Annotated[Path, typer.Option(help="Checkpoint file (written every --checkpoint-every).")],
     encoder: EncoderOption = "toy-clip-vit",
-    data: Annotated[str, typer.Option(help="Image folder or dataset (world:train, ...).")] = (
-        "world:train"
+    data: Annotated[str, typer.Option(help=f"Image folder or dataset ({ZOO_TRAIN}, ...).")] = (
+        ZOO_TRAIN
     ),
     limit: Annotated[int | None, typer.Option(help="Use the first N images.")] = None,
     eps: EpsOption = "16/255",
@@ -113,8 +122,8 @@ def finetune_command(
         Path | None, typer.Option(help="Decoder to start from (a pre-trained checkpoint).")
     ] = None,
     encoder: EncoderOption = "toy-clip-vit",
-    data: Annotated[str, typer.Option(help="Target images: folder or dataset.")] = "world:train",
-    clean: Annotated[str, typer.Option(help="Clean images: folder or dataset.")] = "world:train",
+    data: Annotated[str, typer.Option(help="Target images: folder or dataset.")] = ZOO_TRAIN,
+    clean: Annotated[str, typer.Option(help="Clean images: folder or dataset.")] = ZOO_TRAIN,
     limit: Annotated[int | None, typer.Option(help="Use the first N images of each.")] = None,
     aux: Annotated[
         list[str] | None,
@@ -216,7 +225,6 @@ DeviceOption = Annotated[str, typer.Option(help="torch device.")]
 EpsOverride = Annotated[
     str | None, typer.Option(help="Budget, e.g. 16/255 (default: the checkpoint's).")
 ]
-DatasetOption = Annotated[str, typer.Option(help="world, world:SPLIT or karpathy:ROOT:JSON.")]
 PairsOption = Annotated[int, typer.Option(help="Clean/target pairs to craft.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the clean/target pairing.")]
 
@@ -237,7 +245,7 @@ def attack_command(
         ),
     ] = None,
     eps: EpsOverride = None,
-    dataset: DatasetOption = "world",
+    dataset: DatasetOption = ZOO_WORLD,
     limit: Annotated[int | None, typer.Option(help="Draw pairs from the first N images.")] = None,
     pairs: PairsOption = 500,
     seed: SeedOption = 0,
@@ -276,7 +284,7 @@ def eval_command(
     decoder_file: DecoderFileOption = None,
     encoder: EncoderOverride = None,
     eps: EpsOverride = None,
-    dataset: DatasetOption = "world",
+    dataset: DatasetOption = ZOO_WORLD,
     limit: Annotated[int | None, typer.Option(help="Draw pairs from the first N images.")] = None,
     pairs: PairsOption = 500,
     seed: SeedOption = 0,
@@ -366,13 +374,13 @@ def _claim_table(captioner: str, scores: dict[str, float]) -> Table:
 def bound_command(
     encoder: EncoderOption = "toy-clip-vit",
     eps: EpsOption = "16/255",
-    dataset: DatasetOption = "world",
+    dataset: DatasetOption = ZOO_WORLD,
     limit: Annotated[
         int | None, typer.Option(help="Draw pairs from the first N images (as eval's --limit).")
     ] = None,
     pool: Annotated[
         str, typer.Option(help="Images the oracle noise is optimised over (not the pairs').")
-    ] = "world:val",
+    ] = f"{ZOO_WORLD}:val",
     pool_limit: Annotated[int, typer.Option(help="Use the first N pool images.")] = 1000,
     pairs: PairsOption = 500,
     optimise: Annotated[

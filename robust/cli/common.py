@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, Time
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError
 
 if TYPE_CHECKING:
@@ -34,6 +35,15 @@ PIPED_WIDTH = 140
 console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 error_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+DatasetOption = Annotated[
+    str,
+    typer.Option(
+        help=f"{ZOO_WORLD} (the zoo's world; its test-1k), VERSION:SPLIT, or karpathy:ROOT:JSON."
+    ),
+]
+# the split the shipped zoo was trained on: the default for what fits or trains on images
+ZOO_TRAIN = f"{ZOO_WORLD}:train"
 
 
 class RichProgress:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from robust.cli.common import (
+    DatasetOption,
     RichProgress,
     app,
     console,
@@ -18,6 +19,7 @@ from robust.cli.common import (
     progress_bar,
     user_errors,
 )
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError
 
 world_app = typer.Typer(help="The embedded synthetic world.", no_args_is_help=True)
@@ -64,7 +66,9 @@ def world_export_command(
         int | None, typer.Option(help="Image side in pixels (default: the version's own).")
     ] = None,
     count: Annotated[int | None, typer.Option(help="Export only the first N images.")] = None,
-    version: Annotated[str, typer.Option(help="World version: world or world-v2.")] = "world",
+    version: Annotated[
+        str, typer.Option(help="World version: world, world-v2 or world-v3 (the zoo's).")
+    ] = ZOO_WORLD,
 ) -> None:
     """Write a world split as PNGs plus a Karpathy-style json (readable as karpathy:DIR:JSON)."""
     from robust.data.karpathy import export_dataset
@@ -105,7 +109,7 @@ def zoo_train_command(
     ] = None,
     world: Annotated[
         str | None,
-        typer.Option(help="World version to train on (default: the recipe's, world)."),
+        typer.Option(help=f"World version to train on (default: the zoo's, {ZOO_WORLD})."),
     ] = None,
     vision_init: Annotated[
         str | None,
@@ -243,7 +247,7 @@ def zoo_refine_itm_command(
     ),
     world: Annotated[
         str | None,
-        typer.Option(help="World version the member was trained on (default: world)."),
+        typer.Option(help=f"World version the member was trained on (default: {ZOO_WORLD})."),
     ] = None,
 ) -> None:
     """Fine-tune a fusion toy's ITM (not its ITC) on the ITC-hard negatives re-ranking faces."""
@@ -271,9 +275,7 @@ def zoo_refine_itm_command(
 @user_errors
 def eval_command(
     victim: Annotated[list[str], typer.Option("--victim", help="Victim name or spec (repeat).")],
-    dataset: Annotated[str, typer.Option(help="world, world:SPLIT or karpathy:ROOT:JSON.")] = (
-        "world"
-    ),
+    dataset: DatasetOption = ZOO_WORLD,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N images.")] = None,
     out: Annotated[Path, typer.Option(help="Run directory for the results store.")] = Path(
         "runs/eval"
@@ -315,9 +317,7 @@ def eval_command(
 @user_errors
 def caption_command(
     victim: Annotated[str, typer.Option("--victim", help="Captioner name or spec.")],
-    dataset: Annotated[str, typer.Option(help="world, world:SPLIT or karpathy:ROOT:JSON.")] = (
-        "world"
-    ),
+    dataset: DatasetOption = ZOO_WORLD,
     limit: Annotated[int | None, typer.Option(help="Caption the first N images.")] = None,
     show: Annotated[int, typer.Option(help="How many captions to print.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Images per generate call.")] = 32,

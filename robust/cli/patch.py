@@ -8,13 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from robust.cli.common import RichProgress, app, console, progress_bar, user_errors
+from robust.cli.common import (
+    ZOO_TRAIN,
+    DatasetOption,
+    RichProgress,
+    app,
+    console,
+    progress_bar,
+    user_errors,
+)
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError
 
 patch_app = typer.Typer(help="Universal adversarial patches (AdvCLIP).", no_args_is_help=True)
 app.add_typer(patch_app, name="patch")
 
-DatasetOption = Annotated[str, typer.Option(help="world, world:SPLIT or karpathy:ROOT:JSON.")]
 LimitOption = Annotated[int | None, typer.Option(help="Use the first N images.")]
 
 
@@ -23,7 +31,7 @@ LimitOption = Annotated[int | None, typer.Option(help="Use the first N images.")
 def train_command(
     victim: Annotated[str, typer.Option("--victim", help="Source victim (image encoder).")],
     out: Annotated[Path, typer.Option(help="Patch PNG to write (a .json sidecar goes beside).")],
-    dataset: DatasetOption = "world:train",
+    dataset: DatasetOption = ZOO_TRAIN,
     limit: LimitOption = 2048,
     area: Annotated[float, typer.Option(help="Patch area as a fraction of the image.")] = 0.03,
     placement: Annotated[str, typer.Option(help="fixed (bottom-right) or random (EOT).")] = (
@@ -64,7 +72,7 @@ def train_command(
 def apply_command(
     patch: Annotated[Path, typer.Argument(help="Patch PNG (with its .json sidecar).")],
     out: Annotated[Path, typer.Option(help="Folder for the patched PNGs.")],
-    dataset: DatasetOption = "world",
+    dataset: DatasetOption = ZOO_WORLD,
     limit: LimitOption = None,
     image_size: Annotated[
         int | None, typer.Option(help="Output resolution (default: the patch's source).")
@@ -96,7 +104,7 @@ def apply_command(
 def eval_command(
     patch: Annotated[Path, typer.Argument(help="Patch PNG (with its .json sidecar).")],
     victim: Annotated[list[str], typer.Option("--victim", help="Target victim (repeat).")],
-    dataset: DatasetOption = "world",
+    dataset: DatasetOption = ZOO_WORLD,
     limit: LimitOption = None,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/patch"),
     seed: Annotated[int, typer.Option(help="Seed of the control patch and placements.")] = 0,

@@ -8,14 +8,16 @@ from robust.data.dataset import CaptionDataset
 from robust.data.image_folder import ImageFolder
 from robust.errors import RobustError
 
-DATASET_FORMS = "world, world:SPLIT, world-v2:SPLIT, or karpathy:ROOT:ANNOTATION.json"
+DATASET_FORMS = (
+    "a world version (world, world-v2, world-v3) or VERSION:SPLIT, or karpathy:ROOT:ANNOTATION.json"
+)
 
 
 def load_dataset(spec: str, *, limit: int | None = None) -> CaptionDataset:
     """Open a dataset named on the command line or in a spec file.
 
-    `world` is world test-1k; `world:SPLIT` any world split (`world-v2:SPLIT` the same
-    of another world version); `karpathy:ROOT:JSON` real Flickr30k/MSCOCO (or an exported
+    A world version alone (`world-v3`) is its test-1k; `world-v3:SPLIT` any of its splits;
+    `karpathy:ROOT:JSON` real Flickr30k/MSCOCO (or an exported
     world) in the ALBEF json layout.
     """
     from robust.data.karpathy import load_karpathy

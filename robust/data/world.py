@@ -142,13 +142,17 @@ WORLD_VERSIONS: dict[str, WorldVersion] = {
     ),
     "world-v2": _WORLD_V2,
     # world-v2 with 24 letters beside the six shapes and mostly three objects, so that a
-    # scene's nearest neighbour in a gallery differs in several claims; a calibration
-    # candidate too (pilot N: a 4-epoch toy still matches by colours alone)
+    # scene's nearest neighbour in a gallery differs in several claims; the shipped zoo's
+    # world (robust/zoo/README.md, "World calibration pilots")
     "world-v3": replace(
         _WORLD_V2, name="world-v3", object_count_weights=(0.0, 0.3, 0.7), letters=LETTERS
     ),
 }
+# the generator's default: the first world, kept byte for byte so that it stays reproducible
 DEFAULT_WORLD = "world"
+# the world the shipped toy zoo was trained on, and so the one the shipped specs, the demo
+# and the command-line defaults attack it on
+ZOO_WORLD = "world-v3"
 
 
 def world_version(name: str) -> WorldVersion:

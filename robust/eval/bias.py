@@ -213,13 +213,14 @@ def attribute_shift(
 
 
 def caption_mentions(caption: str) -> dict[str, set[str] | int]:
-    """The world colours and shapes a caption names, and how many shapes it mentions."""
-    from robust.data.world import caption_vocabulary
+    """The world colours and shapes a caption names, and how many shapes it mentions; read
+    with the zoo world's vocabulary, a superset of the first world's (its letters)."""
+    from robust.data.world import ZOO_WORLD, caption_vocabulary
 
     text = f" {' '.join(tokenize(caption))} "
     found: dict[str, set[str] | int] = {}
     mentions = 0
-    for attribute, words in caption_vocabulary().items():
+    for attribute, words in caption_vocabulary(ZOO_WORLD).items():
         values = set()
         for value, phrases in words.items():
             hits = sum(text.count(f" {phrase} ") for phrase in phrases)

@@ -47,7 +47,7 @@ from robust.attacks.patch_artifact import (
 from robust.attacks.patch_geometry import PatchBoxes
 from robust.data.dataset import CaptionDataset
 from robust.data.images import load_images, to_uint8_array
-from robust.data.world import POSITIONS
+from robust.data.world import POSITIONS, ZOO_WORLD
 from robust.eval import downstream
 from robust.eval.caption_metrics import caption_change_rate, caption_metrics
 from robust.eval.retrieval import RetrievalResult, attack_success
@@ -341,8 +341,8 @@ def run_patch_evaluation(
 # one idle core). `robust demo` calls `run_patch_demo`.
 DEMO_SOURCE = "toy-clip-vit"
 DEMO_TARGETS: tuple[str, ...] = ("toy-clip-vit", "toy-clip-rn", "toy-blip-cap")
-DEMO_FIT = ("world:train", 512)
-DEMO_EVAL = ("world:test-1k", 100)
+DEMO_FIT = (f"{ZOO_WORLD}:train", 512)
+DEMO_EVAL = (f"{ZOO_WORLD}:test-1k", 100)
 DEMO_PARAMS: dict[str, Any] = {"steps": 100, "batch_size": 32, "area_fraction": 0.03}
 
 

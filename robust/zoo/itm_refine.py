@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust.data.dataset import CaptionDataset
-from robust.data.world import MAX_TRAIN_IMAGES
+from robust.data.world import MAX_TRAIN_IMAGES, ZOO_WORLD
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.resources import ZOO_DIR
@@ -62,7 +62,7 @@ class ItmRefineRecipe:
     seed: int = 0
     train_images: int | None = None
     # the world version trained on (robust.data.world.WORLD_VERSIONS)
-    world: str = "world"
+    world: str = ZOO_WORLD
 
     def __post_init__(self) -> None:
         known_world(self.world)

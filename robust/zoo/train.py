@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from robust.data.dataset import CaptionDataset
-from robust.data.world import MAX_TRAIN_IMAGES
+from robust.data.world import MAX_TRAIN_IMAGES, ZOO_WORLD
 from robust.errors import RobustError
 from robust.progress import Progress, ensure_progress
 from robust.resources import ZOO_DIR
@@ -82,7 +82,8 @@ def train_zoo_member(
 
     `init` (CLIP toys) starts from an existing member's weights, so the recipe's schedule
     runs as a fine-tune of it; its training record is kept inside the new one. `world`
-    trains on another world version (the recipe's `for_world`); `vision_init` / `text_init`
+    (default: the zoo's, ZOO_WORLD) is the world version trained on, the recipe adapted by
+    its `for_world`; `vision_init` / `text_init`
     (fusion toys, the captioner) name the members its towers warm-start from, which must
     have been trained on the same world. `attribute_epochs` / `attribute_weight` (CLIP
     toys) set the image tower's supervised start on scene attributes and the weight of
@@ -94,8 +95,7 @@ def train_zoo_member(
     if name not in recipes:
         raise RobustError(f"no zoo recipe named {name!r}; choose one of {', '.join(recipes)}")
     recipe, trainer = recipes[name]
-    if world is not None:
-        recipe = recipe.for_world(world)
+    recipe = recipe.for_world(ZOO_WORLD if world is None else world)
     requested = {
         "seed": seed,
         "epochs": epochs,
@@ -148,7 +148,7 @@ WARM_START_OPTIONS = {"init": "--init", "vision_init": "--vision-init", "text_in
 
 def check_warm_start_worlds(recipe: Any) -> None:
     """Refuse, in one line naming the options to pass, a warm start from a member trained
-    on another world than the recipe's (the shipped sources were trained on `world`)."""
+    on another world than the recipe's."""
     options = {field.name: WARM_START_OPTIONS.get(field.name) for field in fields(recipe)}
     own = [option for option in options.values() if option is not None]
     for field_name, option in options.items():
