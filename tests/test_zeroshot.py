@@ -6,14 +6,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import assert_one_line_error, invoke
 from PIL import Image
 
 import robust
 from robust.data import load_dataset, load_image_dataset
-from robust.data.world import BACKGROUNDS, COLORS, SHAPES
+from robust.data.world import BACKGROUNDS, COLORS, WORLD_VERSIONS
 from robust.eval import zeroshot
-from robust.eval.prompts import NO_CLASS, PromptFileError, load_prompt_task, world_prompt_tasks
+from robust.eval.prompts import PromptFileError, load_prompt_task, world_prompt_tasks
 from robust.harness.store import ResultStore
 from robust.harness.zeroshot import ZeroShotRequest, run_zeroshot
 from robust.report import build_report
@@ -27,24 +28,47 @@ FOLDER_TASK = {
 
 def test_shipped_world_tasks_use_the_world_vocabulary():
     tasks = {task.name: task for task in world_prompt_tasks()}
-    assert tasks["shape"].classes == SHAPES
+    # one shape task for every world version: each version's shapes are among its classes
+    assert len(set(tasks["shape"].classes)) == len(tasks["shape"].classes)
+    for version in WORLD_VERSIONS.values():
+        assert set(version.shapes) <= set(tasks["shape"].classes), version.name
     assert tasks["color"].classes == tuple(COLORS)
     assert tasks["background"].classes == tuple(BACKGROUNDS)
     assert all(task.label == task.name for task in tasks.values())
     assert load_prompt_task("world-shape") == tasks["shape"]
 
 
-def test_world_images_take_part_only_with_an_unambiguous_label():
-    data = load_dataset("world:test-1k", limit=60)
+@pytest.mark.parametrize("version", ["world", "world-v3"])
+def test_a_world_image_is_true_of_every_class_its_objects_carry(version):
+    data = load_dataset(f"{version}:test-1k", limit=60)
     shape = load_prompt_task("world-shape")
-    labels = shape.single_labels(data.labels)
-    for label, index in zip(data.labels, labels, strict=True):
-        shapes = {obj["shape"] for obj in label["objects"]}
-        assert index == (SHAPES.index(shapes.pop()) if len(shapes) == 1 else NO_CLASS)
     selected = zeroshot.task_images(data, shape)
-    assert 0 < len(selected) < 60 and (selected.labels >= 0).all()
+    assert len(selected) == 60  # every world image holds at least one shape
+    for image, row in zip(selected.indices, selected.true_classes, strict=True):
+        shapes = {obj["shape"] for obj in data.labels[image]["objects"]}
+        assert {shape.classes[c] for c in np.flatnonzero(row)} == shapes
+    if version == "world-v3":  # mostly three objects, so most images hold several shapes
+        assert (selected.true_classes.sum(axis=1) > 1).mean() > 0.5
     background = zeroshot.task_images(data, load_prompt_task("world-background"))
-    assert len(background) == 60
+    assert len(background) == 60 and (background.true_classes.sum(axis=1) == 1).all()
+
+
+def test_ranks_score_the_best_true_class_and_attacks_aim_at_it():
+    logits = torch.tensor(
+        [[0.1, 0.9, 0.5, 0.2], [0.8, 0.1, 0.7, 0.3], [0.4, 0.4, 0.1, 0.0], [0.5, 0.5, 0.0, 0.0]]
+    )
+    true_classes = torch.tensor(
+        [
+            [True, False, True, False],  # best true class 2, beaten by class 1
+            [False, True, True, False],  # best true class 2, beaten by class 0
+            [True, True, False, False],  # two true classes tie at the top: correct
+            [True, False, False, False],  # a tie with a false class counts against it
+        ]
+    )
+    assert zeroshot.best_true_class(logits, true_classes).tolist() == [2, 2, 0, 0]
+    assert zeroshot.true_class_ranks(logits, true_classes).tolist() == [1, 1, 0, 1]
+    swapped = true_classes[:, [1, 0, 2, 3]]  # now class 1, then class 0, is true of image 0, 1
+    assert zeroshot.true_class_ranks(logits, swapped).tolist() == [0, 0, 0, 1]
 
 
 @pytest.mark.parametrize(
@@ -76,9 +100,10 @@ def test_apgd_configs_handle_small_class_sets():
     assert six["n_target_classes"] == 5 and six["steps"] == 100 and six["norm"] == "Linf"
     assert zeroshot.apgd_config("apgd-t", 2 / 255, 20, steps=100, seed=0)["n_target_classes"] == 9
     victim = robust.load_victim("toy-clip-vit")
-    classifier = zeroshot.zero_shot_classifier(victim, load_prompt_task("world-shape"))
-    built = zeroshot.build_apgd(six, classifier)
-    assert type(built).__name__ == "APGDT" and built.n_target_classes == 5
+    classifier = zeroshot.zero_shot_classifier(victim, load_prompt_task("world-color"))
+    eight = zeroshot.apgd_config("apgd-t", 2 / 255, 8, steps=100, seed=0)
+    built = zeroshot.build_apgd(eight, classifier)
+    assert type(built).__name__ == "APGDT" and built.n_target_classes == 7
     assert built.eps == 2 / 255 and built.steps == 100
     with pytest.raises(robust.errors.RobustError, match="apgd-x"):
         zeroshot.check_attacks(["apgd-x"])
@@ -96,7 +121,7 @@ def test_run_stores_clean_and_robust_accuracy_and_resumes(tmp_path, monkeypatch)
     evaluation = run_zeroshot(request, tmp_path)
     rows = {row["task"]: row for row in evaluation.rows}
     color, background = rows["color"], rows["background"]
-    assert background["images"] == 24 and 0 < color["images"] < 24
+    assert background["images"] == color["images"] == 24  # every image has a colour
     assert background["apgd-t@eps=8/255"] is None  # 3 classes: not applicable
     for row in rows.values():
         robust_accuracy = row["apgd-ce+apgd-t@eps=8/255"]
@@ -174,7 +199,8 @@ def test_image_folder_dataset_takes_classes_from_folders(tmp_path):
     folder = load_image_dataset(f"folder:{root}")
     assert folder.class_folders == ("blue", "red", "blue", "red", "blue", "red")
     data = zeroshot.task_images(folder, load_prompt_task(task_file))
-    assert data.labels.tolist() == [1, 0, 1, 0, 1, 0]
+    assert data.true_classes.argmax(axis=1).tolist() == [1, 0, 1, 0, 1, 0]
+    assert (data.true_classes.sum(axis=1) == 1).all()  # a folder image has one class
     request = ZeroShotRequest(
         victims=("toy-clip-vit",),
         dataset=f"folder:{root}",

@@ -45,8 +45,8 @@ def zeroshot_command(
 ) -> None:
     """Zero-shot accuracy of each victim per task, clean and under APGD at each eps.
 
-    World images take part in a task when their label is unambiguous (see the prompt
-    file); re-running the same command into the same --out resumes.
+    A world image is correctly classified as any class one of its objects has (see the
+    prompt file); re-running the same command into the same --out resumes.
     """
     from robust.harness.zeroshot import ZeroShotRequest, run_zeroshot
 

@@ -26,7 +26,6 @@ from robust.errors import RobustError
 from robust.resources import PROMPTS, prompt_path, shipped_files
 
 WORLD_LABELS = ("shape", "color", "background")
-NO_CLASS = -1  # an image whose world label names no single class of the task
 
 
 class PromptFileError(RobustError):
@@ -55,12 +54,12 @@ class PromptTask:
             return [frozenset({label["background"]}) for label in labels]
         return [frozenset(obj[self.label] for obj in label["objects"]) for label in labels]
 
-    def single_labels(self, labels: Sequence[dict]) -> list[int]:
-        """Per world image, the index of its one class, or NO_CLASS when its objects carry
-        several values of the label (an ambiguous image, left out of the task)."""
+    def class_sets(self, labels: Sequence[dict]) -> list[frozenset[int]]:
+        """Per world image, the indices of the task's classes it holds: a scene of a circle
+        and a letter k is correctly called either (empty: none of the task's classes)."""
         position = {name: index for index, name in enumerate(self.classes)}
         return [
-            position.get(next(iter(values)), NO_CLASS) if len(values) == 1 else NO_CLASS
+            frozenset(position[value] for value in values if value in position)
             for values in self.label_sets(labels)
         ]
 

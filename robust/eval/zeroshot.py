@@ -12,7 +12,10 @@ set that RobustVLM (TeCoA, FARE) reports at eps 2/255 and 4/255 with 100 iterati
   loss reads the 3rd and 4th largest logits, so it needs at least 4 classes; on smaller
   tasks it is not applicable and is skipped (`not_applicable` says why).
 
-Per image the evaluation keeps the rank of its true class (0: classified correctly; ties
+A world image may hold several of a task's classes (a scene of three objects has up to three
+shapes); calling it any of them is correct, and its true class is the one of them its clean
+logits rank highest, which the attacks then attack. Per image the evaluation keeps the rank
+of its best true class (how many false classes score at least as high: 0 is correct; ties
 count against the image), so any accuracy can be recomputed. APGD only perturbs images it
 sees classified correctly, so robust accuracy never exceeds clean accuracy.
 """
@@ -32,7 +35,7 @@ from robust.data.image_folder import ImageFolder, folder_labels
 from robust.data.images import load_images
 from robust.errors import RobustError
 from robust.eval.downstream import class_embeddings
-from robust.eval.prompts import NO_CLASS, PromptTask
+from robust.eval.prompts import PromptTask
 from robust.progress import Progress, ensure_progress
 from robust.victims.base import Victim
 
@@ -46,20 +49,21 @@ _ARGUMENTS = ("norm", "eps", "steps", "n_restarts", "seed", "eot_iter", "rho")
 
 @dataclass(frozen=True)
 class TaskImages:
-    """The images of a dataset that take part in a task, each with its one class."""
+    """The images of a dataset that take part in a task and, per image, which of the task's
+    classes are true of it (`[images, classes]` booleans)."""
 
     dataset: str
     images: ImageSource
     indices: np.ndarray
-    labels: np.ndarray
+    true_classes: np.ndarray
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
 
 def task_images(dataset: CaptionDataset | ImageFolder, task: PromptTask) -> TaskImages:
-    """A world dataset's unambiguous images for a world task (see `PromptTask.single_labels`)
-    or every image of a folder dataset for a folder task."""
+    """A world dataset's images holding at least one of a world task's classes (see
+    `PromptTask.class_sets`), or every image of a folder dataset for a folder task."""
     if isinstance(dataset, ImageFolder):
         if task.label is not None:
             raise RobustError(
@@ -67,16 +71,19 @@ def task_images(dataset: CaptionDataset | ImageFolder, task: PromptTask) -> Task
                 "needs a prompt file whose classes are its folder names, without `label`"
             )
         labels = folder_labels(dataset, task.classes, task.source)
-        return TaskImages(dataset.name, dataset.images, np.arange(len(labels)), labels)
+        true_classes = np.eye(len(task.classes), dtype=bool)[labels]
+        return TaskImages(dataset.name, dataset.images, np.arange(len(labels)), true_classes)
     if task.label is None or not dataset.labels:
         raise RobustError(
             f"{task.source} needs {'world labels' if task.label else 'an image-folder dataset'}"
             f" but {dataset.name} has {'none' if not dataset.labels else 'world labels'}; use "
             "a world task on world:SPLIT or a folder prompt file on folder:ROOT"
         )
-    labels = np.asarray(task.single_labels(dataset.labels), dtype=np.int64)
-    keep = np.flatnonzero(labels != NO_CLASS)
-    return TaskImages(dataset.name, dataset.images, keep, labels[keep])
+    true_classes = np.zeros((dataset.num_images, len(task.classes)), dtype=bool)
+    for image, classes in enumerate(task.class_sets(dataset.labels)):
+        true_classes[image, list(classes)] = True
+    keep = np.flatnonzero(true_classes.any(axis=1))
+    return TaskImages(dataset.name, dataset.images, keep, true_classes[keep])
 
 
 def zero_shot_classifier(victim: Victim, task: PromptTask) -> EmbeddingClassifier:
@@ -145,10 +152,16 @@ def build_apgd(config: dict[str, Any], classifier: EmbeddingClassifier) -> Any:
     return built
 
 
-def true_class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Per image, how many other classes score at least its true class (0: correct)."""
-    own = logits.gather(1, labels[:, None])
-    return ((logits >= own).sum(dim=1) - 1).cpu().numpy().astype(np.int64)
+def best_true_class(logits: torch.Tensor, true_classes: torch.Tensor) -> torch.Tensor:
+    """Per image, the index of its true class that `logits` rank highest."""
+    return logits.masked_fill(~true_classes, float("-inf")).argmax(dim=1)
+
+
+def true_class_ranks(logits: torch.Tensor, true_classes: torch.Tensor) -> np.ndarray:
+    """Per image, how many of the classes not true of it score at least its best true class
+    (0: correct; a tie with a false class counts against the image)."""
+    own = logits.gather(1, best_true_class(logits, true_classes)[:, None])
+    return ((logits >= own) & ~true_classes).sum(dim=1).cpu().numpy().astype(np.int64)
 
 
 def classify_ranks(
@@ -172,10 +185,14 @@ def classify_ranks(
             images = load_images(
                 data.images, indices, size=victim.image_size, mode=victim.resize_mode
             ).to(device)
-            labels = torch.as_tensor(data.labels[start : start + batch_size], device=device)
+            true_classes = torch.as_tensor(
+                data.true_classes[start : start + batch_size], device=device
+            )
             if attack is not None:
+                with torch.no_grad():
+                    labels = best_true_class(classifier(images), true_classes)
                 images = run_torchattacks(attack, images, labels, seed)
             with torch.no_grad():
-                ranks.append(true_class_ranks(classifier(images), labels))
+                ranks.append(true_class_ranks(classifier(images), true_classes))
             task.advance(len(indices))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
