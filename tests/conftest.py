@@ -46,6 +46,14 @@ def world_small():
 
 
 @pytest.fixture(scope="session")
+def zoo_world_small():
+    """The first 40 images of test-1k of the world the shipped zoo was trained on."""
+    from robust.data.world import ZOO_WORLD, generate_world
+
+    return generate_world("test-1k", count=40, version=ZOO_WORLD)
+
+
+@pytest.fixture(scope="session")
 def tiny_open_clip_dir(tmp_path_factory) -> Path:
     """A randomly initialised tiny open_clip ViT saved as an open_clip local-dir."""
     from open_clip.model import CLIP

@@ -2,7 +2,7 @@
 
 A toy that looked robust because its gradients were useless would make every attack
 comparison on the world meaningless. Two checks per shipped retrieval toy, white-box, on
-the first images of world test-1k: PGD's loss climbs step by step, and a budget of 32/255
+the first images of the zoo world's test-1k: PGD's loss climbs step by step, and a budget of 32/255
 breaks (nearly) every image's text retrieval.
 """
 
@@ -28,12 +28,11 @@ def _text_retrieval_correct(victim, images, captions, owners) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def world_batch(world_small):
-    captions = [
-        world_small.captions[t] for i in range(IMAGES) for t in world_small.image_captions[i]
-    ]
-    owners = torch.tensor([i for i in range(IMAGES) for _ in world_small.image_captions[i]])
-    return world_small, captions, owners
+def world_batch(zoo_world_small):
+    world = zoo_world_small
+    captions = [world.captions[t] for i in range(IMAGES) for t in world.image_captions[i]]
+    owners = torch.tensor([i for i in range(IMAGES) for _ in world.image_captions[i]])
+    return world, captions, owners
 
 
 @pytest.mark.parametrize("name", TOY_RETRIEVAL_VICTIMS)
