@@ -85,9 +85,12 @@ def test_zoo_train_writes_a_loadable_open_clip_folder(tmp_path):
     assert (out / "open_clip_config.json").is_file()
     assert (out / "open_clip_model.safetensors").is_file()
     import robust
+    from robust.data.world import ZOO_WORLD
+    from robust.zoo.recipes import world_image_size
 
+    # `zoo train` trains on the zoo's world by default, so at its image size
     victim = robust.load_victim(f"open_clip:local-dir:{out}")
-    assert victim.image_size == 64
+    assert victim.image_size == world_image_size(ZOO_WORLD)
 
 
 def test_zoo_train_init_fine_tunes_a_member_and_keeps_its_record(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from robust.data.world import ZOO_WORLD
 from robust.defenses import (
     BitDepthReduction,
     DefendedVictim,
@@ -23,6 +24,7 @@ from robust.defenses import (
 )
 from robust.errors import WeightsNotFoundError
 from robust.victims.registry import KNOWN_VICTIMS, load_victim, weights_present
+from robust.zoo.recipes import world_image_size
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +33,10 @@ def toy_clip():
 
 
 @pytest.fixture(scope="module")
-def world_pixels(world_small):
+def world_pixels(zoo_world_small, toy_clip):
     from robust.data.images import load_images
 
-    return load_images(world_small.images, range(6), 64, "crop")
+    return load_images(zoo_world_small.images, range(6), toy_clip.image_size, "crop")
 
 
 def test_jpeg_is_pillows_codec(world_pixels):
@@ -216,4 +218,5 @@ def test_robust_clip_checkpoint_loads_from_the_weights_folder(monkeypatch, tmp_p
     monkeypatch.setenv("ROBUST_WEIGHTS", str(tmp_path))
     assert weights_present(KNOWN_VICTIMS["fare2-clip-vit-l14"])
     victim = load_victim("fare2-clip-vit-l14")
-    assert victim.name == "fare2-clip-vit-l14" and victim.image_size == 64
+    assert victim.name == "fare2-clip-vit-l14"
+    assert victim.image_size == world_image_size(ZOO_WORLD)

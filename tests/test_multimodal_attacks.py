@@ -101,15 +101,18 @@ def test_unknown_attack_name_lists_the_known_ones(victim):
         build_attack("sgaa", victim, {})
 
 
-def test_white_box_sga_at_8_255_breaks_toy_clip_vit(world_small):
-    """The issue's white-box sanity bar: TR R@1 ASR >= 0.9 on the shipped toy."""
+def test_white_box_sga_at_8_255_breaks_toy_clip_vit(zoo_world_small):
+    """The issue's white-box sanity bar: TR R@1 ASR >= 0.9 on the shipped toy, on the world
+    it was trained on."""
     from robust.data.dataset import ArrayImages, CaptionDataset
     from robust.data.images import to_uint8_array
     from robust.eval.retrieval import asr_sga, evaluate_retrieval
 
     victim = robust.load_victim("toy-clip-vit")
-    dataset = world_small.subset(24)
-    images = load_images(dataset.images, range(dataset.num_images), 64, victim.resize_mode)
+    dataset = zoo_world_small.subset(24)
+    images = load_images(
+        dataset.images, range(dataset.num_images), victim.image_size, victim.resize_mode
+    )
     attack = build_attack("sga", victim, {"eps": 8 / 255}, mlm=ZOO_DIR / "toy-mlm")
     groups = tuple(tuple(g) for g in dataset.captions_of(range(dataset.num_images)))
     adversarial = [

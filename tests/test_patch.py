@@ -28,6 +28,7 @@ from robust.attacks.patch_geometry import (
 )
 from robust.cli import app
 from robust.data.images import load_images
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.errors import CapabilityError
 from robust.eval import downstream
 from robust.harness.evaluate import dataset_key
@@ -43,10 +44,17 @@ from robust.victims.registry import load_victim
 from tests.cli_helpers import assert_one_line_error, runner
 
 
-def make_artifact(seed: int = 3, placement: str = "fixed") -> PatchArtifact:
-    side = patch_side(64, 0.03)
+def make_artifact(seed: int = 3, placement: str = "fixed", image_size: int = 64) -> PatchArtifact:
+    """A random patch claimed by toy-clip-vit; 64 px for the geometry tests, the toy's own
+    size where the patch meets the shipped toy."""
+    side = patch_side(image_size, 0.03)
     patch = torch.rand(3, side, side, generator=torch.Generator().manual_seed(seed))
-    return PatchArtifact(patch, "toy-clip-vit", 64, 0.03, placement, seed=seed)
+    return PatchArtifact(patch, "toy-clip-vit", image_size, 0.03, placement, seed=seed)
+
+
+def toy_image_size() -> int:
+    """The shipped toy-clip-vit's input side (its world's image size)."""
+    return load_victim("toy-clip-vit").image_size
 
 
 # -- geometry --------------------------------------------------------------------------------
@@ -164,15 +172,13 @@ def test_topology_deviation_is_zero_when_nothing_moves_and_grows_with_drift():
 
 
 def test_a_few_training_steps_move_embeddings_further_than_the_random_control():
-    from robust.data.world import generate_world
-
     victim = load_victim("toy-clip-vit")
-    fit = generate_world("train", count=64)
+    fit = generate_world("train", count=64, version=ZOO_WORLD)
     attack = AdvCLIP(victim, seed=0, steps=12, batch_size=16, lr=2e-3, bank_size=64, log_every=4)
     artifact = attack.fit(fit)
     assert [point["step"] for point in artifact.curve] == [4, 8, 12]
-    held_out = generate_world("val", count=32)
-    images = load_images(held_out.images, range(32), 64, "crop")
+    held_out = generate_world("val", count=32, version=ZOO_WORLD)
+    images = load_images(held_out.images, range(32), victim.image_size, "crop")
     with torch.no_grad():
         clean = victim.encode_image(images)
         adversarial = victim.encode_image(artifact.apply(images))
@@ -185,10 +191,8 @@ def test_a_few_training_steps_move_embeddings_further_than_the_random_control():
 
 
 def test_fitting_is_a_function_of_the_seed_alone_and_leaves_the_global_generator_alone():
-    from robust.data.world import generate_world
-
     victim = load_victim("toy-clip-vit")
-    fit = generate_world("train", count=16)
+    fit = generate_world("train", count=16, version=ZOO_WORLD)
 
     def fit_after_global_seed(global_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(global_seed)
@@ -213,7 +217,7 @@ def test_bad_hyper_parameters_fail_before_training():
     with pytest.raises(AttackConfigError, match="steps"):
         AdvCLIP(victim, steps=0)
     with pytest.raises(AttackConfigError, match="not fitted"):
-        AdvCLIP(victim).apply(torch.zeros(1, 3, 64, 64))
+        AdvCLIP(victim).apply(torch.zeros(1, 3, victim.image_size, victim.image_size))
 
 
 class _NoImageEncoder(Victim):
@@ -262,12 +266,11 @@ def test_world_label_tasks_read_the_generator_labels(world_small):
     assert len(tasks["color"].prompts()) == 8
 
 
-def test_patch_evaluation_stores_every_task_with_a_control_row(tmp_path, world_small):
-    from robust.data.world import generate_world
-
-    data = generate_world("test-1k", count=20)
+def test_patch_evaluation_stores_every_task_with_a_control_row(tmp_path):
+    data = generate_world("test-1k", count=20, version=ZOO_WORLD)
     targets = ("toy-clip-vit", "toy-blip-cap")
-    evaluation = run_patch_evaluation(make_artifact(), targets, data, tmp_path, examples=2)
+    artifact = make_artifact(image_size=toy_image_size())
+    evaluation = run_patch_evaluation(artifact, targets, data, tmp_path, examples=2)
     with ResultStore.in_run_dir(tmp_path) as store:
         rows = store.metrics(evaluation.run_id)
         info = store.run_info(evaluation.run_id)
@@ -324,20 +327,20 @@ def test_patch_evaluation_pastes_into_the_cache_once_per_patch_and_geometry(tmp_
     into the same directory (same rows), and pasted again for other pixels under the same
     name and seed."""
     import robust.attacks.patch_artifact as artifact_module
-    from robust.data.world import generate_world
     from robust.harness.cache import AdversarialCache
     from robust.harness.patch import dataset_pixels
 
-    data = generate_world("test-1k", count=12)
-    artifact = make_artifact(placement="random")
+    size = toy_image_size()
+    data = generate_world("test-1k", count=12, version=ZOO_WORLD)
+    artifact = make_artifact(placement="random", image_size=size)
     first = run_patch_evaluation(artifact, ["toy-clip-vit"], data, tmp_path, examples=0)
     cache = AdversarialCache(tmp_path / "cache")
-    clean = dataset_pixels(data, 64, "crop")
+    clean = dataset_pixels(data, size, "crop")
     for label, made, seed in (
         (PATCH_ATTACK, artifact, 3),
         (CONTROL_ATTACK, random_patch_like(artifact, 0), 0),
     ):
-        entry = cache.entry(label, "toy-clip-vit", seed, (64, "crop"))
+        entry = cache.entry(label, "toy-clip-vit", seed, (size, "crop"))
         stored = entry.load()
         assert np.array_equal(stored.images, patched_pixels(made, clean, 0))
         assert stored.texts == [list(group) for group in data.captions_of(range(12))]
@@ -352,9 +355,9 @@ def test_patch_evaluation_pastes_into_the_cache_once_per_patch_and_geometry(tmp_
     assert second.rows == first.rows
     monkeypatch.undo()
 
-    other = PatchArtifact(1.0 - artifact.patch, "toy-clip-vit", 64, 0.03, "random", seed=3)
+    other = PatchArtifact(1.0 - artifact.patch, "toy-clip-vit", size, 0.03, "random", seed=3)
     run_patch_evaluation(other, ["toy-clip-vit"], data, tmp_path, examples=0)
-    repasted = cache.entry(PATCH_ATTACK, "toy-clip-vit", 3, (64, "crop")).load()
+    repasted = cache.entry(PATCH_ATTACK, "toy-clip-vit", 3, (size, "crop")).load()
     assert np.array_equal(repasted.images, patched_pixels(other, clean, 0))
 
 
@@ -448,7 +451,7 @@ def test_matrix_fits_a_universal_patch_once_per_source_and_caches_it(tmp_path, m
     spec = parse_spec(
         {
             "name": "patch-matrix",
-            "dataset": "world:test-1k",
+            "dataset": f"{ZOO_WORLD}:test-1k",
             "limit": 8,
             "sources": ["toy-clip-vit"],
             "targets": ["toy-clip-vit", "toy-clip-rn"],
@@ -469,7 +472,7 @@ def test_matrix_fits_a_universal_patch_once_per_source_and_caches_it(tmp_path, m
     from robust.harness.cache import AdversarialCache
 
     cached = AdversarialCache(tmp_path / "cache").entry("advclip", "toy-clip-vit", 0).load()
-    clean = load_images(generate_world_prefix(8).images, range(8), 64, "crop")
+    clean = load_images(generate_world_prefix(8).images, range(8), toy_image_size(), "crop")
     expected = artifact.apply(clean)
     assert np.array_equal(
         cached.images, (expected.permute(0, 2, 3, 1) * 255).round().byte().numpy()
@@ -482,18 +485,16 @@ def test_matrix_fits_a_universal_patch_once_per_source_and_caches_it(tmp_path, m
 
 
 def generate_world_prefix(count: int):
-    from robust.data.world import generate_world
-
-    return generate_world("test-1k", count=count)
+    return generate_world("test-1k", count=count, version=ZOO_WORLD)
 
 
 def test_a_saved_matrix_patch_is_reused_only_by_the_same_config(tmp_path):
     victim = load_victim("toy-clip-vit")
     attack = AdvCLIP(victim, seed=3, steps=5)
-    fitted = make_artifact()
+    fitted = make_artifact(image_size=victim.image_size)
     attack.artifact = PatchArtifact(
-        fitted.patch, victim.name, 64, 0.03, "fixed", seed=3,
-        config={**attack.config(), "fit_images": "world:train[:16]"},
+        fitted.patch, victim.name, victim.image_size, 0.03, "fixed", seed=3,
+        config={**attack.config(), "fit_images": f"{ZOO_WORLD}:train[:16]"},
     )  # fmt: skip
     attack.save_artifact(tmp_path)
     same = AdvCLIP(victim, seed=3, steps=5)

@@ -19,6 +19,7 @@ from robust.attacks import (
 )
 from robust.data import load_dataset
 from robust.data.images import load_images, to_uint8_array
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError, UnknownVictimError
 from robust.harness.cache import AdversarialCache
 from robust.harness.matrix import run_matrix
@@ -31,11 +32,14 @@ from robust.victims.registry import (
     load_victim,
     spec_image_size,
 )
+from robust.zoo.recipes import world_image_size
 
 NOISE = "uniform_noise"
 FAMILY = "passthrough"
 SOURCE = f"{FAMILY}:toy-clip-vit"
 LIMIT = 8
+DATASET = f"{ZOO_WORLD}:val"  # the shipped toys' world
+TOY_SIZE = world_image_size(ZOO_WORLD)  # and so their input size
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ register_victim_family(
 def spec_data(output_dir, **changes) -> dict:
     data = {
         "name": "registration",
-        "dataset": "world:val",
+        "dataset": DATASET,
         "limit": LIMIT,
         "sources": [SOURCE],
         "targets": [SOURCE, "toy-clip-rn"],
@@ -134,8 +138,8 @@ def test_user_attack_and_family_run_through_the_matrix(tmp_path):
     second = run_matrix(parse_spec(spec_data(tmp_path / "second")))
     np.testing.assert_array_equal(crafted("first"), crafted("second"))  # same seed, same noise
     np.testing.assert_array_equal(first.tr_asr[NOISE], second.tr_asr[NOISE])
-    dataset = load_dataset("world:val", limit=LIMIT)
-    clean = to_uint8_array(load_images(dataset.images, range(LIMIT), 64, "crop"))
+    dataset = load_dataset(DATASET, limit=LIMIT)
+    clean = to_uint8_array(load_images(dataset.images, range(LIMIT), TOY_SIZE, "crop"))
     change = np.abs(crafted("first").astype(int) - clean.astype(int))
     assert 0 < change.max() <= 0.5 * 255 + 1  # the noise is there, within its eps
 
@@ -143,7 +147,7 @@ def test_user_attack_and_family_run_through_the_matrix(tmp_path):
 def test_registered_family_loads_and_describes_itself():
     victim = load_victim(SOURCE)
     assert isinstance(victim, PassThroughVictim) and victim.name == SOURCE
-    assert victim.image_size == spec_image_size(SOURCE) == 64
+    assert victim.image_size == spec_image_size(SOURCE) == TOY_SIZE
     with pytest.raises(UnknownVictimError) as error:
         load_victim("nofamily:toy-clip-vit")
     message = str(error.value)
@@ -237,7 +241,8 @@ def test_unknown_attack_lists_every_known_name():
     assert "\n" not in message
 
 
-# What `robust victims` printed for every shipped entry before families stated these facts.
+# What `robust victims` printed for every shipped entry before families stated these facts;
+# the toys' resolution is their world's.
 SHIPPED_LISTING = {
     "clip-vit-b16": ("clip", 224, "itc"),
     "clip-rn101": ("clip", 224, "itc"),
@@ -257,12 +262,12 @@ SHIPPED_LISTING = {
     "blip-itm-large-flickr": ("blip", 384, "itc,itm"),
     "blip-cap-base": ("blip", 384, "caption"),
     "blip-cap-large": ("blip", 384, "caption"),
-    "toy-clip-vit": ("clip", 64, "itc"),
-    "toy-clip-rn": ("clip", 64, "itc"),
-    "toy-albef": ("albef", 64, "itc,itm"),
-    "toy-tcl": ("tcl", 64, "itc,itm"),
-    "toy-blip": ("blip", 64, "itc,itm"),
-    "toy-blip-cap": ("blip", 64, "caption"),
+    "toy-clip-vit": ("clip", TOY_SIZE, "itc"),
+    "toy-clip-rn": ("clip", TOY_SIZE, "itc"),
+    "toy-albef": ("albef", TOY_SIZE, "itc,itm"),
+    "toy-tcl": ("tcl", TOY_SIZE, "itc,itm"),
+    "toy-blip": ("blip", TOY_SIZE, "itc,itm"),
+    "toy-blip-cap": ("blip", TOY_SIZE, "caption"),
 }
 
 

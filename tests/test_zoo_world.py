@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import robust
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.resources import ZOO_DIR
 from robust.zoo.itm_refine import ItmRefineRecipe
 from robust.zoo.recipes import CALIBRATED_SCHEDULES
@@ -49,7 +49,7 @@ def _record(folder: Path) -> dict:
 def test_every_recipe_on_its_own_world_is_the_shipped_recipe():
     for name, (recipe, _) in zoo_recipes().items():
         assert recipe.for_world(recipe.world).config() == recipe.config(), name
-    assert ItmRefineRecipe(world="world") == ItmRefineRecipe()
+    assert ItmRefineRecipe(world=ZOO_WORLD) == ItmRefineRecipe()
 
 
 def test_calibrated_schedules_set_real_recipe_fields_on_their_world_only():
@@ -160,22 +160,23 @@ def test_albef_on_world_v3_warm_starts_from_world_v3_towers_and_refines(world_v3
 
 
 def test_a_warm_start_from_another_world_is_one_line(world_v3_towers):
+    # the shipped toy-clip-vit was trained on the zoo's world, so a `world` run refuses it
     result = invoke(
-        "zoo", "train", "toy-albef", "--world", "world-v3",
+        "zoo", "train", "toy-albef", "--world", "world",
         "--vision-init", "toy-clip-vit", "--text-init", str(world_v3_towers["mlm"]),
     )  # fmt: skip
-    assert_one_line_error(result, "toy-clip-vit was trained on world, not world-v3")
+    assert_one_line_error(result, f"toy-clip-vit was trained on {ZOO_WORLD}, not world")
 
 
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (
-            ("zoo", "train", "toy-albef", "--world", "world-v3"),
-            ("trained on world, not world-v3", "--vision-init and --text-init"),
+            ("zoo", "train", "toy-albef", "--world", "world"),
+            (f"trained on {ZOO_WORLD}, not world", "--vision-init and --text-init"),
         ),
         (("zoo", "train", "toy-blip-cap", "--world", "world-v2"), ("--text-init",)),
-        (("zoo", "refine-itm", "toy-blip", "--world", "world-v3"), ("--init", "world-v3")),
+        (("zoo", "refine-itm", "toy-blip", "--world", "world"), ("--init", "--world world")),
         (("zoo", "train", "toy-clip-vit", "--world", "world-v9"), ("world-v9", "world-v3")),
         (("zoo", "train", "toy-mlm", "--world", "v3"), ("unknown world version",)),
         (("zoo", "refine-itm", "toy-albef", "--world", "world-v9"), ("world-v9", "world-v2")),
