@@ -12,12 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.errors import RobustError
 from robust.eval.retrieval import evaluate_retrieval
 from robust.resources import ZOO_DIR
 from robust.victims.albef import AlbefVictim, load_albef_checkpoint
 from robust.zoo.augment import augment_images
+from robust.zoo.recipes import world_image_size
 from robust.zoo.train_albef import (
     ALBEF_RECIPES,
     CHECKPOINT_FILE,
@@ -63,8 +64,10 @@ TINY_ALBEF = AlbefRecipe(
     vision_init=None,
     text_init=None,
 )
-# The shipped toy-albef recipe (warm-started from toy-clip-vit and toy-mlm), cut to 16 steps
-SHORT_ALBEF = replace(ALBEF_RECIPES["toy-albef"], epochs=4, batch_size=32, warmup_fraction=0.1)
+# The shipped toy-albef recipe on the zoo's world (warm-started from toy-clip-vit and toy-mlm),
+# cut to 32 steps
+ZOO_ALBEF = ALBEF_RECIPES["toy-albef"].for_world(ZOO_WORLD)
+SHORT_ALBEF = replace(ZOO_ALBEF, epochs=8, batch_size=32, warmup_fraction=0.1)
 TINY_TCL = replace(
     TINY_ALBEF, name="tiny-tcl", family="tcl", image_image_weight=0.5, text_text_weight=0.5
 )
@@ -76,15 +79,21 @@ def world_train():
 
 
 @pytest.fixture(scope="module")
+def zoo_train():
+    """World train of the zoo's world, which the shipped towers SHORT_ALBEF starts from read."""
+    return generate_world("train", count=128, version=ZOO_WORLD)
+
+
+@pytest.fixture(scope="module")
 def vocab_file(tmp_path_factory) -> Path:
     """A world WordPiece vocab from a few images (the full one needs all of world train)."""
     return build_world_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt", train_images=64)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, world_train, vocab_file):
+def trained(tmp_path_factory, zoo_train):
     folder = tmp_path_factory.mktemp("short-albef")
-    report = train_albef(SHORT_ALBEF, folder, dataset=world_train)
+    report = train_albef(SHORT_ALBEF, folder, dataset=zoo_train)
     return report, folder
 
 
@@ -98,7 +107,7 @@ def itc_loss(victim: AlbefVictim, dataset, temperature: float = 0.07) -> float:
     return float((F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2)
 
 
-def test_short_run_loads_with_the_real_loader_and_beats_its_warm_start(trained, world_train):
+def test_short_run_loads_with_the_real_loader_and_beats_its_warm_start(trained, zoo_train):
     report, folder = trained
     for name in (CHECKPOINT_FILE, "config.json", "vocab.txt", "training.json"):
         assert (folder / name).is_file(), name
@@ -109,11 +118,11 @@ def test_short_run_loads_with_the_real_loader_and_beats_its_warm_start(trained, 
 
     start, _ = init_albef_model(SHORT_ALBEF)
     untrained = AlbefVictim("init", start.eval(), folder / "vocab.txt")
-    before, after = itc_loss(untrained, world_train), itc_loss(victim, world_train)
+    before, after = itc_loss(untrained, zoo_train), itc_loss(victim, zoo_train)
     assert after < before - 0.3, (before, after)
     with torch.no_grad():
-        recall_before = evaluate_retrieval(untrained, world_train).metrics()
-        recall_after = evaluate_retrieval(victim, world_train).metrics()
+        recall_before = evaluate_retrieval(untrained, zoo_train).metrics()
+        recall_after = evaluate_retrieval(victim, zoo_train).metrics()
     assert recall_after["r_mean"] > recall_before["r_mean"] + 0.05, (recall_before, recall_after)
     assert report.steps == SHORT_ALBEF.epochs * (128 // SHORT_ALBEF.batch_size)
     assert math.isfinite(report.final_loss)
@@ -192,16 +201,21 @@ def test_views_shift_without_flipping_and_captions_differ():
 
 
 def test_mlm_head_starts_as_the_masked_lm_head():
-    """The fusion MLM head warm-started from toy-mlm predicts exactly as toy-mlm's own head."""
+    """The fusion MLM head warm-started from toy-mlm predicts exactly as toy-mlm's own head
+    over toy-mlm's vocabulary, also when the recipe keeps room for a larger one."""
     from transformers import BertForMaskedLM
 
-    recipe = replace(ALBEF_RECIPES["toy-albef"], mlm_weight=1.0)
+    recipe = replace(ZOO_ALBEF, mlm_weight=1.0)
     head = new_masked_lm_head(recipe.model_config(), recipe)
     masked_lm = BertForMaskedLM.from_pretrained(ZOO_DIR / "toy-mlm").eval()
-    hidden = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 64, generator=generator)
     words = masked_lm.bert.embeddings.word_embeddings.weight
+    known = len(words)
+    room = torch.randn(len(head.bias) - known, words.shape[1], generator=generator)
     with torch.no_grad():
-        torch.testing.assert_close(head(hidden, words), masked_lm.cls(hidden))
+        logits = head(hidden, torch.cat([words, room]))
+        torch.testing.assert_close(logits[..., :known], masked_lm.cls(hidden))
 
 
 def test_mlm_head_with_room_for_another_worlds_vocabulary_starts_as_the_masked_lm_head():
@@ -227,7 +241,9 @@ def test_shipped_recipes_warm_start_from_the_zoo():
     for name, recipe in ALBEF_RECIPES.items():
         assert recipe.name == name and recipe.model_config().image_size == 64
         assert (recipe.vision_init, recipe.text_init) == ("toy-clip-vit", "toy-mlm")
-    model, copied = init_albef_model(ALBEF_RECIPES["toy-albef"])  # the shipped towers fit
+        zoo_size = recipe.for_world(ZOO_WORLD).model_config().image_size
+        assert zoo_size == world_image_size(ZOO_WORLD)
+    model, copied = init_albef_model(ZOO_ALBEF)  # the shipped towers fit
     assert len(copied) == len(model.state_dict()) - sum(
         1 for key in model.state_dict()
         if ".crossattention." in key or key.startswith(("text_proj", "itm_head"))

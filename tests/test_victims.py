@@ -7,9 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 import robust
+from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError, UnknownVictimError, WeightsNotFoundError
 from robust.victims.openclip import OpenClipVictim
 from robust.victims.registry import KNOWN_VICTIMS, list_victims, resolve_spec, weights_present
+from robust.zoo.recipes import world_image_size
 
 TEXTS = ["a red circle in the center", "two shapes: a blue square and a green star"]
 
@@ -182,22 +184,23 @@ def test_shipped_toy_victims_load_through_the_local_dir_path():
     for name in ("toy-clip-vit", "toy-clip-rn"):
         victim = robust.load_victim(name)
         assert isinstance(victim, OpenClipVictim)
-        assert victim.image_size == 64 and weights_present(KNOWN_VICTIMS[name])
+        size = world_image_size(ZOO_WORLD)
+        assert victim.image_size == size and weights_present(KNOWN_VICTIMS[name])
         with torch.no_grad():
-            assert victim.encode_image(random_images(2, 64)).shape[0] == 2
+            assert victim.encode_image(random_images(2, size)).shape[0] == 2
 
 
-def test_shipped_toy_captioner_describes_world_images(world_small):
+def test_shipped_toy_captioner_describes_world_images(zoo_world_small):
     """toy-blip-cap loads through hf-blip-cap: and names the colours it sees."""
     from robust.data.images import load_images
 
     victim = robust.load_victim("toy-blip-cap")
     assert weights_present(KNOWN_VICTIMS["toy-blip-cap"])
-    images = load_images(world_small.images, range(8), victim.image_size, victim.resize_mode)
+    images = load_images(zoo_world_small.images, range(8), victim.image_size, victim.resize_mode)
     captions = victim.generate_captions(images)
     assert len(captions) == 8 and all(caption.strip() for caption in captions)
     named = sum(
         any(obj["color"] in caption.split() for obj in label["objects"])
-        for caption, label in zip(captions, world_small.labels[:8], strict=True)
+        for caption, label in zip(captions, zoo_world_small.labels[:8], strict=True)
     )
     assert named >= 6, captions
