@@ -137,9 +137,11 @@ def test_the_architecture_doc_examples_run_as_written(tmp_path, monkeypatch):
     """The page's "how to add an attack / a victim family" code, executed verbatim: the
     user's attack and family register from user code and run through `run_matrix`."""
     from robust.data import load_dataset
+    from robust.data.world import ZOO_WORLD
     from robust.data.images import load_images, to_uint8_array
     from robust.harness.cache import AdversarialCache
     from robust.victims.registry import load_victim
+    from robust.zoo.recipes import world_image_size
 
     blocks = re.findall(r"```python\n(.*?)```", ARCHITECTURE_DOC.read_text(), re.S)
     assert len(blocks) == 2, "docs/architecture.md should hold the two worked examples"
@@ -156,15 +158,16 @@ def test_the_architecture_doc_examples_run_as_written(tmp_path, monkeypatch):
     # moved by all of it (the rest were clipped at 0 or 1)
     crafted = AdversarialCache(tmp_path / "runs/noise/cache").entry("sign_noise", "toy-clip-vit", 0)
     adversarial = crafted.load().images.astype(int)
-    dataset = load_dataset("world:test-1k", limit=8)
-    clean = to_uint8_array(load_images(dataset.images, range(8), 64, "crop")).astype(int)
+    dataset = load_dataset(f"{ZOO_WORLD}:test-1k", limit=8)
+    size = world_image_size(ZOO_WORLD)
+    clean = to_uint8_array(load_images(dataset.images, range(8), size, "crop")).astype(int)
     moved = np.abs(adversarial - clean)
     assert moved.max() == 8
     assert np.isin(moved, [7, 8]).mean() > 0.5
     # the family loads by spec and is what it says: the normalised mean of its members
     members = [load_victim("toy-clip-vit"), load_victim("toy-clip-rn")]
     victim = load_victim("ensemble:toy-clip-vit+toy-clip-rn")
-    images = load_images(dataset.images, range(4), 64, "crop")
+    images = load_images(dataset.images, range(4), size, "crop")
     with torch.no_grad():
         expected = F.normalize(sum(m.encode_image(images) for m in members), dim=-1)
         assert torch.allclose(victim.encode_image(images), expected, atol=1e-6)
