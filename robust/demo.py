@@ -19,11 +19,15 @@ Every part writes its own store under one run directory, and the report reads th
 
 Re-running into the same directory resumes: the matrix skips finished cells, and a part
 that completed (marked by `.complete` in its folder) is not recomputed; a part that was
-interrupted is redone from scratch, so no store ever holds a run twice.
+interrupted is redone from scratch, so no store ever holds a run twice. The directory's
+`demo.json` records the world and the zoo the demo ran on; a directory made on another
+world or zoo is refused rather than resumed, so results of two zoos never mix.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from typing import TypeVar
 from robust.attacks.anyattack import load_decoder
 from robust.data.dataset import CaptionDataset
 from robust.data.world import ZOO_WORLD, generate_world
+from robust.errors import RobustError
 from robust.eval.retrieval import METRIC_NAMES
 from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
 from robust.harness.bias import cache_caption_bias, cache_relevance_bias
@@ -44,7 +49,7 @@ from robust.harness.spec import ExperimentSpec, load_spec
 from robust.harness.store import ResultStore
 from robust.progress import Progress
 from robust.report.pdf import ReportSummary, build_report
-from robust.resources import spec_path
+from robust.resources import ZOO_DIR, spec_path
 from robust.victims.registry import TOY_RETRIEVAL_VICTIMS
 
 DEMO_SPLIT = "test-1k"
@@ -60,6 +65,7 @@ ANYATTACK_ENCODER = "toy-clip-vit"
 ANYATTACK_VICTIMS = ("toy-clip-vit", "toy-clip-rn", "toy-blip-cap")
 ANYATTACK_PAIRS = 200
 COMPLETE_MARKER = ".complete"
+DEMO_RECORD = "demo.json"
 T = TypeVar("T")
 
 
@@ -108,6 +114,34 @@ def run_demo_bias(matrix_dir: Path, progress: Progress | None) -> None:
         cache_caption_bias(matrix_dir, captioner=BIAS_CAPTIONER, progress=progress, **keys)
 
 
+def demo_inputs() -> dict[str, str]:
+    """The world the demo runs on and a digest of every shipped zoo file it may load."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in ZOO_DIR.rglob("*") if p.is_file() and p.suffix != ".md"):
+        digest.update(path.relative_to(ZOO_DIR).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return {"world": ZOO_WORLD, "zoo": digest.hexdigest()[:16]}
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Record the demo's inputs in `run_dir`, refusing one that holds a demo of others."""
+    record, inputs = run_dir / DEMO_RECORD, demo_inputs()
+    if record.is_file():
+        made = json.loads(record.read_text())
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        made = {"world": "an older version of the demo", "zoo": "unrecorded"}
+    else:
+        made = inputs
+    if made != inputs:
+        raise RobustError(
+            f"{run_dir} holds a demo made on {made['world']} with zoo {made['zoo']}, not on "
+            f"{inputs['world']} with zoo {inputs['zoo']}; give --out another folder or "
+            f"remove {run_dir}"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(inputs, indent=2) + "\n")
+
+
 def run_once(folder: Path, step: Callable[[Path], T]) -> T | None:
     """Run `step(folder)` unless an earlier call completed it; redo an interrupted one.
 
@@ -134,6 +168,7 @@ def run_demo(
     The report goes to `report_pdf` (default `run_dir/report.pdf`).
     """
     run_dir = Path(run_dir)
+    claim_run_dir(run_dir)
     dataset = generate_world(DEMO_SPLIT, version=ZOO_WORLD)
     spec = {
         "command": "demo",

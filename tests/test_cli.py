@@ -172,6 +172,26 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragments):
     assert_one_line_error(invoke(*args), *fragments)
 
 
+def test_demo_refuses_a_folder_made_on_another_world_or_zoo(tmp_path):
+    from robust.data.world import ZOO_WORLD
+    from robust.demo import DEMO_RECORD, claim_run_dir, demo_inputs
+
+    fresh = tmp_path / "fresh"
+    claim_run_dir(fresh)
+    assert json.loads((fresh / DEMO_RECORD).read_text()) == demo_inputs()
+    claim_run_dir(fresh)  # the same world and zoo resume
+    older = tmp_path / "older"
+    (older / "clean").mkdir(parents=True)  # a demo from before the record existed
+    result = invoke("demo", "--out", str(older))
+    assert_one_line_error(result, "older version of the demo", "--out another folder")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / DEMO_RECORD).write_text(json.dumps({"world": "world", "zoo": "0" * 16}))
+    result = invoke("demo", "--out", str(other))
+    assert_one_line_error(result, "made on world with zoo 0000", f"not on {ZOO_WORLD}")
+    assert (older / "clean").is_dir() and (other / DEMO_RECORD).is_file()  # nothing removed
+
+
 @pytest.mark.slow
 def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
     report = tmp_path / "demo.pdf"
