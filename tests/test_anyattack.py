@@ -28,10 +28,14 @@ from robust.attacks.anyattack_train import (
     pretrain_loss,
     temperature,
 )
+from robust.data.world import ZOO_WORLD
 from robust.eval.targeted import class_key, pair_images
 from robust.victims.registry import load_victim
+from robust.zoo.recipes import world_image_size
 
-WORLD_SIZES = {"embed_dim": 64, "image_size": 64, "channels": 64, "bound": "tanh"}
+# a decoder that fits the shipped toy-clip-vit: its embedding width, its world's image size
+ZOO_SIZE = world_image_size(ZOO_WORLD)
+WORLD_SIZES = {"embed_dim": 64, "image_size": ZOO_SIZE, "channels": 64, "bound": "tanh"}
 EPS = 16 / 255
 EPS32 = torch.tensor(EPS, dtype=torch.float32).item()  # the bound as float32 pixels hold it
 
@@ -44,7 +48,7 @@ def toy_vit():
 def tiny_pretrain(**overrides) -> PretrainConfig:
     values = dict(
         encoder="toy-clip-vit",
-        data="world:val",
+        data=f"{ZOO_WORLD}:val",
         limit=32,
         batch_size=8,
         chunks=2,
@@ -83,7 +87,8 @@ def test_attack_output_stays_within_eps(toy_vit):
     with torch.no_grad():
         decoder.final_conv.weight.mul_(1000)  # raw noise far beyond the budget
     attack = AnyAttack(toy_vit, decoder, eps=EPS)
-    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    size = toy_vit.image_size
+    images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(1))
     noise = attack.noise(images.flip(0))
     assert noise.abs().max().item() == EPS32  # reaches the bound, never passes it
     adversarial = attack.apply(images, images.flip(0))
@@ -195,8 +200,8 @@ def test_finetune_starts_from_a_decoder_and_resumes(tmp_path, toy_vit):
     init = save_decoder(NoiseDecoder(DecoderConfig(**WORLD_SIZES)), tmp_path / "init.pt")
     config = FinetuneConfig(
         encoder="toy-clip-vit",
-        data="world:val",
-        clean="world:test-1k",
+        data=f"{ZOO_WORLD}:val",
+        clean=f"{ZOO_WORLD}:test-1k",
         limit=32,
         batch_size=8,
         steps=4,
@@ -244,7 +249,7 @@ def test_short_pretraining_lowers_the_loss_and_beats_the_clean_floor(tmp_path, t
     from robust.harness.store import ResultStore
 
     config = tiny_pretrain(
-        data="world:train",
+        data=f"{ZOO_WORLD}:train",
         limit=64,
         batch_size=32,
         chunks=1,
@@ -252,8 +257,8 @@ def test_short_pretraining_lowers_the_loss_and_beats_the_clean_floor(tmp_path, t
         lr=3e-3,
         tau_decay_steps=60,
     )
-    val = generate_world("val", count=32)
-    held_out = load_images(val.images, range(32), 64)  # images the decoder never saw
+    val = generate_world("val", count=32, version=ZOO_WORLD)
+    held_out = load_images(val.images, range(32), ZOO_SIZE)  # images the decoder never saw
     state = pretrain(config, encoder=toy_vit)
     untrained = NoiseDecoder(DecoderConfig(**WORLD_SIZES)).eval()
 
@@ -266,7 +271,7 @@ def test_short_pretraining_lowers_the_loss_and_beats_the_clean_floor(tmp_path, t
     assert fixed_tau_loss(state.decoder) < fixed_tau_loss(untrained) - 0.3
 
     # targets the decoder was trained on, pasted onto clean images it has seen as cleans
-    world = generate_world("train", count=64)
+    world = generate_world("train", count=64, version=ZOO_WORLD)
     evaluation = evaluate_anyattack(
         state.decoder, "toy-clip-vit", ["toy-clip-vit"], world, tmp_path, pairs=32, examples=2
     )
@@ -303,10 +308,10 @@ def test_matrix_runs_anyattack_as_a_targeted_attack(tmp_path, toy_vit):
     decoder_path = save_decoder(
         NoiseDecoder(DecoderConfig(**WORLD_SIZES)).eval(), tmp_path / "d.pt"
     )
-    world = generate_world("val", count=4)
+    world = generate_world("val", count=4, version=ZOO_WORLD)
     attack = build_attack("anyattack", toy_vit, {"decoder": str(decoder_path)}, seed=3)
     assert attack.kind == "targeted" and attack.config()["decoder"] == str(decoder_path)
-    images = load_images(world.images, range(4), 64)
+    images = load_images(world.images, range(4), toy_vit.image_size)
     groups = tuple(tuple(g) for g in world.captions_of(range(4)))
     output = attack.craft(AttackBatch(images, groups), torch.Generator().manual_seed(0))
     assert (output.images - images).abs().max().item() <= EPS32 + 1e-7
@@ -317,7 +322,7 @@ def test_matrix_runs_anyattack_as_a_targeted_attack(tmp_path, toy_vit):
     spec = parse_spec(
         {
             "name": "anyattack-matrix",
-            "dataset": "world:val",
+            "dataset": f"{ZOO_WORLD}:val",
             "limit": 8,
             "sources": ["toy-clip-vit"],
             "targets": ["toy-clip-vit", "toy-clip-rn"],
@@ -344,7 +349,7 @@ def test_shipped_world_decoder_loads_and_beats_the_clean_floor(tmp_path):
     info = describe_checkpoint(WORLD_DECODER)
     assert info["decoder"] == WORLD_SIZES
     assert info["encoder"] == "toy-clip-vit" and info["eps"] == pytest.approx(EPS)
-    world = generate_world("test-1k", count=400)
+    world = generate_world("test-1k", count=400, version=ZOO_WORLD)
     evaluation = evaluate_anyattack(
         load_decoder(WORLD_DECODER), "toy-clip-vit", ["toy-clip-vit"], world, tmp_path, pairs=200
     )
@@ -360,7 +365,7 @@ def test_a_second_evaluation_reads_every_gallery_from_the_cache(tmp_path, monkey
     from robust.harness.cache import CacheEntry
     from robust.harness.store import ResultStore
 
-    world = generate_world("test-1k", count=24)
+    world = generate_world("test-1k", count=24, version=ZOO_WORLD)
     victims = ["toy-clip-vit", "toy-blip-cap"]  # crop and squash: one entry per geometry
 
     def evaluate():
@@ -373,7 +378,10 @@ def test_a_second_evaluation_reads_every_gallery_from_the_cache(tmp_path, monkey
     cache = tmp_path / "cache"
     entries = sorted(path.parent.relative_to(cache) for path in cache.rglob("manifest.json"))
     assert len(entries) == 7  # adv/floor/ceiling at both geometries, the examples' noise
-    assert {path.name for path in entries} == {"seed-0-at-64-crop", "seed-0-at-64-squash"}
+    assert {path.name for path in entries} == {
+        f"seed-0-at-{ZOO_SIZE}-crop",
+        f"seed-0-at-{ZOO_SIZE}-squash",
+    }
     examples = (tmp_path / "anyattack_examples" / "examples.json").read_text()
 
     def crafting(*args, **kwargs):
@@ -411,8 +419,8 @@ def test_a_targeted_cell_names_the_galleries_it_can_cache(tmp_path):
     from robust.harness.cells import CellRunner, ExperimentSettings
     from robust.harness.executors import TargetedCell
 
-    world = generate_world("val", count=8)
+    world = generate_world("val", count=8, version=ZOO_WORLD)
     runner = CellRunner(ExperimentSettings(dataset=world.name), tmp_path, dataset=world)
-    cell = TargetedCell("anyattack-x", "toy-clip-vit", 0, "d.pt", EPS, 2, "clear", 64, "crop")
+    cell = TargetedCell("anyattack-x", "toy-clip-vit", 0, "d.pt", EPS, 2, "clear", ZOO_SIZE, "crop")
     with pytest.raises(RobustError, match="unknown AnyAttack gallery 'clear'; choose one of adv"):
         runner(cell)

@@ -1,16 +1,18 @@
-"""`robust anyattack` end to end on the world, including its one-line errors."""
+"""`robust anyattack` end to end on the zoo's world, including its one-line errors."""
 
 from __future__ import annotations
 
 import json
 
+from robust.data.world import ZOO_WORLD
 from robust.harness.store import ResultStore
+from robust.victims.registry import load_victim
 from tests.cli_helpers import assert_one_line_error, invoke
 
 
 def test_pretrain_resume_load_attack_and_eval(tmp_path):
     checkpoint = tmp_path / "decoder.pt"
-    common = ["--data", "world:val", "--limit", "32", "--batch-size", "8", "--chunks", "2"]
+    common = ["--data", f"{ZOO_WORLD}:val", "--limit", "32", "--batch-size", "8", "--chunks", "2"]
     result = invoke(
         "anyattack", "pretrain", "--out", str(checkpoint), *common, "--steps", "2",
         "--channels", "64", "--checkpoint-every", "1",
@@ -25,7 +27,8 @@ def test_pretrain_resume_load_attack_and_eval(tmp_path):
 
     loaded = invoke("anyattack", "load", str(checkpoint))
     assert loaded.exit_code == 0, loaded.output
-    for fragment in ("64-d embedding", "64 px", "stage pretrain", "encoder toy-clip-vit"):
+    noise_size = f"{load_victim('toy-clip-vit').image_size} px"  # the encoder's, by default
+    for fragment in ("64-d embedding", noise_size, "stage pretrain", "encoder toy-clip-vit"):
         assert fragment in loaded.output
     slim = tmp_path / "slim.pt"
     assert invoke("anyattack", "load", str(checkpoint), "--save-decoder", str(slim)).exit_code == 0

@@ -137,8 +137,8 @@ def test_the_architecture_doc_examples_run_as_written(tmp_path, monkeypatch):
     """The page's "how to add an attack / a victim family" code, executed verbatim: the
     user's attack and family register from user code and run through `run_matrix`."""
     from robust.data import load_dataset
-    from robust.data.world import ZOO_WORLD
     from robust.data.images import load_images, to_uint8_array
+    from robust.data.world import ZOO_WORLD
     from robust.harness.cache import AdversarialCache
     from robust.victims.registry import load_victim
     from robust.zoo.recipes import world_image_size

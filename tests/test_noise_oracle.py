@@ -10,7 +10,7 @@ from robust.attacks.anyattack_oracle import step_checkpoints, target_noise_oracl
 from robust.attacks.base import AttackConfigError
 from robust.cli import app
 from robust.data.images import load_images
-from robust.data.world import generate_world
+from robust.data.world import ZOO_WORLD, generate_world
 from robust.eval.targeted import pair_images
 from robust.harness.noise_oracle import (
     ORACLE_ATTACK,
@@ -31,8 +31,8 @@ def toy_vit():
 
 
 def test_oracle_noise_is_bounded_seeded_and_moves_unseen_cleans_towards_the_target(toy_vit):
-    world = generate_world("val", count=40)
-    images = load_images(world.images, range(40), 64, toy_vit.resize_mode)
+    world = generate_world("val", count=40, version=ZOO_WORLD)
+    images = load_images(world.images, range(40), toy_vit.image_size, toy_vit.resize_mode)
     targets, pool, unseen = images[:4], images[4:24], images[24:]
 
     def oracle(seed: int) -> torch.Tensor:
@@ -55,8 +55,8 @@ def test_oracle_noise_is_bounded_seeded_and_moves_unseen_cleans_towards_the_targ
 
 
 def test_the_step_record_is_the_same_run_cut_short(toy_vit):
-    world = generate_world("val", count=12)
-    images = load_images(world.images, range(12), 64, toy_vit.resize_mode)
+    world = generate_world("val", count=12, version=ZOO_WORLD)
+    images = load_images(world.images, range(12), toy_vit.image_size, toy_vit.resize_mode)
     targets, pool = images[:3], images[3:]
     kwargs = dict(eps=EPS, cleans_per_step=2, batch_size=3)
 
@@ -81,7 +81,7 @@ def test_the_step_record_is_the_same_run_cut_short(toy_vit):
 
 
 def test_oracle_refuses_bad_budgets_and_mismatched_pools(toy_vit):
-    images = torch.zeros(2, 3, 64, 64)
+    images = torch.zeros(2, 3, toy_vit.image_size, toy_vit.image_size)  # the encoder's size
     kwargs = dict(steps=1, cleans_per_step=1, generator=torch.Generator())
     with pytest.raises(AttackConfigError, match="eps"):
         target_noise_oracle(toy_vit, images, images, eps=0.0, **kwargs)
@@ -96,8 +96,8 @@ def test_top1_ownership_counts_ties_against_the_query():
     assert owned.tolist() == [False, True]
 
 
-def test_evaluation_records_oracle_floor_and_ceiling(tmp_path):
-    data, pool = generate_world("test-1k", count=40), generate_world("val", count=16)
+def test_evaluation_records_oracle_floor_and_ceiling(tmp_path, zoo_world_small):
+    data, pool = zoo_world_small, generate_world("val", count=16, version=ZOO_WORLD)
     result = evaluate_noise_oracle(
         "toy-clip-vit", data, pool, tmp_path, pairs=20, optimised=6, steps=3, cleans_per_step=2
     )
@@ -114,13 +114,13 @@ def test_evaluation_records_oracle_floor_and_ceiling(tmp_path):
     assert {row.seed for row in rows} == {0} and spec["step_checkpoints"] == [1, 3]
 
 
-def test_oracle_and_decoder_evaluation_score_the_same_seeded_pairs(tmp_path):
+def test_oracle_and_decoder_evaluation_score_the_same_seeded_pairs(tmp_path, zoo_world_small):
     """Floor and ceiling depend on the pairs alone: on the pairs the oracle optimises, its
     floor and ceiling are the decoder evaluation's, query by query."""
     from robust.attacks.anyattack import load_decoder
     from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
 
-    data, pool = generate_world("test-1k", count=40), generate_world("val", count=8)
+    data, pool = zoo_world_small, generate_world("val", count=8, version=ZOO_WORLD)
     oracle = evaluate_noise_oracle(
         "toy-clip-vit", data, pool, tmp_path, pairs=16, optimised=16, steps=1, cleans_per_step=1,
         seed=3,
@@ -153,7 +153,7 @@ def test_cli_bound_prints_the_step_record(tmp_path):
         stored = {row.metric for row in store.metrics(attack=ORACLE_ATTACK)}
         spec = store.run_info(store.latest_run_id())["spec"]
     assert {STEP_METRIC.format(count) for count in (1, 2, 4)} <= stored
-    assert spec["dataset"] == "world:test-1k[:40]"
+    assert spec["dataset"] == f"{ZOO_WORLD}:test-1k[:40]"  # the zoo's world by default
 
 
 def test_cli_bound_errors_are_one_line(tmp_path):

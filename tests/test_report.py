@@ -987,15 +987,16 @@ def test_anyattack_examples_are_the_evaluations_cached_images_and_captions(tmp_p
     from PIL import Image
 
     from robust.attacks.anyattack import load_decoder
-    from robust.data.world import generate_world
+    from robust.data.world import ZOO_WORLD, generate_world
     from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
     from robust.harness.cache import AdversarialCache
     from robust.victims import registry
+    from robust.zoo.recipes import world_image_size
 
     run = tmp_path / "run"
     evaluation = evaluate_anyattack(
         load_decoder(WORLD_DECODER), "toy-clip-vit", ["toy-clip-vit", "toy-blip-cap"],
-        generate_world("test-1k", count=24), run, pairs=8, examples=2,
+        generate_world("test-1k", count=24, version=ZOO_WORLD), run, pairs=8, examples=2,
     )  # fmt: skip
     entries = {
         (entry.attack_label, entry.path.name): entry
@@ -1003,8 +1004,9 @@ def test_anyattack_examples_are_the_evaluations_cached_images_and_captions(tmp_p
     }
     shown = {"clean": "floor", "noise": "noise", "adversarial": "adv", "target": "ceiling"}
     folder = run / "anyattack_examples"
+    at = f"seed-0-at-{world_image_size(ZOO_WORLD)}-crop"  # the shipped decoder's and toy's size
     for kind, gallery in shown.items():
-        cached = entries[(f"anyattack-{gallery}", "seed-0-at-64-crop")].load().images
+        cached = entries[(f"anyattack-{gallery}", at)].load().images
         for pair in range(2):
             stored = np.asarray(Image.open(folder / f"{pair:02d}_{kind}.png"))
             assert np.array_equal(stored, cached[pair])
