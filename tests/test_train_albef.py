@@ -200,24 +200,6 @@ def test_views_shift_without_flipping_and_captions_differ():
     assert np.all(chosen[2] == 10)  # an image with one caption repeats it
 
 
-def test_mlm_head_starts_as_the_masked_lm_head():
-    """The fusion MLM head warm-started from toy-mlm predicts exactly as toy-mlm's own head
-    over toy-mlm's vocabulary, also when the recipe keeps room for a larger one."""
-    from transformers import BertForMaskedLM
-
-    recipe = replace(ZOO_ALBEF, mlm_weight=1.0)
-    head = new_masked_lm_head(recipe.model_config(), recipe)
-    masked_lm = BertForMaskedLM.from_pretrained(ZOO_DIR / "toy-mlm").eval()
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 5, 64, generator=generator)
-    words = masked_lm.bert.embeddings.word_embeddings.weight
-    known = len(words)
-    room = torch.randn(len(head.bias) - known, words.shape[1], generator=generator)
-    with torch.no_grad():
-        logits = head(hidden, torch.cat([words, room]))
-        torch.testing.assert_close(logits[..., :known], masked_lm.cls(hidden))
-
-
 def test_mlm_head_with_room_for_another_worlds_vocabulary_starts_as_the_masked_lm_head():
     """On another world a recipe keeps room for any world vocabulary (VOCAB_SIZE); its MLM
     head still predicts toy-mlm's tokens exactly as toy-mlm's own head does."""
