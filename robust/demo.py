@@ -2,7 +2,7 @@
 
 Every part writes its own store under one run directory, and the report reads them all:
 
-1. `clean/`: clean retrieval of every shipped toy retrieval victim on world test-1k;
+1. `clean/`: clean retrieval of every shipped toy retrieval victim on the zoo world's test-1k;
 2. `matrix/`: the transfer-attack matrix of the shipped `world-matrix` spec (PGD, BERT-Attack,
    Sep-Attack, Co-Attack and SGA from every toy to every toy), on Ray when Ray is installed
    (it is in the dev extra), else locally; the run record says which;

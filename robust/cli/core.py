@@ -439,7 +439,7 @@ def demo_command(
     with progress_bar() as bar:
         result = run_demo(out, report_pdf=report, progress=RichProgress(bar))
     print_retrieval_table(
-        f"Clean retrieval of the toy zoo on world {DEMO_SPLIT} (R@K, %)", result.clean_rows
+        f"Clean retrieval of the toy zoo on {ZOO_WORLD}:{DEMO_SPLIT} (R@K, %)", result.clean_rows
     )
     for label in result.matrix.labels:
         print_asr_matrix(result.matrix, label)
