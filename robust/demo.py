@@ -6,6 +6,9 @@ Every part writes its own store under one run directory, and the report reads th
 2. `matrix/`: the transfer-attack matrix of the shipped `world-matrix` spec (PGD, BERT-Attack,
    Sep-Attack, Co-Attack and SGA from every toy to every toy), on Ray when Ray is installed
    (it is in the dev extra), else locally; the run record says which;
+   The matrix is also read against the published attack pattern (`matrix/calibration.json`,
+   the bands of `robust zoo calibrate` on the demo's 50 images and one seed), so the report
+   says what the world's numbers mean;
 3. bias of the matrix's SGA examples (in `matrix/`'s store): relevance bias of clean vs
    adversarial copies in one gallery with the attribute shift, and caption bias of the
    toy captioner;
@@ -41,6 +44,12 @@ from robust.errors import RobustError
 from robust.eval.retrieval import METRIC_NAMES
 from robust.harness.anyattack_eval import WORLD_DECODER, evaluate_anyattack
 from robust.harness.bias import cache_caption_bias, cache_relevance_bias
+from robust.harness.calibration import (
+    CALIBRATION_FILENAME,
+    Band,
+    calibration_bands,
+    write_calibration,
+)
 from robust.harness.evaluate import evaluate_victims
 from robust.harness.executors import best_available_executor, make_executor
 from robust.harness.matrix import MatrixResult, run_matrix
@@ -75,6 +84,7 @@ class DemoResult:
 
     clean_rows: list[dict[str, float | str]]
     matrix: MatrixResult
+    calibration: list[Band]
     defense: MatrixResult
     patch_dir: Path
     anyattack_dir: Path
@@ -188,6 +198,8 @@ def run_demo(
         ),
     )
     matrix = run_demo_matrix(run_dir / "matrix", MATRIX_SPEC, progress)
+    calibration = calibration_bands(matrix)
+    write_calibration(run_dir / "matrix" / CALIBRATION_FILENAME, matrix, calibration)
     run_demo_bias(run_dir / "matrix", progress)
     defense = run_demo_matrix(run_dir / "defense", DEFENSE_SPEC, progress)
     patch_dir = run_dir / "patch"
@@ -196,7 +208,13 @@ def run_demo(
     run_once(anyattack_dir, lambda folder: run_demo_anyattack(folder, dataset, progress))
     report = build_report(run_dir, report_pdf or run_dir / "report.pdf")
     return DemoResult(
-        clean_rows(run_dir / "clean"), matrix, defense, patch_dir, anyattack_dir, report
+        clean_rows(run_dir / "clean"),
+        matrix,
+        calibration,
+        defense,
+        patch_dir,
+        anyattack_dir,
+        report,
     )
 
 

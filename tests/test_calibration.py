@@ -151,3 +151,29 @@ def test_the_report_shows_a_calibration_record_and_notes_a_broken_one(tmp_path):
     assert "BERT-Attack white-box <= 35 on every toy 96.0 c -> c no" in text
     assert "Sep-Attack's and Co-Attack's for >= 2 of 3 sources 3 a, b, c yes" in text
     assert "old/calibration.json could not be read" in text
+    assert "fewer than the calibration protocol" not in text  # 200 images, 3 seeds
+
+
+def test_the_shipped_calibration_spec_is_the_protocols_size():
+    from robust.harness.calibration import PROTOCOL_IMAGES, PROTOCOL_SEEDS
+    from robust.harness.spec import load_spec
+
+    spec = load_spec("world-calibration")
+    assert spec.limit == PROTOCOL_IMAGES and len(spec.seeds) == PROTOCOL_SEEDS
+    check_calibration_labels([attack.label for attack in spec.attacks])
+
+
+def test_a_record_smaller_than_the_protocol_says_so_in_the_report(tmp_path):
+    from pypdf import PdfReader
+
+    from robust.report.pdf import build_report
+    from tests.test_report import write_clean_store
+
+    run_dir = tmp_path / "run"
+    write_clean_store(run_dir)
+    result = _result(**_flickr_like())
+    result.split, result.seeds = "test-1k[:50]", (0,)
+    write_calibration(run_dir / "calibration.json", result, calibration_bands(result))
+    summary = build_report(run_dir, tmp_path / "report.pdf")
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(summary.path).pages).split())
+    assert "rests on 50 images and 1 seed, fewer than the calibration protocol's 200" in text

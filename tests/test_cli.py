@@ -230,6 +230,10 @@ def test_demo_runs_every_part_writes_the_report_and_resumes(tmp_path):
         assert {row.target for row in targeted} == {"toy-clip-vit", "toy-clip-rn"}
     text = "".join(page.extract_text() for page in PdfReader(report).pages)
     assert "Transfer" in text and "toy-clip-vit" in text
+    # the matrix read against the published pattern, printed and shown in the report
+    record = json.loads((tmp_path / "matrix" / "calibration.json").read_text())
+    assert record["split"] == "test-1k[:50]" and len(record["bands"]) == 6
+    assert "World calibration" in result.output and "World calibration" in text
 
     def run_counts() -> list[int]:
         counts = []

@@ -20,6 +20,7 @@ from robust.data.world import ZOO_WORLD
 from robust.errors import RobustError
 
 if TYPE_CHECKING:
+    from robust.harness.calibration import Band
     from robust.harness.results import MatrixTables
 
 app = typer.Typer(
@@ -149,4 +150,15 @@ def print_asr_matrix(result: MatrixTables, label: str) -> None:
             text = f"{tr} / {ir}"
             cells.append(f"[bold]{text}*[/]" if result.white_box[s, t] else text)
         table.add_row(source, *cells)
+    console.print(table)
+
+
+def print_calibration_bands(result: MatrixTables, bands: list[Band]) -> None:
+    """Each band of the published attack pattern beside the worst cell the matrix measured."""
+    table = Table(title=f"World calibration ({result.dataset}:{result.split}, TR R@1 ASR %)")
+    for column in ("band", "measured", "where", "verdict"):
+        table.add_column(column)
+    for band in bands:
+        verdict = "[green]holds[/]" if band.passed else "[red]missed[/]"
+        table.add_row(band.rule, f"{band.measured:g}", band.where, verdict)
     console.print(table)

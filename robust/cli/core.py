@@ -15,6 +15,7 @@ from robust.cli.common import (
     console,
     error_console,
     print_asr_matrix,
+    print_calibration_bands,
     print_retrieval_table,
     progress_bar,
     user_errors,
@@ -206,13 +207,7 @@ def zoo_calibrate_command(
     for label in result.labels:
         print_asr_matrix(result, label)
     bands = calibration_bands(result)
-    table = Table(title=f"World calibration ({result.dataset}:{result.split}, TR R@1 ASR %)")
-    for column in ("band", "measured", "where", "verdict"):
-        table.add_column(column)
-    for band in bands:
-        verdict = "[green]holds[/]" if band.passed else "[red]missed[/]"
-        table.add_row(band.rule, f"{band.measured:g}", band.where, verdict)
-    console.print(table)
+    print_calibration_bands(result, bands)
     written = write_calibration(json_path or spec.run_dir / "calibration.json", result, bands)
     console.print(f"bands written to {written}", highlight=False)
     if not all(band.passed for band in bands):
@@ -443,6 +438,7 @@ def demo_command(
     )
     for label in result.matrix.labels:
         print_asr_matrix(result.matrix, label)
+    print_calibration_bands(result.matrix, result.calibration)
     defense_spec = load_spec(DEFENSE_SPEC)
     print_defense_tables(defense_spec.dataset, defense_spec.defenses.names, result.defense.defenses)
     console.print(

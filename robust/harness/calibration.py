@@ -21,6 +21,10 @@ from robust.errors import RobustError
 
 CALIBRATION_ATTACKS = ("pgd", "bert_attack", "sep_attack", "co_attack", "sga")
 CALIBRATION_FILENAME = "calibration.json"
+# The protocol's size (the shipped `world-calibration` spec): a record on fewer images or
+# seeds, such as the demo's, says so where it is shown.
+PROTOCOL_IMAGES = 200
+PROTOCOL_SEEDS = 3
 PATTERN_NAMES = {"pgd": "PGD", "bert_attack": "BERT-Attack", "sga": "SGA"}
 
 # TR R@1 ASR ranges (%) over ALBEF, TCL, CLIP ViT-B/16 and CLIP RN101 as sources, SGA

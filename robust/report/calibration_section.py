@@ -1,17 +1,19 @@
 """The world-calibration section: how the world's attack pattern compares with the
 published Flickr30k one, so a reader knows what the world's numbers can and cannot say.
 
-It shows the record `robust zoo calibrate` writes (`calibration.json`) wherever one lies in
-the run directory: each attack's white-box and transfer range beside the SGA paper's, then
-every band with its worst cell.
+It shows the record `robust zoo calibrate` writes (`calibration.json`; the demo writes one
+for its own matrix) wherever one lies in the run directory: each attack's white-box and
+transfer range beside the SGA paper's, then every band with its worst cell.
 """
 
 from __future__ import annotations
 
+import re
+
 from reportlab.platypus import Paragraph
 
 from robust.errors import RobustError
-from robust.harness.calibration import pattern_rows
+from robust.harness.calibration import PROTOCOL_IMAGES, PROTOCOL_SEEDS, pattern_rows
 from robust.report.data import ReportData, WorldCalibration
 from robust.report.layout import Block, column_widths, data_table, styles, text, two_line
 
@@ -80,6 +82,7 @@ def _record_blocks(calibration: WorldCalibration) -> list[Block]:
         f"{sources}, mean of seeds {seeds}; the paper's ranges are over ALBEF, TCL, CLIP "
         "ViT-B/16 and CLIP RN101 on Flickr30k 1K (SGA, Table 2). Where the world misses a band, "
         "comparisons of that attack family on the world say little about real models."
+        + _smaller_than_protocol(record)
     )
     return [
         Paragraph(text(intro), style.body),
@@ -89,6 +92,23 @@ def _record_blocks(calibration: WorldCalibration) -> list[Block]:
         ),
         bands,
     ]
+
+
+def _smaller_than_protocol(record: dict) -> str:
+    """A sentence when the record rests on fewer images or seeds than the calibration
+    protocol (the demo's matrix does), so its verdicts are read as a direction only."""
+    limit = re.search(r"\[:(\d+)\]", str(record.get("split", "")))
+    images = int(limit.group(1)) if limit else None
+    seeds = len(record.get("seeds", []))
+    if (images is None or images >= PROTOCOL_IMAGES) and seeds >= PROTOCOL_SEEDS:
+        return ""
+    measured = f"{images} images" if images is not None else "every image"
+    return (
+        f" This record rests on {measured} and {seeds} seed{'s' if seeds != 1 else ''}, fewer "
+        f"than the calibration protocol's {PROTOCOL_IMAGES} images and {PROTOCOL_SEEDS} seeds "
+        "(`robust zoo calibrate`), so read its verdicts as the world's direction, not to the "
+        "point."
+    )
 
 
 def _measured(band: dict) -> str:
