@@ -177,3 +177,36 @@ def test_a_record_smaller_than_the_protocol_says_so_in_the_report(tmp_path):
     summary = build_report(run_dir, tmp_path / "report.pdf")
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(summary.path).pages).split())
     assert "rests on 50 images and 1 seed, fewer than the calibration protocol's 200" in text
+
+
+def test_zoo_calibrate_prints_the_bands_writes_the_record_and_exits_1_on_a_miss(tmp_path):
+    """The command end to end on a tiny spec: two CLIP toys, 4 images, short attacks."""
+    from tests.cli_helpers import invoke
+
+    budget = "eps: 2/255, steps: 2, step_size: 1/255"
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        f"""name: tiny-calibration
+dataset: world-v3:test-1k
+limit: 4
+sources: [toy-clip-vit, toy-clip-rn]
+targets: [toy-clip-vit, toy-clip-rn]
+attacks:
+  - {{name: pgd, params: {{{budget}}}}}
+  - {{name: bert_attack, params: {{max_words: 1, objective: kl}}, mlm: toy-mlm}}
+  - {{name: sep_attack, params: {{{budget}, max_words: 1}}, mlm: toy-mlm}}
+  - {{name: co_attack, params: {{{budget}, max_words: 1}}, mlm: toy-mlm}}
+  - {{name: sga, params: {{{budget}, max_words: 1}}, mlm: toy-mlm}}
+seeds: [0]
+batch_size: 4
+output_dir: {tmp_path / "run"}
+"""
+    )
+    result = invoke("zoo", "calibrate", str(spec))
+    record = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert [band["key"] for band in record["bands"]][0] == "pgd_white_box"
+    assert record["split"] == "test-1k[:4]" and record["sources"] == ["toy-clip-vit", "toy-clip-rn"]
+    assert "World calibration (world-v3:test-1k[:4]" in result.output
+    for band in record["bands"]:
+        assert band["rule"][:30] in " ".join(result.output.split())
+    assert result.exit_code == (0 if record["passed"] else 1), result.output
