@@ -13,13 +13,14 @@ from robust.data.world import generate_world
 from robust.progress import ensure_progress
 from robust.zoo.recipes import RECIPES
 from robust.zoo.scene_attributes import (
+    attribute_loss,
     prior_loss,
     scene_attribute_names,
     scene_attribute_targets,
     top_k_precision,
     top_k_precision_by_kind,
 )
-from robust.zoo.train import attribute_loss, train_attribute_start, train_clip
+from robust.zoo.train import train_attribute_start, train_clip
 from tests.cli_helpers import assert_one_line_error, invoke
 
 LABEL = {
@@ -201,6 +202,19 @@ def test_bad_attribute_options_are_one_line(args, fragments):
     assert_one_line_error(result, *fragments)
 
 
-def test_attribute_options_belong_to_the_clip_toys():
+def test_the_supervised_start_belongs_to_the_clip_toys():
     result = invoke("zoo", "train", "toy-albef", "--attribute-epochs", "2")
     assert_one_line_error(result, "--attribute-epochs does not apply to toy-albef")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--attribute-weight", "-0.5"), ("--attribute-weight", "0 or more")),
+        (("--attribute-text",), ("--attribute-text needs --attribute-weight",)),
+        (("--attribute-kinds", "shape"), ("--attribute-kinds needs --attribute-weight above 0",)),
+        (("--attribute-kinds", "hue"), ("--attribute-kinds", "'hue'", "color")),
+    ],
+)
+def test_the_fusion_toys_attribute_options_are_checked_alike(args, fragments):
+    assert_one_line_error(invoke("zoo", "train", "toy-tcl", *args), *fragments)

@@ -269,3 +269,49 @@ def test_random_erasing_reaches_both_views(world_train, vocab_file):
         changed = (view != reference).any(dim=1).flatten(1).sum(dim=1)  # erased pixels
         assert (changed > 0).all() and (changed < 0.1 * 64 * 64).all()
     assert AlbefRecipe(**recipe.config()) == recipe  # erase_area survives the JSON record
+
+
+def test_the_attribute_head_reads_the_itc_embeddings_and_is_required_exactly_when_on(
+    world_train, vocab_file
+):
+    from robust.zoo.scene_attributes import scene_attribute_targets
+
+    recipe = replace(TINY_ALBEF, attribute_weight=0.5, attribute_kinds=["shape"])
+    assert recipe.attribute_kinds == ("shape",)  # a JSON list round-trips to the tuple
+    victim = AlbefVictim("albef", init_albef_model(recipe)[0], vocab_file)
+    ids, masks = tokenize_all(victim, world_train.captions)
+    table, counts = _caption_table(world_train)
+    generator = torch.Generator().manual_seed(0)
+    indices = np.arange(16)
+    batch = _make_batch(
+        recipe, torch.from_numpy(world_train.images.pixels).permute(0, 3, 1, 2),
+        indices, table, counts, ids, masks, caption_keys(ids), np.random.default_rng(0),
+        generator,
+    )  # fmt: skip
+    targets = scene_attribute_targets(world_train.labels, recipe.world, recipe.attribute_kinds)
+    batch.attributes = targets[torch.from_numpy(indices)]
+    head = torch.nn.Linear(TINY_MODEL["embed_dim"], targets.shape[1])
+    temperature = torch.nn.Parameter(torch.tensor(0.07))
+    with pytest.raises(ValueError, match="attribute head"):
+        training_losses(victim, temperature, batch, recipe, generator)
+
+    def text_projection_gradient(text_side: bool) -> float:
+        victim.model.zero_grad()
+        chosen = replace(recipe, attribute_text=text_side)
+        losses = training_losses(victim, temperature, batch, chosen, generator, attribute_head=head)
+        assert torch.isfinite(losses["attribute"]) and losses["attribute"] > 0
+        losses["attribute"].backward()
+        assert victim.model.vision_proj.weight.grad.abs().sum() > 0
+        grad = victim.model.text_proj.weight.grad
+        return 0.0 if grad is None else float(grad.abs().sum())
+
+    assert text_projection_gradient(False) == 0.0  # the image side alone
+    assert text_projection_gradient(True) > 0.0  # captions answer to the same head
+
+
+def test_a_run_with_the_attribute_loss_records_it(tmp_path, world_train, vocab_file):
+    recipe = replace(TINY_ALBEF, epochs=1, attribute_weight=0.5, attribute_text=True)
+    train_albef(recipe, tmp_path, dataset=world_train, vocab_file=vocab_file)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert set(record["final_loss_terms"]) == {"itc", "itm", "attribute"}
+    assert AlbefRecipe(**record["recipe"]) == recipe

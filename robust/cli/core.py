@@ -126,18 +126,18 @@ def zoo_train_command(
     ] = None,
     attribute_weight: Annotated[
         float | None,
-        typer.Option(help="CLIP toys: weight of the attribute loss kept beside InfoNCE."),
+        typer.Option(help="CLIP, ALBEF, TCL toys: weight of the attribute loss beside InfoNCE."),
     ] = None,
     attribute_text: Annotated[
         bool | None,
         typer.Option(
             "--attribute-text/--no-attribute-text",
-            help="CLIP toys: the attribute head also reads caption embeddings.",
+            help="CLIP, ALBEF, TCL toys: the attribute head also reads caption embeddings.",
         ),
     ] = None,
     attribute_kinds: Annotated[
         str | None,
-        typer.Option(help="CLIP toys: the attribute kinds the head learns, e.g. shape,color."),
+        typer.Option(help="The attribute kinds the head learns, e.g. shape,color."),
     ] = None,
 ) -> None:
     """Train a toy victim on world train with the project's own recipe and save it."""

@@ -71,6 +71,20 @@ def scene_attribute_targets(
     return targets[:, [i for i, name in enumerate(names) if name in chosen]]
 
 
+def attribute_loss(
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary cross-entropy of `head` reading the scenes' attributes from their image
+    embeddings and, when given, from their captions' embeddings (the mean of both)."""
+    loss = F.binary_cross_entropy_with_logits(head(image_embeddings), targets)
+    if text_embeddings is None:
+        return loss
+    return (loss + F.binary_cross_entropy_with_logits(head(text_embeddings), targets)) / 2
+
+
 def prior_loss(targets: torch.Tensor) -> float:
     """The binary cross-entropy of predicting every attribute's frequency: a tower whose
     attribute loss stays here has learnt nothing of what scenes hold."""

@@ -22,6 +22,7 @@ from robust.zoo.augment import noisy_caption, random_erasing
 from robust.zoo.recipes import RECIPES, ClipRecipe
 from robust.zoo.record import TrainReport, write_training_record
 from robust.zoo.scene_attributes import (
+    attribute_loss,
     prior_loss,
     scene_attribute_names,
     scene_attribute_targets,
@@ -85,11 +86,11 @@ def train_zoo_member(
     (default: the zoo's, ZOO_WORLD) is the world version trained on, the recipe adapted by
     its `for_world`; `vision_init` / `text_init`
     (fusion toys, the captioner) name the members its towers warm-start from, which must
-    have been trained on the same world. `attribute_epochs` / `attribute_weight` (CLIP
-    toys) set the image tower's supervised start on scene attributes and the weight of
-    that loss kept in the contrastive epochs; `attribute_text` makes the captions'
-    embeddings answer to the same head; `attribute_kinds` limits what the head learns
-    (`ClipRecipe`).
+    have been trained on the same world. `attribute_epochs` (CLIP toys) sets the image
+    tower's supervised start on scene attributes and `attribute_weight` (CLIP, ALBEF and
+    TCL toys) the weight of that loss in the contrastive epochs; `attribute_text` makes the
+    captions' embeddings answer to the same head; `attribute_kinds` limits what the head
+    learns (`ClipRecipe`, `AlbefRecipe`).
     """
     recipes = zoo_recipes()
     if name not in recipes:
@@ -133,11 +134,11 @@ def train_zoo_member(
             scene_attribute_names(recipe.world, recipe.attribute_kinds)
         except ValueError as error:
             raise RobustError(f"--attribute-kinds: {error}") from None
-        if recipe.attribute_epochs <= 0 and recipe.attribute_weight <= 0:
-            raise RobustError(
-                "--attribute-kinds needs --attribute-epochs or --attribute-weight above 0 "
-                "to train anything"
-            )
+        if getattr(recipe, "attribute_epochs", 0) <= 0 and recipe.attribute_weight <= 0:
+            trains = "--attribute-weight"
+            if hasattr(recipe, "attribute_epochs"):
+                trains = "--attribute-epochs or --attribute-weight"
+            raise RobustError(f"--attribute-kinds needs {trains} above 0 to train anything")
     check_warm_start_worlds(recipe)
     output_dir = Path(output_dir) if output_dir is not None else ZOO_DIR / name
     return trainer(recipe, output_dir, dataset=dataset, progress=progress)
@@ -320,20 +321,6 @@ def adamw(module: torch.nn.Module, learning_rate: float, weight_decay: float) ->
         {"params": rest, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.98))
-
-
-def attribute_loss(
-    head: torch.nn.Linear,
-    targets: torch.Tensor,
-    image_embeddings: torch.Tensor,
-    text_embeddings: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Binary cross-entropy of `head` reading the scenes' attributes from their image
-    embeddings and, when given, from their captions' embeddings (the mean of both)."""
-    loss = F.binary_cross_entropy_with_logits(head(image_embeddings), targets)
-    if text_embeddings is None:
-        return loss
-    return (loss + F.binary_cross_entropy_with_logits(head(text_embeddings), targets)) / 2
 
 
 def train_attribute_start(

@@ -52,6 +52,7 @@ from robust.zoo.itm_negatives import check_easy_schedule, easy_share, sample_neg
 from robust.zoo.masked_lm import MaskedLmHead, mask_tokens
 from robust.zoo.recipes import WORLD_IMAGE_SIZE, patch_for_size, world_image_size
 from robust.zoo.record import TrainReport, write_training_record
+from robust.zoo.scene_attributes import attribute_loss, scene_attribute_targets
 from robust.zoo.schedule import clipped_step, cosine_learning_rate
 from robust.zoo.vocab import VOCAB_SIZE, build_world_vocab
 from robust.zoo.warm_start import (
@@ -119,6 +120,10 @@ class AlbefRecipe:
     negatives drawn uniformly instead of by ITC similarity: from a fresh cross-attention,
     hard negatives alone (world scenes that differ in one attribute) leave ITM at its
     1-in-3 prior, and so does an even mix; easy ones first teach it to read the image.
+    `attribute_weight` adds the CLIP toys' scene-attribute loss on the ITC image embedding
+    (before normalisation), `attribute_text` on the caption's too, `attribute_kinds` limits
+    the head to some kinds (`robust.zoo.scene_attributes`): contrastive training alone on the
+    world makes the ITC a colour reader even from a shape-reading ViT.
     """
 
     name: str
@@ -151,11 +156,16 @@ class AlbefRecipe:
     brightness: float = 0.1
     erase_probability: float = 0.0
     erase_area: tuple[float, float] = (0.01, 0.08)
+    attribute_weight: float = 0.0
+    attribute_text: bool = False
+    attribute_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         schedule = check_easy_schedule(self.itm_easy_schedule, self.name)
         object.__setattr__(self, "itm_easy_schedule", schedule)
         object.__setattr__(self, "erase_area", tuple(self.erase_area))
+        if self.attribute_kinds is not None:
+            object.__setattr__(self, "attribute_kinds", tuple(self.attribute_kinds))
         if self.family not in FAMILIES:
             raise RobustError(f"recipe {self.name}: family must be one of {FAMILIES}")
         if self.captions_per_image < (2 if self.intra_modal else 1):
@@ -293,13 +303,14 @@ def _optimizer(
     recipe: AlbefRecipe,
     warm_started: set[str],
     head: MaskedLmHead | None = None,
+    attribute_head: nn.Linear | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases, norms, embeddings, temperature).
 
     Weights that start fresh (cross-attention, `text_proj`, `itm_head`, the temperature)
     learn `fresh_lr_scale` times faster than the warm-started towers, which a high rate
     would wash out; each group's `lr_scale` is applied by the training loop. The MLM head
-    is warm-started whenever the text is.
+    is warm-started whenever the text is; the attribute head is always fresh.
     """
     named = list(model.named_parameters())
     if head is not None:
@@ -307,6 +318,8 @@ def _optimizer(
         named += head_named
         if recipe.text_init is not None:
             warm_started = warm_started | {name for name, _ in head_named}
+    if attribute_head is not None:
+        named += [(f"attribute_head.{name}", p) for name, p in attribute_head.named_parameters()]
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in named:
         is_matrix = parameter.ndim >= 2 and name.endswith(".weight")
@@ -422,6 +435,7 @@ class Batch:
     mask: torch.Tensor
     keys: torch.Tensor
     images_2: torch.Tensor | None = None
+    attributes: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -445,13 +459,21 @@ def training_losses(
     generator: torch.Generator,
     head: MaskedLmHead | None = None,
     easy: float = 0.0,
+    attribute_head: nn.Linear | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every loss term of one step (unweighted) plus their weighted sum under "loss".
 
     `head` (needed when `recipe.mlm_weight` > 0) is the MLM head of the fusion encoder;
-    `easy` is this step's share of uniformly drawn ITM negatives."""
+    `easy` is this step's share of uniformly drawn ITM negatives; `attribute_head` (needed
+    when `recipe.attribute_weight` > 0) reads `batch.attributes` from the ITC embeddings."""
     if (head is None) != (recipe.mlm_weight <= 0):
         raise ValueError("pass an MLM head exactly when the recipe's mlm_weight is positive")
+    if (attribute_head is None) != (recipe.attribute_weight <= 0) or (
+        attribute_head is not None and batch.attributes is None
+    ):
+        raise ValueError(
+            "pass an attribute head and batch attributes exactly when attribute_weight > 0"
+        )
     model = victim.model
     size = batch.size
     temp = temperature.clamp(*TEMPERATURE_RANGE)
@@ -463,6 +485,13 @@ def training_losses(
     text_feat = model.text_features(text_hidden)
     positives = _caption_positives(batch.keys, size)
     losses = {"itc": symmetric_info_nce(image_feat, text_feat, positives, temp)}
+    if attribute_head is not None:
+        # the head reads the ITC projections before normalisation, as the CLIP toys' does
+        image_embedding = model.vision_proj(image_tokens[:, 0])
+        text_embedding = model.text_proj(text_hidden[:size, 0]) if recipe.attribute_text else None
+        losses["attribute"] = attribute_loss(
+            attribute_head, batch.attributes, image_embedding, text_embedding
+        )
 
     # ITM: each image with its first caption (positive) and with a hard negative among all
     # captions; each first caption with a hard negative image. Negatives are drawn from the
@@ -516,6 +545,7 @@ def training_losses(
         "image_image": recipe.image_image_weight,
         "text_text": recipe.text_text_weight,
         "mlm": recipe.mlm_weight,
+        "attribute": recipe.attribute_weight,
     }
     losses["loss"] = sum(weights[name] * value for name, value in losses.items())
     return losses
@@ -574,11 +604,17 @@ def train_albef(
     batch_size = min(recipe.batch_size, num_images)
     steps_per_epoch = num_images // batch_size
     total_steps = steps_per_epoch * recipe.epochs
-    optimizer = _optimizer(model, temperature, recipe, set(warm_started), head)
+    attribute_head, attributes = None, None
+    if recipe.attribute_weight > 0:
+        attributes = scene_attribute_targets(dataset.labels, recipe.world, recipe.attribute_kinds)
+        torch.manual_seed(recipe.seed + 2)
+        attribute_head = nn.Linear(model.config.embed_dim, attributes.shape[1])
+    optimizer = _optimizer(model, temperature, recipe, set(warm_started), head, attribute_head)
     learning_rate = cosine_learning_rate(recipe.learning_rate, total_steps, recipe.warmup_fraction)
     parameters = [*model.parameters(), temperature]
-    if head is not None:
-        parameters += list(head.parameters())
+    for extra in (head, attribute_head):
+        if extra is not None:
+            parameters += list(extra.parameters())
 
     start = time.perf_counter()
     step = 0
@@ -592,10 +628,14 @@ def train_albef(
                     recipe, pixels, indices, table, counts, all_ids, all_masks, all_keys, rng,
                     generator,
                 )  # fmt: skip
+                if attributes is not None:
+                    batch.attributes = attributes[torch.from_numpy(indices)]
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step) * group["lr_scale"]
                 easy = easy_share(recipe.itm_easy_schedule, step, total_steps)
-                losses = training_losses(victim, temperature, batch, recipe, generator, head, easy)
+                losses = training_losses(
+                    victim, temperature, batch, recipe, generator, head, easy, attribute_head
+                )
                 clipped_step(optimizer, losses["loss"], parameters)
                 with torch.no_grad():
                     temperature.clamp_(*TEMPERATURE_RANGE)
