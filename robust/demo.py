@@ -5,10 +5,10 @@ Every part writes its own store under one run directory, and the report reads th
 1. `clean/`: clean retrieval of every shipped toy retrieval victim on the zoo world's test-1k;
 2. `matrix/`: the transfer-attack matrix of the shipped `world-matrix` spec (PGD, BERT-Attack,
    Sep-Attack, Co-Attack and SGA from every toy to every toy), on Ray when Ray is installed
-   (it is in the dev extra), else locally; the run record says which;
-   The matrix is also read against the published attack pattern (`matrix/calibration.json`,
-   the bands of `robust zoo calibrate` on the demo's 50 images and one seed), so the report
-   says what the world's numbers mean;
+   (it is in the dev extra), else locally; the run record says which. The matrix is also
+   read against the published attack pattern (`matrix/calibration.json`, the bands of
+   `robust zoo calibrate` on the demo's 50 images and one seed), so the report says what
+   the world's numbers mean;
 3. bias of the matrix's SGA examples (in `matrix/`'s store): relevance bias of clean vs
    adversarial copies in one gallery with the attribute shift, and caption bias of the
    toy captioner;
