@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import robust
 from robust.data.images import load_images
 from robust.data.world import ZOO_WORLD, generate_world
+from robust.errors import RobustError
 from robust.zoo.scene_attributes import prior_loss, scene_attribute_targets, top_k_precision
 
 # Embeddings are unit vectors; scaling them lets a small head reach confident logits.
@@ -61,7 +62,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="full-batch Adam steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head's start")
     args = parser.parse_args()
-    victim = robust.load_victim(args.victim)
+    try:
+        victim = robust.load_victim(args.victim)
+    except RobustError as error:
+        parser.error(str(error))
     train = generate_world("train", count=args.train, version=args.world)
     val = generate_world("val", count=args.val, version=args.world)
     train_embeddings, val_embeddings = embed(victim, train), embed(victim, val)
